@@ -1,0 +1,8 @@
+"""imgclf step logic: plain, importable functions with typed parameters (no KFP here)."""
+import os
+
+# TensorFlow's C++ start-up chatter (CPU feature hints, oneDNN notices) buries the step's own
+# progress lines in KFP logs; real errors still surface as Python exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""Preprocess: seeded stratified split, decode + resize with the serving-time decoder, sharded TFRecords.
+
+Images stream through one at a time (bounded windows of a thread pool); only the manifest rows are
+held in memory, so memory stays flat however many images there are.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from components import images, records, storage
+from components.ingest import DatasetError, read_manifest
+from components.progress import Progress
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class PreprocessSummary:
+    classes: list[str]
+    counts: dict[str, int]
+    quarantined: int
+    fingerprint: str
+    data_fingerprint: str
+    seconds: float
+
+
+def data_fingerprint(rows: list[dict]) -> str:
+    """Content identity of a dataset: what caching and 'retrain only on new data' key on."""
+    h = hashlib.sha256()
+    for line in sorted(f"{r['sha256']}\t{r['label']}\t{r['split']}" for r in rows):
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+def _stratified(indices: list[int], labels: list[str], fraction: float, seed: int, what: str):
+    """Split `indices` into (rest, taken) with `fraction` taken, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    if fraction <= 0:
+        return indices, []
+    n_classes = len(set(labels))
+    n_take = math.ceil(fraction * len(indices))
+    if n_take < n_classes or len(indices) - n_take < n_classes:
+        raise DatasetError(
+            f"cannot carve a stratified {what} split of {fraction:.0%} from {len(indices)} images in "
+            f"{n_classes} classes: every class needs at least one image on each side; add images or "
+            "change the split fractions")
+    smallest = Counter(labels).most_common()[-1]
+    if smallest[1] < 2:
+        raise DatasetError(f"class {smallest[0]!r} has only {smallest[1]} image; a stratified split needs "
+                           "at least 2 per class")
+    rest, taken = train_test_split(indices, test_size=n_take, stratify=labels, random_state=seed)
+    return sorted(rest), sorted(taken)
+
+
+def assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Row indices per split: the source's own split where it has one, seeded stratified carving otherwise."""
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"split fractions must be in [0, 1) and leave room for training; "
+                         f"got validation={val_fraction}, test={test_fraction}")
+    given = defaultdict(list)
+    for i, r in enumerate(rows):
+        given[r["split"] or "unsplit"].append(i)
+    if "unsplit" in given:
+        if len(given) > 1:
+            raise DatasetError("manifest mixes pre-split and unsplit images")
+        pool = given.pop("unsplit")
+        rest, test = _stratified(pool, [rows[i]["label"] for i in pool], test_fraction, seed, "test")
+        val_share = val_fraction / (1 - test_fraction)
+        train, val = _stratified(rest, [rows[i]["label"] for i in rest], val_share, seed, "validation")
+        return {"train": train, "validation": val, "test": test}
+    train = given.get("train", [])
+    split = {"train": train, "validation": given.get("validation", []), "test": given.get("test", [])}
+    # A pre-split source without validation/ or test/ gets them carved from train, like Keras'
+    # validation_split: the user's explicit folders always win.
+    for name, fraction in (("test", test_fraction), ("validation", val_fraction)):
+        if not split[name] and fraction > 0:
+            split["train"], split[name] = _stratified(split["train"], [rows[i]["label"] for i in split["train"]],
+                                                      fraction, seed, name)
+    return split
+
+
+def preprocess(dataset_dir: str, output_dir: str, image_size: int = 160, color_mode: str = "rgb",
+               val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42,
+               images_per_shard: int = 2048, workers: int = 4) -> PreprocessSummary:
+    """Write `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` to `output_dir`."""
+    import tensorflow as tf
+
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    channels = images.channels_for(color_mode)
+    rows, classes = read_manifest(dataset_dir)
+    class_index = {c: i for i, c in enumerate(classes)}
+    splits = assign_splits(rows, val_fraction, test_fraction, seed)
+    decode = images.decoder(image_size, channels)
+
+    def load(i: int):
+        row = rows[i]
+        try:
+            data = storage.read_bytes(row["location"])
+        except OSError as e:
+            return i, None, None, f"unreadable since ingest: {e}"
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            return i, None, None, "changed since ingest (sha256 differs)"
+        try:
+            return i, data, decode(tf.constant(data)).numpy().tobytes(), ""
+        except tf.errors.OpError as e:
+            return i, None, None, f"TensorFlow cannot decode it: {e.message.splitlines()[0]}"
+
+    progress = Progress("preprocess", sum(len(v) for v in splits.values()))
+    meta_splits, quarantined = {}, []
+    with storage.atomic_dir(output_dir) as out, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for split, idx in splits.items():
+            n_shards = max(1, math.ceil(len(idx) / images_per_shard))
+            names = [f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord" for s in range(n_shards)]
+            per_class, written = Counter(), 0
+            for s, name in enumerate(names):
+                chunk = idx[s * images_per_shard:(s + 1) * images_per_shard]
+                with tf.io.TFRecordWriter(str(out / name)) as writer:
+                    for i, data, pixels, problem in pool.map(load, chunk):
+                        progress.update()
+                        row = rows[i]
+                        if problem:
+                            quarantined.append({"location": row["location"], "label": row["label"],
+                                                "reason": problem})
+                            continue
+                        writer.write(records.serialize(pixels, class_index[row["label"]], row["location"],
+                                                       encoded=data if split == "test" else None))
+                        per_class[row["label"]] += 1
+                        written += 1
+            meta_splits[split] = {"count": written, "shards": names if written else [],
+                                  "per_class": {c: per_class.get(c, 0) for c in classes}}
+            if not written:
+                for name in names:
+                    (out / name).unlink()
+        seconds = progress.close()
+        if meta_splits["train"]["count"] == 0:
+            raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
+        data_fp = data_fingerprint(rows)
+        params = {"image_size": image_size, "color_mode": color_mode, "val_fraction": val_fraction,
+                  "test_fraction": test_fraction, "seed": seed}
+        fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
+        meta = {"schema_version": SCHEMA_VERSION, "classes": classes, "image_size": image_size,
+                "channels": channels, "color_mode": color_mode, "splits": meta_splits,
+                "params": params, "data_fingerprint": data_fp, "fingerprint": fp,
+                "quarantined": quarantined}
+        (out / records.METADATA_FILE).write_text(json.dumps(meta, indent=1))
+    summary = PreprocessSummary(classes, {k: v["count"] for k, v in meta_splits.items()}, len(quarantined),
+                                fp, data_fp, round(seconds, 3))
+    print(f"preprocess: {summary.counts} at {image_size}x{image_size}x{channels}; "
+          f"{len(quarantined)} quarantined", flush=True)
+    return summary
+
+
