@@ -1,0 +1,92 @@
+"""Thin KFP v2 components: unpack artifacts, call the step function, fill outputs. No step logic here.
+
+Each body imports its step inside the function because KFP ships only the function's source to the
+container; the image (or, under kfp.local's SubprocessRunner, this virtualenv) provides the package.
+No `from __future__ import annotations` here: KFP reads the real annotation objects.
+"""
+
+import os
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components import __version__
+
+# One setting names the image every task runs in; point it at your registry for KFP/Vertex.
+IMAGE = os.environ.get("IMGCLF_IMAGE", f"imgclf:{__version__}")
+component = dsl.component(base_image=IMAGE, install_kfp_package=False)
+
+
+@component
+def ingest(source: str, dataset: Output[Dataset], metrics: Output[Metrics], max_pixels: int = 40_000_000):
+    """List and decode-check every image of a labelled folder or bucket; write the manifest."""
+    from components.ingest import ingest as run
+
+    s = run(source, dataset.path, max_pixels=max_pixels)
+    dataset.metadata.update({"classes": s.classes, "images": s.images, "layout": s.layout})
+    metrics.log_metric("images", s.images)
+    metrics.log_metric("classes", len(s.classes))
+    metrics.log_metric("quarantined", s.quarantined)
+    for reason, n in s.quarantine_reasons.items():
+        metrics.log_metric(f"quarantined: {reason}", n)
+
+
+@component
+def preprocess(dataset: Input[Dataset], records: Output[Dataset], image_size: int = 160,
+               color_mode: str = "rgb", val_fraction: float = 0.1, test_fraction: float = 0.1,
+               seed: int = 42):
+    """Seeded stratified split, decode + resize, sharded TFRecords with metadata."""
+    from components.preprocess import preprocess as run
+
+    s = run(dataset.path, records.path, image_size=image_size, color_mode=color_mode,
+            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    records.metadata.update({"counts": s.counts, "fingerprint": s.fingerprint,
+                             "data_fingerprint": s.data_fingerprint, "classes": s.classes})
+
+
+@component
+def train(records: Input[Dataset], model: Output[Model], metrics: Output[Metrics], curves: Output[HTML],
+          model_name: str = "baseline", epochs: int = 20, batch_size: int = 32, learning_rate: float = 0.001,
+          width: int = 32, depth: int = 3, dropout: float = 0.3, augment: bool = True, patience: int = 5,
+          seed: int = 42):
+    """Fit a Keras 3 model with EarlyStopping; save `.keras`, history and learning curves."""
+    from dataclasses import asdict
+
+    from components.train import train as run
+
+    r = run(records.path, model.path, model=model_name, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, width=width, depth=depth, dropout=dropout, augment=augment,
+            patience=patience, seed=seed, curves_html=curves.path)
+    model.metadata.update({"framework": "keras", "model": model_name, **asdict(r)})
+    for k, v in asdict(r).items():
+        metrics.log_metric(k, v)
+
+
+@component
+def evaluate(records: Input[Dataset], model: Input[Model], predictions: Output[Dataset],
+             metrics: Output[Metrics], classification: Output[ClassificationMetrics],
+             report: Output[HTML]) -> float:
+    """Score the test split: metrics, confusion matrix, ROC, predictions and an HTML report."""
+    from components.evaluate import evaluate as run
+
+    r = run(records.path, model.path, predictions.path, report_html=report.path)
+    for k, v in r.metrics.items():
+        metrics.log_metric(k, v)
+    for row in r.per_class:
+        metrics.log_metric(f"f1: {row['class']}", row["f1"])
+    classification.log_confusion_matrix(r.classes, r.confusion_matrix)
+    if r.roc:
+        classification.log_roc_curve(*r.roc)
+    return r.metrics["accuracy"]
+
+
+@component
+def export(model: Input[Model], records: Input[Dataset], predictions: Input[Dataset],
+           saved_model: Output[Model], export_to: str = ""):
+    """Write the raw-bytes SavedModel, verify it against evaluate in a fresh process, publish it."""
+    from components.export import export as run
+
+    r = run(model.path, records.path, predictions.path, saved_model.path, export_to=export_to)
+    saved_model.metadata.update({"framework": "tensorflow", "format": "SavedModel",
+                                 "signature": "serving_default", "input": "image_bytes",
+                                 "checked_images": r.checked_images, "published_to": r.published_to})

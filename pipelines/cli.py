@@ -1,0 +1,93 @@
+"""`imgclf`: run the pipeline locally, compile it, run one step, or build Fashion-MNIST folders."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_PIPELINE_FILE = "build/imgclf-training.yaml"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import inspect
+
+    from pipelines.local import run_local
+    from pipelines.training import training_pipeline
+
+    names = inspect.signature(training_pipeline.pipeline_func).parameters
+    params = {k: v for k, v in vars(args).items() if k in names}
+    result = run_local(params, pipeline_root=args.pipeline_root)
+    print(result.summary())
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipelines.training import training_pipeline
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, str(out))
+    print(f"compiled {training_pipeline.name} to {out}")
+    return 0
+
+
+def _cmd_sample_data(args: argparse.Namespace) -> int:
+    from pipelines.sample_data import build_folder
+
+    counts = build_folder(args.out, per_class=args.per_class, seed=args.seed, idx_dir=args.idx_dir)
+    print(f"wrote {sum(counts.values())} PNG images in {len(counts)} class folders under {args.out}")
+    return 0
+
+
+def _cmd_step(args: argparse.Namespace) -> int:
+    from components.__main__ import main as step_main
+
+    return step_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from components.cli_args import add_signature_args
+    from pipelines.sample_data import DEBIAN_IDX_DIR
+    from pipelines.training import training_pipeline
+
+    p = argparse.ArgumentParser(prog="imgclf", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally with kfp.local on a folder of images")
+    add_signature_args(run, training_pipeline.pipeline_func)
+    run.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
+    run.set_defaults(func=_cmd_run)
+
+    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    comp.add_argument("-o", "--output", default=DEFAULT_PIPELINE_FILE)
+    comp.set_defaults(func=_cmd_compile)
+
+    step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
+                          add_help=False)
+    step.add_argument("rest", nargs=argparse.REMAINDER)
+    step.set_defaults(func=_cmd_step)
+
+    data = sub.add_parser("sample-data", help="write Fashion-MNIST as class-per-subfolder PNGs")
+    data.add_argument("--out", required=True)
+    data.add_argument("--per-class", type=int, default=500, help="images per class; 0 = all 70,000")
+    data.add_argument("--seed", type=int, default=42)
+    data.add_argument("--idx-dir", default=DEBIAN_IDX_DIR)
+    data.set_defaults(func=_cmd_sample_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"imgclf: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
