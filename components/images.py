@@ -47,8 +47,10 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not an image", "no known image format") from None
-    except Image.DecompressionBombError as e:  # pragma: no cover - guarded by the size check below
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("too many pixels", str(e)) from None
+    except (OSError, SyntaxError, ValueError) as e:  # header parsed partly, then the file ended
+        raise ImageRejected("truncated or corrupt", str(e)) from None
     with img:
         fmt = img.format or "unknown"
         if fmt not in SUPPORTED_FORMATS:

@@ -61,20 +61,24 @@ def _label_and_split(rel: str, layout: str) -> tuple[str, str, str]:
     return parts[0], "", ""
 
 
-def _check(entry: storage.Entry, max_pixels: int) -> tuple[dict | None, str, str]:
-    """Read and decode one file: (manifest fields, reason, detail)."""
-    if entry.skip_reason:
-        return None, entry.skip_reason, ""
+def _check(entry: storage.Entry, layout: str, max_pixels: int) -> tuple[str, str, dict | None, str, str]:
+    """(label, split, manifest fields, reason, detail) for one file; path problems are found before
+    any byte is read, so a stray or hidden file is reported for what it is."""
+    label, split, problem = _label_and_split(entry.rel, layout)
+    if entry.skip_reason or problem:
+        return label, split, None, entry.skip_reason or problem, ""
+    if os.path.basename(entry.rel).startswith("."):
+        return label, split, None, "hidden file", ""
     try:
         data = storage.read_bytes(entry.uri)
     except OSError as e:
-        return None, "unreadable", f"{type(e).__name__}: {e}"
+        return label, split, None, "unreadable", f"{type(e).__name__}: {e}"
     try:
         info = images.inspect(data, max_pixels=max_pixels)
     except images.ImageRejected as e:
-        return None, e.reason, e.detail
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
-            "height": info.height, "mode": info.mode, "format": info.format}, "", ""
+        return label, split, None, e.reason, e.detail
+    return label, split, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
+                          "height": info.height, "mode": info.mode, "format": info.format}, "", ""
 
 
 def ingest(source: str, output_dir: str, max_pixels: int = images.DEFAULT_MAX_PIXELS,
@@ -102,11 +106,8 @@ def ingest(source: str, output_dir: str, max_pixels: int = images.DEFAULT_MAX_PI
         window = max(64, workers * 16)
         for start in range(0, len(entries), window):
             chunk = entries[start:start + window]
-            for entry, (row, reason, detail) in zip(chunk, pool.map(lambda e: _check(e, max_pixels), chunk)):
-                label, split, problem = _label_and_split(entry.rel, layout)
-                name = os.path.basename(entry.rel)
-                if not reason and (problem or name.startswith(".")):
-                    reason, row = problem or "hidden file", None
+            for entry, (label, split, row, reason, detail) in zip(
+                    chunk, pool.map(lambda e: _check(e, layout, max_pixels), chunk)):
                 if row is None:
                     reasons[reason] += 1
                     quarantine.writerow({"location": entry.uri, "label": label, "reason": reason,

@@ -53,7 +53,8 @@ def train(dataset_dir: str, model_dir: str, model: str = "baseline", epochs: int
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True,
                                          verbose=1)
     start = time.perf_counter()
-    hist = net.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], verbose=2)
+    # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+    hist = net.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], verbose=2, shuffle=False)
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     losses = history[monitor]

@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.training import training_pipeline
+
+
+class PipelineFailed(RuntimeError):
+    """A task failed; kfp.local already streamed its log (with the step's own error) above."""
+
+    def __init__(self, kfp_message: str):
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", kfp_message)
+        failed = re.findall(r"'([^']+)'", plain)
+        step = failed[-1] if failed else "?"
+        super().__init__(f"the pipeline failed in step '{step}'; its log above shows the cause")
+        self.step = step
 
 
 @dataclass
@@ -67,7 +79,10 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     with _timed_tasks(timings), warnings.catch_warnings():
         # kfp warns when an image name lacks "python"; the SubprocessRunner ignores images anyway.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        task = training_pipeline(**params)
+        try:
+            task = training_pipeline(**params)
+        except RuntimeError as e:
+            raise PipelineFailed(str(e)) from None
     outputs = task.outputs
     return LocalRun(pipeline_root=str(root), saved_model=outputs["saved_model"].path,
                     report=outputs["report"].path, accuracy=float(outputs["accuracy"]),

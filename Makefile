@@ -1,0 +1,43 @@
+# imgclf — `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SAMPLE := data/fashion-mnist-sample
+# The embedded sample is 28x28 grayscale: train at its native size.
+RUN_ARGS ?= --data $(SAMPLE) --image-size 28 --color-mode grayscale --epochs 15 --batch-size 64
+PIPELINE_ROOT ?= runs
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run compile test sample-data fashion-mnist-full clean
+
+help: ## list every target with what it does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## create .venv and install imgclf with its pinned dependencies (runs once)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: install ## run ingest -> preprocess -> train -> evaluate -> export locally on the embedded sample
+	$(BIN)/imgclf run $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)
+
+compile: install ## compile the pipeline to build/imgclf-training.yaml
+	$(BIN)/imgclf compile -o build/imgclf-training.yaml
+
+test: install ## run the test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+sample-data: install ## regenerate data/fashion-mnist-sample from Debian's dataset-fashion-mnist (500 per class)
+	rm -rf $(SAMPLE)
+	$(BIN)/imgclf sample-data --out $(SAMPLE) --per-class 500 --seed 42
+
+fashion-mnist-full: install ## write all 70,000 Fashion-MNIST images to build/fashion-mnist-full
+	$(BIN)/imgclf sample-data --out build/fashion-mnist-full --per-class 0
+
+clean: ## remove local runs and build outputs (keeps .venv)
+	rm -rf $(PIPELINE_ROOT) build .pytest_cache

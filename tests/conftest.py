@@ -1,0 +1,57 @@
+"""Shared fixtures: small real-image datasets cut from the embedded Fashion-MNIST sample."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "fashion-mnist-sample"
+
+
+def sample_files(cls: str, n: int, skip: int = 0) -> list[Path]:
+    files = sorted((SAMPLE / cls).glob("*.png"))[skip:skip + n]
+    assert len(files) == n, f"embedded sample has too few {cls} images"
+    return files
+
+
+def make_folder(root: Path, classes: list[str], per_class: int, jpeg_every: int = 0, skip: int = 0) -> Path:
+    """Class-per-subfolder copy of real images; every `jpeg_every`-th one re-encoded as RGB JPEG."""
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i, src in enumerate(sample_files(cls, per_class, skip)):
+            if jpeg_every and i % jpeg_every == 0:
+                Image.open(src).convert("RGB").save(root / cls / f"{src.stem}.jpg", quality=92)
+            else:
+                shutil.copy(src, root / cls / src.name)
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Content of every file and link under root: proves a step left the user's source untouched."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+TWO = ["Trouser", "Bag"]
+TEN = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+
+
+@pytest.fixture
+def two_class_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "two", TWO, 30, jpeg_every=3)
+
+
+@pytest.fixture
+def ten_class_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "ten", TEN, 20, jpeg_every=4)

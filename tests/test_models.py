@@ -1,0 +1,32 @@
+"""Model builders: shapes, augmentation only active in training, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components import models
+
+
+def test_baseline_shapes_and_float32_output():
+    m = models.build("baseline", (32, 32, 3), 5, width=8, depth=2)
+    out = m(np.zeros((2, 32, 32, 3), "float32"), training=False)
+    assert tuple(out.shape) == (2, 5)
+    np.testing.assert_allclose(np.asarray(out).sum(1), 1.0, rtol=1e-5)
+    assert m.layers[-1].dtype_policy.compute_dtype == "float32"
+
+
+def test_augmentation_is_inactive_at_inference():
+    m = models.build("baseline", (28, 28, 1), 3, width=8, depth=2)
+    x = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1)).astype("float32")
+    a = np.asarray(m(x, training=False))
+    np.testing.assert_array_equal(a, np.asarray(m(x, training=False)))
+    aug = m.get_layer("augmentation")
+    assert not np.array_equal(np.asarray(aug(x, training=True)), x)
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+
+
+def test_unknown_model_and_too_small_image():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*baseline"):
+        models.build("resnet9000", (28, 28, 1), 2)
+    with pytest.raises(ValueError, match="too small"):
+        models.build("baseline", (8, 8, 1), 2, depth=4)

@@ -1,0 +1,103 @@
+"""Preprocess: exact stratified splits, seeded, pre-split respected, pixels identical to the serving decoder."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import images, records
+from components.ingest import DatasetError, ingest
+from components.preprocess import assign_splits, preprocess
+from tests.conftest import TWO, make_folder
+
+
+def _read_split(out, meta, split):
+    ds = records.make_dataset(str(out), meta, split, batch_size=1000, with_extras=True)
+    pixels, labels, locs, enc = next(iter(ds))
+    return pixels.numpy(), labels.numpy(), [x.decode() for x in locs.numpy()], enc.numpy()
+
+
+def test_stratified_split_counts_and_pixels(ten_class_folder, tmp_path):
+    ingest(str(ten_class_folder), str(tmp_path / "ds"))
+    s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=32, color_mode="grayscale",
+                   val_fraction=0.1, test_fraction=0.2, seed=7, images_per_shard=50)
+    assert s.counts == {"train": 140, "validation": 20, "test": 40}
+    meta = records.load_metadata(str(tmp_path / "pp"))
+    assert meta["channels"] == 1 and meta["image_size"] == 32 and len(meta["classes"]) == 10
+    # stratified: every class appears in every split in proportion (200 images, 20 per class)
+    for split, per in (("train", 14), ("validation", 2), ("test", 4)):
+        assert set(meta["splits"][split]["per_class"].values()) == {per}, split
+    assert len(meta["splits"]["train"]["shards"]) == 3
+    pixels, labels, locs, enc = _read_split(tmp_path / "pp", meta, "test")
+    assert pixels.shape == (40, 32, 32, 1) and pixels.dtype == np.uint8
+    assert Counter(labels.tolist()) == {k: 4 for k in range(10)}
+    # what training sees is exactly what the serving decoder makes of the original bytes
+    decode = images.decoder(32, 1)
+    for i in range(0, 40, 7):
+        with open(locs[i], "rb") as f:
+            raw = f.read()
+        assert enc[i] == raw
+        np.testing.assert_array_equal(decode(tf.constant(raw)).numpy(), pixels[i])
+
+
+def test_split_is_seeded(ten_class_folder, tmp_path):
+    ingest(str(ten_class_folder), str(tmp_path / "ds"))
+    from components.ingest import read_manifest
+    rows, _ = read_manifest(str(tmp_path / "ds"))
+    a = assign_splits(rows, 0.1, 0.1, seed=1)
+    assert a == assign_splits(rows, 0.1, 0.1, seed=1)
+    assert a["test"] != assign_splits(rows, 0.1, 0.1, seed=2)["test"]
+    assert not set(a["train"]) & set(a["test"]) and not set(a["train"]) & set(a["validation"])
+    assert sorted(a["train"] + a["validation"] + a["test"]) == list(range(len(rows)))
+
+
+def test_pre_split_folders_are_kept_and_validation_carved_from_train(tmp_path):
+    root = tmp_path / "src"
+    make_folder(root / "train", TWO, 20)
+    make_folder(root / "test", TWO, 6, skip=20)
+    ingest(str(root), str(tmp_path / "ds"))
+    s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, color_mode="rgb",
+                   val_fraction=0.1, seed=3)
+    assert s.counts == {"train": 36, "validation": 4, "test": 12}
+    meta = records.load_metadata(str(tmp_path / "pp"))
+    _, _, locs, _ = _read_split(tmp_path / "pp", meta, "test")
+    assert all("/test/" in loc for loc in locs)
+    assert meta["channels"] == 3
+
+
+def test_impossible_split_is_a_clear_error_with_no_output(tmp_path):
+    root = make_folder(tmp_path / "src", TWO, 3)
+    ingest(str(root), str(tmp_path / "ds"))
+    with pytest.raises(DatasetError, match="stratified"):
+        preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, test_fraction=0.1)
+    assert not (tmp_path / "pp").exists()
+
+
+def test_file_changed_after_ingest_is_quarantined_not_fatal(two_class_folder, tmp_path):
+    ingest(str(two_class_folder), str(tmp_path / "ds"))
+    victim = sorted((two_class_folder / "Bag").glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28)
+    assert s.quarantined == 1 and sum(s.counts.values()) == 59
+    meta = json.loads((tmp_path / "pp" / "metadata.json").read_text())
+    assert meta["quarantined"][0]["location"] == str(victim)
+    assert "changed since ingest" in meta["quarantined"][0]["reason"]
+
+
+def test_fingerprint_tracks_data_not_paths(tmp_path):
+    a = make_folder(tmp_path / "a", TWO, 10)
+    b = make_folder(tmp_path / "b", TWO, 10)
+    fps = []
+    for src in (a, b):
+        ingest(str(src), str(tmp_path / f"ds-{src.name}"))
+        fps.append(preprocess(str(tmp_path / f"ds-{src.name}"), str(tmp_path / f"pp-{src.name}"),
+                              image_size=28, test_fraction=0.2, val_fraction=0.2).data_fingerprint)
+    assert fps[0] == fps[1]
+    (a / "Bag" / sorted(p.name for p in (a / "Bag").iterdir())[0]).unlink()
+    ingest(str(a), str(tmp_path / "ds-a2"))
+    fp2 = preprocess(str(tmp_path / "ds-a2"), str(tmp_path / "pp-a2"), image_size=28, test_fraction=0.2,
+                     val_fraction=0.2).data_fingerprint
+    assert fp2 != fps[0]

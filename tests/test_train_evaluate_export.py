@@ -1,0 +1,118 @@
+"""Train -> evaluate -> export on real images, two-class and ten-class, and the raw-bytes serving contract."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from components.evaluate import evaluate, read_predictions
+from components.export import ServingMismatch, export
+from components.ingest import ingest
+from components.preprocess import preprocess
+from components.train import load_history, train
+from tests.conftest import TEN, TWO, make_folder
+
+
+@pytest.fixture(scope="module", params=[("two", TWO, 30), ("ten", TEN, 20)], ids=["two-class", "ten-class"])
+def chain(request, tmp_path_factory):
+    name, classes, per_class = request.param
+    tmp = tmp_path_factory.mktemp(name)
+    src = make_folder(tmp / "src", classes, per_class, jpeg_every=3)
+    ingest(str(src), str(tmp / "ds"))
+    preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=28, color_mode="grayscale",
+               val_fraction=0.15, test_fraction=0.2, seed=1)
+    tr = train(str(tmp / "pp"), str(tmp / "model"), epochs=3, batch_size=16, width=8, depth=2, patience=2,
+               curves_html=str(tmp / "curves.html"))
+    ev = evaluate(str(tmp / "pp"), str(tmp / "model"), str(tmp / "pred"), report_html=str(tmp / "report.html"))
+    ex = export(str(tmp / "model"), str(tmp / "pp"), str(tmp / "pred"), str(tmp / "saved_model"))
+    return tmp, classes, tr, ev, ex
+
+
+def test_training_outputs(chain):
+    tmp, _, tr, _, _ = chain
+    hist = load_history(str(tmp / "model"))
+    assert len(hist["loss"]) == tr.epochs_run <= 3 and 1 <= tr.best_epoch <= tr.epochs_run
+    assert hist["val_loss"][tr.best_epoch - 1] == pytest.approx(tr.best_val_loss)
+    assert "data:image/png;base64," in (tmp / "curves.html").read_text()
+
+
+def test_evaluation_metrics_are_consistent(chain):
+    tmp, classes, _, ev, _ = chain
+    cm = np.array(ev.confusion_matrix)
+    n = cm.sum()
+    assert n == ev.metrics["test_images"] == len(read_predictions(str(tmp / "pred")))
+    assert ev.metrics["accuracy"] == pytest.approx(np.trace(cm) / n)
+    assert [r["support"] for r in ev.per_class] == cm.sum(1).tolist()
+    assert 0.0 <= ev.metrics["roc_auc"] <= 1.0
+    if len(classes) == 2:
+        fpr, tpr, thr = ev.roc
+        assert fpr[0] == 0.0 and tpr[-1] == 1.0 and max(thr) <= 1.0
+    else:
+        assert ev.roc is None  # KFP's ROC widget is binary; multi-class AUC is one-vs-rest in metrics
+    report = (tmp / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 3 and "Per class" in report
+    assert all(c in report for c in classes)
+
+
+SERVE = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    paths = json.loads(sys.stdin.read())
+    blobs = [open(p, "rb").read() for p in paths]
+    out = fn(image_bytes=tf.constant(blobs))
+    print(json.dumps({"class_name": [c.decode() for c in out["class_name"].numpy()],
+                      "probabilities": out["probabilities"].numpy().tolist()}))
+""")
+
+
+def _serve(saved_model, paths):
+    proc = subprocess.run([sys.executable, "-c", SERVE, str(saved_model)], input=json.dumps(paths),
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_saved_model_answers_raw_png_and_jpeg_like_evaluate(chain):
+    tmp, classes, _, _, ex = chain
+    preds = read_predictions(str(tmp / "pred"))
+    assert {p["location"].rsplit(".", 1)[1] for p in preds} == {"png", "jpg"}
+    out = _serve(tmp / "saved_model", [p["location"] for p in preds])
+    assert out["class_name"] == [p["predicted"] for p in preds]
+    assert ex.checked_images == len(preds)
+    probs = np.array(out["probabilities"])
+    assert probs.shape == (len(preds), len(classes))
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_saved_model_takes_any_size_and_mode(chain, tmp_path):
+    from PIL import Image
+    tmp, classes, _, _, _ = chain
+    src = sorted((tmp / "src" / classes[0]).glob("*.png"))[0]
+    img = Image.open(src)
+    paths = []
+    for name, im, fmt in [("rgba.png", img.convert("RGBA"), "PNG"), ("big.jpg", img.convert("RGB").resize((300, 200)), "JPEG"),
+                          ("gray.bmp", img.convert("RGB"), "BMP")]:
+        im.save(tmp_path / name, fmt)
+        paths.append(str(tmp_path / name))
+    a, b = _serve(tmp / "saved_model", paths), _serve(tmp / "saved_model", paths)
+    assert a == b and all(c in classes for c in a["class_name"])
+
+
+def test_export_refuses_a_model_that_disagrees_with_evaluate(chain, tmp_path):
+    tmp, classes, _, _, _ = chain
+    rows = read_predictions(str(tmp / "pred"))
+    rows[0]["predicted"] = next(c for c in classes if c != rows[0]["predicted"])
+    bad = tmp_path / "pred"
+    bad.mkdir()
+    with open(bad / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, rows[0].keys())
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(ServingMismatch, match="disagrees with evaluate on 1 test image"):
+        export(str(tmp / "model"), str(tmp / "pp"), str(bad), str(tmp_path / "sm"))
+    assert not (tmp_path / "sm").exists()
