@@ -90,3 +90,21 @@ def export(model: Input[Model], records: Input[Dataset], predictions: Input[Data
     saved_model.metadata.update({"framework": "tensorflow", "format": "SavedModel",
                                  "signature": "serving_default", "input": "image_bytes",
                                  "checked_images": r.checked_images, "published_to": r.published_to})
+
+
+@component
+def predict(model: str, images: str, predictions: Output[Dataset], metrics: Output[Metrics], top_k: int = 3,
+            output_format: str = "csv"):
+    """Batch prediction: a folder or bucket of images in, one row per image (top-k) out."""
+    import os
+
+    from components.predict import predict as run
+
+    os.makedirs(predictions.path, exist_ok=True)
+    r = run(model, [images], output=os.path.join(predictions.path, f"predictions.{output_format}"), top_k=top_k)
+    predictions.metadata.update({"format": output_format, "predicted": r.predicted, "failed": r.failed,
+                                 "model": model, "images": images})
+    metrics.log_metric("predicted", r.predicted)
+    metrics.log_metric("failed", r.failed)
+    for cls, n in r.class_counts.items():
+        metrics.log_metric(f"count: {cls}", n)

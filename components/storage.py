@@ -154,3 +154,29 @@ def publish_dir(local_dir: str, dest_uri: str) -> str:
         if fs.exists(staging):
             fs.rm(staging, recursive=True)
     return dest_uri
+
+
+def is_dir(uri: str) -> bool:
+    if is_local(uri):
+        return os.path.isdir(local_path(uri))
+    fs, path = filesystem(uri)
+    return fs.isdir(path)
+
+
+def download_dir(uri: str, local_dir: str) -> None:
+    """Stage a remote folder (e.g. a SavedModel in a bucket) to local disk for TensorFlow."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{uri}: not found")
+    fs.get(path.rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True)
+
+
+def put_file(local_file: str, dest_uri: str) -> None:
+    """Move a finished local file to `dest_uri`: a rename locally, an upload to a bucket."""
+    if is_local(dest_uri):
+        dest = Path(local_path(dest_uri))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(local_file, dest)
+        return
+    fs, path = filesystem(dest_uri)
+    fs.put_file(local_file, path)

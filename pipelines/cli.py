@@ -5,9 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_PIPELINE_FILE = "build/imgclf-training.yaml"
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     import inspect
 
@@ -21,16 +18,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def pipelines() -> dict:
+    from pipelines.prediction import prediction_pipeline
+    from pipelines.training import training_pipeline
+
+    return {"training": training_pipeline, "predict": prediction_pipeline}
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
-    from pipelines.training import training_pipeline
-
-    out = Path(args.output)
+    pipeline = pipelines()[args.pipeline]
+    out = Path(args.output or f"build/imgclf-{args.pipeline}.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(out))
-    print(f"compiled {training_pipeline.name} to {out}")
+    compiler.Compiler().compile(pipeline, str(out))
+    print(f"compiled {pipeline.name} to {out}")
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from components.predict import format_table, predict
+
+    result = predict(args.model, args.inputs, output=args.output, top_k=args.top_k, batch_size=args.batch_size,
+                     keep_rows=not args.output)
+    if not args.output:
+        print(format_table(result.rows))
+    print(f"\n{result.predicted} classified, {result.failed} failed in {result.seconds:.1f} s; class counts: "
+          + ", ".join(f"{c} {n}" for c, n in result.class_counts.items()))
+    return 0 if result.predicted or not result.failed else 1
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
@@ -60,9 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
     run.set_defaults(func=_cmd_run)
 
-    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
-    comp.add_argument("-o", "--output", default=DEFAULT_PIPELINE_FILE)
+    comp = sub.add_parser("compile", help="compile a pipeline to KFP IR YAML")
+    comp.add_argument("--pipeline", choices=["training", "predict"], default="training")
+    comp.add_argument("-o", "--output", help="default: build/imgclf-<pipeline>.yaml")
     comp.set_defaults(func=_cmd_compile)
+
+    pred = sub.add_parser("predict", help="classify images with an exported SavedModel (its serving signature)")
+    pred.add_argument("--model", required=True, help="the export step's saved_model folder (local, gs://, s3://)")
+    pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER_OR_URI")
+    pred.add_argument("--output", default="", help="write .csv or .jsonl instead of printing a table")
+    pred.add_argument("--top-k", type=int, default=3)
+    pred.add_argument("--batch-size", type=int, default=64)
+    pred.set_defaults(func=_cmd_predict)
 
     step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
                           add_help=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,8 +67,12 @@ def _timed_tasks(into: dict[str, float]):
         task_dispatcher.run_single_task_implementation = original
 
 
-def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRun:
-    """Execute the same compiled pipeline as on KFP, with a local pipeline root; raise if a task fails."""
+def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=None):
+    """Execute any of our pipelines with kfp.local: (task, seconds per step, total seconds).
+
+    Uses this virtualenv (SubprocessRunner without a venv of its own) unless `runner` says otherwise;
+    raises PipelineFailed if a task fails.
+    """
     from kfp import local
 
     root = Path(pipeline_root).resolve()
@@ -80,10 +85,20 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
         # kfp warns when an image name lacks "python"; the SubprocessRunner ignores images anyway.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
-            task = training_pipeline(**params)
+            task = pipeline(**params)
         except RuntimeError as e:
             raise PipelineFailed(str(e)) from None
+    return task, timings, time.perf_counter() - start
+
+
+def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRun:
+    """The training pipeline, locally, with the figures `imgclf run` prints."""
+    task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner)
     outputs = task.outputs
-    return LocalRun(pipeline_root=str(root), saved_model=outputs["saved_model"].path,
-                    report=outputs["report"].path, accuracy=float(outputs["accuracy"]),
-                    step_seconds=timings, seconds=time.perf_counter() - start)
+    # KFP names the HTML artifact without an extension; browsers want one to render it.
+    report = Path(outputs["report"].path)
+    report_html = report.parents[1] / "report.html"
+    shutil.copyfile(report, report_html)
+    return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), saved_model=outputs["saved_model"].path,
+                    report=str(report_html), accuracy=float(outputs["accuracy"]),
+                    step_seconds=timings, seconds=seconds)

@@ -55,3 +55,34 @@ def two_class_folder(tmp_path) -> Path:
 @pytest.fixture
 def ten_class_folder(tmp_path) -> Path:
     return make_folder(tmp_path / "ten", TEN, 20, jpeg_every=4)
+
+
+@pytest.fixture(scope="session")
+def chain_factory(tmp_path_factory):
+    """Run ingest -> preprocess -> train -> evaluate -> export once per class set and share the result:
+    training is the slow part of the suite."""
+    from components.evaluate import evaluate
+    from components.export import export
+    from components.ingest import ingest
+    from components.preprocess import preprocess
+    from components.train import train
+
+    built = {}
+
+    def build(name: str):
+        if name not in built:
+            classes, per_class = {"two": (TWO, 30), "ten": (TEN, 20)}[name]
+            tmp = tmp_path_factory.mktemp(name)
+            src = make_folder(tmp / "src", classes, per_class, jpeg_every=3)
+            ingest(str(src), str(tmp / "ds"))
+            preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=28, color_mode="grayscale",
+                       val_fraction=0.15, test_fraction=0.2, seed=1)
+            tr = train(str(tmp / "pp"), str(tmp / "model"), epochs=3, batch_size=16, width=8, depth=2,
+                       patience=2, curves_html=str(tmp / "curves.html"))
+            ev = evaluate(str(tmp / "pp"), str(tmp / "model"), str(tmp / "pred"),
+                          report_html=str(tmp / "report.html"))
+            ex = export(str(tmp / "model"), str(tmp / "pp"), str(tmp / "pred"), str(tmp / "saved_model"))
+            built[name] = (tmp, classes, tr, ev, ex)
+        return built[name]
+
+    return build

@@ -10,27 +10,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from components.evaluate import evaluate, read_predictions
+from components.evaluate import read_predictions
 from components.export import ServingMismatch, export
-from components.ingest import ingest
-from components.preprocess import preprocess
-from components.train import load_history, train
-from tests.conftest import TEN, TWO, make_folder
+from components.train import load_history
 
 
-@pytest.fixture(scope="module", params=[("two", TWO, 30), ("ten", TEN, 20)], ids=["two-class", "ten-class"])
-def chain(request, tmp_path_factory):
-    name, classes, per_class = request.param
-    tmp = tmp_path_factory.mktemp(name)
-    src = make_folder(tmp / "src", classes, per_class, jpeg_every=3)
-    ingest(str(src), str(tmp / "ds"))
-    preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=28, color_mode="grayscale",
-               val_fraction=0.15, test_fraction=0.2, seed=1)
-    tr = train(str(tmp / "pp"), str(tmp / "model"), epochs=3, batch_size=16, width=8, depth=2, patience=2,
-               curves_html=str(tmp / "curves.html"))
-    ev = evaluate(str(tmp / "pp"), str(tmp / "model"), str(tmp / "pred"), report_html=str(tmp / "report.html"))
-    ex = export(str(tmp / "model"), str(tmp / "pp"), str(tmp / "pred"), str(tmp / "saved_model"))
-    return tmp, classes, tr, ev, ex
+@pytest.fixture(params=["two", "ten"], ids=["two-class", "ten-class"])
+def chain(request, chain_factory):
+    return chain_factory(request.param)
 
 
 def test_training_outputs(chain):

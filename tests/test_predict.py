@@ -1,0 +1,82 @@
+"""imgclf predict and the batch-prediction pipeline, on a model exported from real images."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from components.evaluate import read_predictions
+from components.predict import predict
+from pipelines.cli import main
+
+
+@pytest.fixture
+def exported(chain_factory):
+    return chain_factory("ten")
+
+
+def test_predictions_match_evaluate_on_every_test_image(exported, tmp_path):
+    tmp, classes, _, _, _ = exported
+    expected = read_predictions(str(tmp / "pred"))
+    out = tmp_path / "p.csv"
+    r = predict(str(tmp / "saved_model"), [e["location"] for e in expected], output=str(out), top_k=3)
+    assert r.predicted == len(expected) and r.failed == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["class"] for row in rows] == [e["predicted"] for e in expected]
+    for row, e in zip(rows, expected):
+        assert float(row["probability"]) == pytest.approx(float(e["probability"]), abs=1e-5)
+        assert row["top_k"].split(";")[0].split(":")[0] == row["class"] and row["top_k"].count(";") == 2
+    assert sum(r.class_counts.values()) == len(expected)
+
+
+def test_folder_with_a_broken_file_still_predicts_the_rest(exported, tmp_path):
+    tmp, classes, _, _, _ = exported
+    folder = tmp_path / "incoming"
+    shutil.copytree(tmp / "src" / classes[0], folder)
+    n = len(list(folder.iterdir()))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (folder / "readme.txt").write_text("not an image")
+    out = tmp_path / "p.jsonl"
+    r = predict(str(tmp / "saved_model"), [str(folder)], output=str(out))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert r.predicted == n and r.failed == 2 and len(lines) == n + 2
+    errors = {x["file"].rsplit("/", 1)[1]: x["error"] for x in lines if "error" in x}
+    assert set(errors) == {"broken.png", "readme.txt"}
+    assert errors["readme.txt"].startswith("not an image")
+    good = [x for x in lines if "error" not in x]
+    assert all(set(x["probabilities"]) == set(classes) and len(x["top_k"]) == 3 for x in good)
+
+
+def test_cli_prints_a_table_and_exits_nonzero_when_nothing_could_be_read(exported, tmp_path, capsys):
+    tmp, classes, _, _, _ = exported
+    img = sorted((tmp / "src" / classes[1]).iterdir())[0]
+    assert main(["predict", "--model", str(tmp / "saved_model"), str(img), "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "file" in out and "top-k" in out and img.name in out and "1 classified, 0 failed" in out
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    assert main(["predict", "--model", str(tmp / "saved_model"), str(bad)]) == 1
+    assert "empty file" in capsys.readouterr().out
+    assert main(["predict", "--model", str(tmp_path), str(img)]) == 1
+    assert "saved_model.pb missing" in capsys.readouterr().err
+
+
+def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
+    from kfp import components
+    from pipelines.local import run_pipeline
+    from pipelines.prediction import prediction_pipeline
+
+    tmp, classes, _, _, _ = exported
+    folder = tmp_path / "batch"
+    shutil.copytree(tmp / "src" / classes[2], folder)
+    task, timings, _ = run_pipeline(prediction_pipeline, {"model": str(tmp / "saved_model"), "images": str(folder),
+                                                          "output_format": "jsonl"}, str(tmp_path / "runs"))
+    rows = [json.loads(x) for x in open(f"{task.output.path}/predictions.jsonl")]
+    assert len(rows) == len(list(folder.iterdir())) and set(timings) == {"predict"}
+    direct = predict(str(tmp / "saved_model"), [str(folder)], keep_rows=True)
+    assert [r["class"] for r in rows] == [r["class"] for r in direct.rows]
+    assert main(["compile", "--pipeline", "predict", "-o", str(tmp_path / "predict.yaml")]) == 0
+    assert components.load_component_from_file(str(tmp_path / "predict.yaml")).name == "imgclf-predict"
