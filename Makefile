@@ -11,7 +11,7 @@ PIPELINE_ROOT ?= runs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run compile test sample-data fashion-mnist-full clean
+.PHONY: help install run compile test bench sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,11 @@ compile: install ## compile the pipeline to build/imgclf-training.yaml
 
 test: install ## run the test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install ## benchmarks that print measured figures (needs Debian's dataset-fashion-mnist)
+	@test -d /usr/share/datasets/fashion-mnist || { echo "installing dataset-fashion-mnist"; \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+	$(BIN)/python -m benchmarks.storage_ingest
 
 sample-data: install ## regenerate data/fashion-mnist-sample from Debian's dataset-fashion-mnist (500 per class)
 	rm -rf $(SAMPLE)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from components import images, records, storage
-from components.ingest import DatasetError, read_manifest
+from components.ingest import DatasetError, location_uri, read_manifest
 from components.progress import Progress
 
 SCHEMA_VERSION = 1
@@ -102,7 +102,7 @@ def preprocess(dataset_dir: str, output_dir: str, image_size: int = 160, color_m
     def load(i: int):
         row = rows[i]
         try:
-            data = storage.read_bytes(row["location"])
+            data = storage.read_bytes(location_uri(dataset_dir, row["location"]))
         except OSError as e:
             return i, None, None, f"unreadable since ingest: {e}"
         if hashlib.sha256(data).hexdigest() != row["sha256"]:

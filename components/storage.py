@@ -1,21 +1,46 @@
-"""The one place that turns URIs into bytes: local paths and any fsspec protocol (gs://, s3://, ...).
+"""The one place that turns URIs into bytes: local paths, gs:// (gcsfs), s3:// and minio:// (s3fs).
 
 TensorFlow never sees a remote URI: steps read bytes through here and write TFRecords/SavedModels to
-local scratch. Outputs are written to a temporary sibling and renamed into place, so a failed step never
+local scratch. Outputs are written to a temporary sibling and moved into place, so a failed step never
 leaves a half-written artifact that a later step could mistake for a good one.
+
+Configuration comes only from the environment (never from pipeline parameters), so credentials stay
+out of compiled YAML and metadata:
+
+| variable | meaning |
+|---|---|
+| `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ... | the standard AWS chain (s3fs/botocore) |
+| `IMGCLF_S3_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`) | S3-compatible endpoint, e.g. MinIO |
+| `IMGCLF_S3_REGION` (or `AWS_REGION`, `AWS_DEFAULT_REGION`) | region, when the endpoint needs one |
+| `IMGCLF_S3_ADDRESSING_STYLE` | `path` (default when an endpoint is set: MinIO), `virtual` or `auto` |
+| `GOOGLE_APPLICATION_CREDENTIALS`, workload identity | the standard Google chain (gcsfs) |
+| `STORAGE_EMULATOR_HOST` | a GCS emulator; anonymous access unless credentials are set |
+| `IMGCLF_STORAGE_RETRIES` | attempts for transient errors (default 4, exponential backoff) |
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
-import fsspec
+T = TypeVar("T")
+# KFP's in-cluster MinIO, used for minio:// URIs when no endpoint is configured.
+KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
+_TRANSIENT = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+              "ClientConnectorError", "ServerDisconnectedError", "ClientPayloadError", "ClientOSError",
+              "ResponseStreamingError", "IncompleteReadError", "ProtocolError", "TransferEncodingError",
+              "ServerTimeoutError", "HttpError"}
+
+
+class StorageError(OSError):
+    """A store could not be used; the message names the URI and the cause."""
 
 
 def is_local(uri: str) -> bool:
@@ -26,10 +51,85 @@ def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def _env(*names: str) -> str:
+    return next((os.environ[n] for n in names if os.environ.get(n)), "")
+
+
+def s3_options(minio: bool = False) -> dict:
+    endpoint = _env("IMGCLF_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") or \
+        (KFP_MINIO_ENDPOINT if minio else "")
+    region = _env("IMGCLF_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    style = os.environ.get("IMGCLF_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
+    client = {"endpoint_url": endpoint} if endpoint else {}
+    if region:
+        client["region_name"] = region
+    return {"client_kwargs": client,
+            "config_kwargs": {"s3": {"addressing_style": style}, "connect_timeout": 10, "read_timeout": 60,
+                              "retries": {"max_attempts": 3, "mode": "standard"}}}
+
+
+def gcs_options() -> dict:
+    if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return {"token": "anon"}
+    return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _fs(protocol: str):
+    import fsspec
+
+    if protocol in ("s3", "s3a", "minio"):
+        return fsspec.filesystem("s3", **s3_options(minio=protocol == "minio"))
+    if protocol in ("gs", "gcs"):
+        return fsspec.filesystem("gcs", **gcs_options())
+    return fsspec.filesystem(protocol)
+
+
 def filesystem(uri: str):
-    """(fs, path) for a URI; s3:// honours AWS_ENDPOINT_URL (MinIO) through fsspec's config."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs, path
+    """(fs, path-within-fs) for any URI we accept."""
+    if is_local(uri):
+        import fsspec
+
+        return fsspec.filesystem("file"), local_path(uri)
+    protocol, rest = uri.split("://", 1)
+    return _fs(protocol.lower()), rest
+
+
+def _is_transient(e: BaseException) -> bool:
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    return isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT or \
+        any(type(c).__name__ in _TRANSIENT for c in (e.__cause__, e.__context__) if c is not None)
+
+
+def _call(uri: str, what: str, fn: Callable[[], T]) -> T:
+    """Run one store operation: retry transient faults with backoff, and turn every failure into an
+    error that names the URI and the cause (a missing bucket, denied access, an unreachable endpoint)."""
+    attempts = max(1, int(os.environ.get("IMGCLF_STORAGE_RETRIES", "4")))
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{uri}: not found ({_cause(e)})") from e
+        except PermissionError as e:
+            raise PermissionError(f"{uri}: access denied ({_cause(e)}); check the credentials in the "
+                                  "environment") from e
+        except Exception as e:  # noqa: BLE001 - classified below; nothing is swallowed
+            if not _is_transient(e):
+                if isinstance(e, (StorageError, ValueError, IsADirectoryError, NotADirectoryError,
+                                  FileExistsError)):
+                    raise
+                raise StorageError(f"{uri}: {what} failed: {_cause(e)}") from e
+            if attempt == attempts:
+                raise StorageError(f"{uri}: {what} failed after {attempts} attempts: {_cause(e)} "
+                                   "(is the endpoint up and reachable?)") from e
+            time.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
+
+
+def _cause(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
 
 
 def join(base: str, *parts: str) -> str:
@@ -53,11 +153,16 @@ def walk_files(root: str) -> Iterator[Entry]:
         yield from _walk_local(Path(local_path(root)))
         return
     fs, path = filesystem(root)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{root}: no such bucket or prefix")
-    proto = root.split("://", 1)[0]
     base = path.rstrip("/")
-    for full, info in sorted(fs.find(path, detail=True).items()):
+    proto = root.split("://", 1)[0]
+    found = _call(root, "listing", lambda: fs.find(base, detail=True))
+    if not found:
+        # find() on a missing bucket may return nothing instead of raising: say which it is.
+        _call(root, "listing", lambda: fs.ls(base.split("/", 1)[0]))
+        raise FileNotFoundError(f"{root}: no objects under this prefix")
+    for full, info in sorted(found.items()):
+        if info.get("type") == "directory":
+            continue
         rel = full[len(base):].lstrip("/")
         yield Entry(rel, f"{proto}://{full}", int(info.get("size") or 0))
 
@@ -91,7 +196,37 @@ def read_bytes(uri: str) -> bytes:
         with open(local_path(uri), "rb") as f:
             return f.read()
     fs, path = filesystem(uri)
-    return fs.cat_file(path)
+    return _call(uri, "read", lambda: fs.cat_file(path))
+
+
+def exists(uri: str) -> bool:
+    if is_local(uri):
+        return os.path.exists(local_path(uri))
+    fs, path = filesystem(uri)
+    return _call(uri, "lookup", lambda: fs.exists(path))
+
+
+def is_dir(uri: str) -> bool:
+    if is_local(uri):
+        return os.path.isdir(local_path(uri))
+    fs, path = filesystem(uri)
+    return _call(uri, "lookup", lambda: fs.isdir(path))
+
+
+def download_file(uri: str, local_file: str) -> None:
+    if is_local(uri):
+        shutil.copyfile(local_path(uri), local_file)
+        return
+    fs, path = filesystem(uri)
+    _call(uri, "download", lambda: fs.get_file(path, local_file))
+
+
+def download_dir(uri: str, local_dir: str) -> None:
+    """Stage a remote folder (e.g. a SavedModel in a bucket) to local disk for TensorFlow."""
+    fs, path = filesystem(uri)
+    if not _call(uri, "lookup", lambda: fs.exists(path)):
+        raise FileNotFoundError(f"{uri}: not found")
+    _call(uri, "download", lambda: fs.get(path.rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True))
 
 
 @contextlib.contextmanager
@@ -131,11 +266,13 @@ def atomic_write_text(final: str, text: str) -> None:
             os.unlink(tmp)
 
 
-def publish_dir(local_dir: str, dest_uri: str) -> str:
-    """Copy a finished local folder to `dest_uri` (local or bucket).
+def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_model.pb",)) -> str:
+    """Copy a finished local folder to `dest_uri` (local or bucket), all or nothing.
 
-    Files go to a temporary sibling prefix first and the folder is moved into place last, so a
-    reader never sees a half-copied model; on object stores the final step is a server-side copy.
+    Locally the folder is renamed into place. Object stores have no rename: files are uploaded to a
+    staging prefix, then copied server-side under `dest_uri` with the files named in `last` copied
+    last (a SavedModel is only loadable once `saved_model.pb` exists); if anything fails, whatever
+    reached `dest_uri` is removed again, and the staging prefix always is.
     """
     if is_local(dest_uri):
         dest = local_path(dest_uri)
@@ -144,31 +281,26 @@ def publish_dir(local_dir: str, dest_uri: str) -> str:
         return dest
     fs, path = filesystem(dest_uri)
     path = path.rstrip("/")
-    if fs.exists(path) and fs.ls(path):
+    if _call(dest_uri, "lookup", lambda: bool(fs.find(path))):
         raise FileExistsError(f"{dest_uri}: destination already exists and is not empty")
     staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    rels = sorted((p.relative_to(local_dir).as_posix() for p in Path(local_dir).rglob("*") if p.is_file()),
+                  key=lambda r: (r in last, r))
+    done: list[str] = []
     try:
-        fs.put(local_dir.rstrip("/") + "/", staging, recursive=True)
-        fs.mv(staging, path, recursive=True)
+        _call(dest_uri, "upload", lambda: fs.put(local_dir.rstrip("/") + "/", staging + "/", recursive=True))
+        for rel in rels:
+            _call(dest_uri, "publish", lambda: fs.copy(f"{staging}/{rel}", f"{path}/{rel}"))
+            done.append(f"{path}/{rel}")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if done:
+                fs.rm(done)
+        raise
     finally:
-        if fs.exists(staging):
+        with contextlib.suppress(Exception):
             fs.rm(staging, recursive=True)
     return dest_uri
-
-
-def is_dir(uri: str) -> bool:
-    if is_local(uri):
-        return os.path.isdir(local_path(uri))
-    fs, path = filesystem(uri)
-    return fs.isdir(path)
-
-
-def download_dir(uri: str, local_dir: str) -> None:
-    """Stage a remote folder (e.g. a SavedModel in a bucket) to local disk for TensorFlow."""
-    fs, path = filesystem(uri)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{uri}: not found")
-    fs.get(path.rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True)
 
 
 def put_file(local_file: str, dest_uri: str) -> None:
@@ -179,4 +311,19 @@ def put_file(local_file: str, dest_uri: str) -> None:
         shutil.move(local_file, dest)
         return
     fs, path = filesystem(dest_uri)
-    fs.put_file(local_file, path)
+    _call(dest_uri, "upload", lambda: fs.put_file(local_file, path))
+
+
+def reset() -> None:
+    """Forget cached filesystems, e.g. after the endpoint settings in the environment changed."""
+    import fsspec
+
+    _fs.cache_clear()
+    for cls in (fsspec.get_filesystem_class("s3"), fsspec.get_filesystem_class("gcs")):
+        cls.clear_instance_cache()
+
+
+def upload_dir(local_dir: str, dest_uri: str) -> None:
+    """Copy a local folder's files under a bucket prefix (tests, benchmarks, staging data)."""
+    fs, path = filesystem(dest_uri)
+    _call(dest_uri, "upload", lambda: fs.put(local_dir.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True))

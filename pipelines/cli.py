@@ -18,17 +18,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def pipelines() -> dict:
-    from pipelines.prediction import prediction_pipeline
-    from pipelines.training import training_pipeline
-
-    return {"training": training_pipeline, "predict": prediction_pipeline}
-
-
 def _cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
-    pipeline = pipelines()[args.pipeline]
+    from pipelines.platform import Platform
+    from pipelines.prediction import build_prediction_pipeline
+    from pipelines.training import build_training_pipeline
+
+    platform = Platform(s3_secret=args.s3_secret, s3_endpoint=args.s3_endpoint)
+    build = {"training": build_training_pipeline, "predict": build_prediction_pipeline}[args.pipeline]
+    pipeline = build(platform)
     out = Path(args.output or f"build/imgclf-{args.pipeline}.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
@@ -64,6 +63,7 @@ def _cmd_step(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from components.cli_args import add_signature_args
+    from pipelines.platform import KFP_MINIO_SECRET
     from pipelines.sample_data import DEBIAN_IDX_DIR
     from pipelines.training import training_pipeline
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile a pipeline to KFP IR YAML")
     comp.add_argument("--pipeline", choices=["training", "predict"], default="training")
     comp.add_argument("-o", "--output", help="default: build/imgclf-<pipeline>.yaml")
+    comp.add_argument("--s3-secret", default=KFP_MINIO_SECRET,
+                      help="Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
+                           f"(its keys accesskey/secretkey; default {KFP_MINIO_SECRET}; '' for none)")
+    comp.add_argument("--s3-endpoint", default="", help="S3/MinIO endpoint URL set on every task (not a secret)")
     comp.set_defaults(func=_cmd_compile)
 
     pred = sub.add_parser("predict", help="classify images with an exported SavedModel (its serving signature)")
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"imgclf: error: {e}", file=sys.stderr)
         return 1
 

@@ -86,3 +86,46 @@ def chain_factory(tmp_path_factory):
         return built[name]
 
     return build
+
+
+STORE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "IMGCLF_STORAGE_RETRIES": "3"}
+
+
+@pytest.fixture(scope="session")
+def stores():
+    """A real S3 API server and a GCS emulator on 127.0.0.1, configured through the environment exactly
+    as a user configures MinIO or an emulator (so subprocesses such as kfp.local tasks see them too)."""
+    from components import storage
+    from tests import stores as st
+
+    s3, gcs = st.moto_s3(), st.gcs_emulator()
+    saved = {k: os.environ.get(k) for k in [*STORE_ENV, "IMGCLF_S3_ENDPOINT_URL", "STORAGE_EMULATOR_HOST"]}
+    os.environ.update(STORE_ENV, IMGCLF_S3_ENDPOINT_URL=s3.url, STORAGE_EMULATOR_HOST=gcs.url)
+    storage.reset()
+    try:
+        yield {"s3": s3, "gcs": gcs}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset()
+        s3.stop()
+        gcs.stop()
+
+
+_bucket_counter = iter(range(10_000))
+
+
+@pytest.fixture
+def bucket(stores):
+    """A fresh bucket name in both stores: returns (s3_uri, gs_uri) of its root."""
+    from components import storage
+
+    name = f"bkt{next(_bucket_counter)}"
+    for proto in ("s3", "gs"):
+        fs, _ = storage.filesystem(f"{proto}://{name}")
+        fs.mkdir(name)
+    return f"s3://{name}", f"gs://{name}"

@@ -22,7 +22,7 @@ def test_compiled_yaml_loads_back(tmp_path):
     for name in ["data", "image_size", "color_mode", "model", "epochs", "batch_size", "learning_rate",
                  "val_fraction", "test_fraction", "seed"]:
         assert name in params, name
-    spec = yaml.safe_load(out.read_text())
+    spec, _platform = yaml.safe_load_all(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == set(STEPS)
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
