@@ -18,11 +18,12 @@ component = dsl.component(base_image=IMAGE, install_kfp_package=False)
 
 
 @component
-def ingest(source: str, dataset: Output[Dataset], metrics: Output[Metrics], max_pixels: int = 40_000_000):
-    """List and decode-check every image of a labelled folder or bucket; write the manifest."""
+def ingest(source: str, dataset: Output[Dataset], metrics: Output[Metrics], base_uri: str = "",
+           max_pixels: int = 40_000_000):
+    """List and decode-check every image of a labelled folder, bucket, archive or table; write the manifest."""
     from components.ingest import ingest as run
 
-    s = run(source, dataset.path, max_pixels=max_pixels)
+    s = run(source, dataset.path, base_uri=base_uri, max_pixels=max_pixels)
     dataset.metadata.update({"classes": s.classes, "images": s.images, "layout": s.layout})
     metrics.log_metric("images", s.images)
     metrics.log_metric("classes", len(s.classes))

@@ -33,8 +33,9 @@ def build_training_pipeline(platform: Platform = LOCAL):
         augment: bool = True,
         patience: int = 5,
         export_to: str = "",
+        data_base_uri: str = "",
     ) -> NamedTuple("Outputs", saved_model=Model, report=HTML, accuracy=float):
-        ingest = steps.ingest(source=data)
+        ingest = steps.ingest(source=data, base_uri=data_base_uri)
         # The source is named by a URI whose contents change between runs (scheduled retraining):
         # never let the cache answer for it. Later steps are keyed on ingest's outputs and stay cacheable.
         ingest.set_caching_options(False)

@@ -19,9 +19,10 @@ from tests import stores as st
 from tests.conftest import TWO, make_folder, sample_files
 
 
-@pytest.mark.parametrize("proto", ["s3", "gs"])
+@pytest.mark.parametrize("proto", ["s3", "gs", "minio"])
 def test_ingest_and_preprocess_from_a_bucket_in_both_layouts(bucket, tmp_path, proto):
-    root = bucket[0] if proto == "s3" else bucket[1]
+    # minio:// is s3:// against the configured endpoint (KFP's pipeline-root scheme)
+    root = {"s3": bucket[0], "gs": bucket[1], "minio": bucket[0].replace("s3://", "minio://")}[proto]
     flat = make_folder(tmp_path / "flat", TWO, 8, jpeg_every=2)
     split = tmp_path / "split"
     make_folder(split / "train", TWO, 10)
