@@ -243,8 +243,10 @@ def test_imgclf_run_from_a_bucket_exports_to_a_bucket(bucket, tmp_path, proto):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"export: published to {root}/models/m" in proc.stdout
     assert "testing-secret" not in proc.stdout + proc.stderr, "credentials must never be logged"
-    r = predict(f"{root}/models/m", [f"{root}/images/Bag"])
+    r = predict(f"{root}/models/m", [f"{root}/images/Bag"], output=f"{root}/results/bags.jsonl")
     assert r.predicted == 15 and r.failed == 0
+    lines = storage.read_bytes(f"{root}/results/bags.jsonl").decode().splitlines()
+    assert len(lines) == 15 and all(f"{root}/images/Bag/" in x for x in lines)
 
 
 def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypatch):
