@@ -35,6 +35,7 @@ test: install ## run the test suite
 bench: install ## benchmarks that print measured figures (needs Debian's dataset-fashion-mnist)
 	@test -d /usr/share/datasets/fashion-mnist || { echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+	$(BIN)/python -m benchmarks.steps_scaling
 	$(BIN)/python -m benchmarks.storage_ingest
 
 sample-data: install ## regenerate data/fashion-mnist-sample from Debian's dataset-fashion-mnist (500 per class)
