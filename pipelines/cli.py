@@ -1,4 +1,5 @@
-"""`imgclf`: run the pipeline locally, compile it, run one step, or build Fashion-MNIST folders."""
+"""`imgclf`: run the training pipeline locally, compile pipelines, predict with an exported model,
+run one step, or build Fashion-MNIST folders."""
 from __future__ import annotations
 
 import argparse

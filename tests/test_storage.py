@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from components import records, storage
+from components import storage
 from components.ingest import DatasetError, ingest, read_manifest, read_quarantine
 from components.preprocess import preprocess
 from tests import stores as st
