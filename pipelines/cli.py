@@ -56,12 +56,6 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_step(args: argparse.Namespace) -> int:
-    from components.__main__ import main as step_main
-
-    return step_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from components.cli_args import add_signature_args
     from pipelines.platform import KFP_MINIO_SECRET
@@ -96,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
                           add_help=False)
     step.add_argument("rest", nargs=argparse.REMAINDER)
-    step.set_defaults(func=_cmd_step)
 
     data = sub.add_parser("sample-data", help="write Fashion-MNIST as class-per-subfolder PNGs")
     data.add_argument("--out", required=True)
@@ -108,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["step"]:  # argparse's REMAINDER drops a leading -h/--flag: hand over verbatim
+        from components.__main__ import main as step_main
+
+        return step_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -60,3 +60,19 @@ def test_run_on_a_missing_folder_fails_with_the_cause(tmp_path):
     assert proc.returncode == 1
     assert "missing: not a directory" in proc.stdout + proc.stderr
     assert "imgclf: error: the pipeline failed in step 'ingest'" in proc.stderr
+
+
+def test_imgclf_step_runs_one_step_with_typed_flags(tmp_path, capsys):
+    import json
+
+    from tests.conftest import TWO
+
+    data = make_folder(tmp_path / "d", TWO, 4)
+    assert main(["step", "ingest", "--source", str(data), "--output-dir", str(tmp_path / "ds"), "--workers", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 8 and summary["workers"] == 2
+    try:
+        main(["step", "train", "-h"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert "--learning-rate" in capsys.readouterr().out
