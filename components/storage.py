@@ -150,7 +150,8 @@ class Entry:
 def walk_files(root: str) -> Iterator[Entry]:
     """Every file under `root`, sorted, so manifests are reproducible across runs and machines."""
     if is_local(root):
-        yield from _walk_local(Path(local_path(root)))
+        # Absolute locations: later steps run elsewhere (another process, another working directory).
+        yield from _walk_local(Path(os.path.abspath(local_path(root))))
         return
     fs, path = filesystem(root)
     base = path.rstrip("/")

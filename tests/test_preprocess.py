@@ -101,3 +101,13 @@ def test_fingerprint_tracks_data_not_paths(tmp_path):
     fp2 = preprocess(str(tmp_path / "ds-a2"), str(tmp_path / "pp-a2"), image_size=28, test_fraction=0.2,
                      val_fraction=0.2).data_fingerprint
     assert fp2 != fps[0]
+
+
+def test_relative_source_path_works_from_another_directory(tmp_path, monkeypatch):
+    make_folder(tmp_path / "rel", TWO, 10)
+    monkeypatch.chdir(tmp_path)
+    ingest("rel", str(tmp_path / "ds"))
+    monkeypatch.chdir("/")
+    s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, test_fraction=0.2,
+                   val_fraction=0.2)
+    assert s.quarantined == 0 and sum(s.counts.values()) == 20
