@@ -21,12 +21,17 @@ COLOR_MODES = {"rgb": 3, "grayscale": 1}
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+ANIMATED_POLICIES = ("first_frame", "refuse")
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     format: str
     width: int
     height: int
     mode: str
+    frames: int = 1
+    dhash: str = ""
 
 
 class ImageRejected(Exception):
@@ -37,8 +42,15 @@ class ImageRejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Decode every pixel once; raise ImageRejected with the cause if the image is unusable."""
+def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "first_frame") -> ImageInfo:
+    """Decode every pixel once; raise ImageRejected with the cause if the image is unusable.
+
+    Animated images are served by their first frame (what TensorFlow decodes with
+    expand_animations=False) or refused, as `animated` says. Also returns a 64-bit difference hash of
+    the upright, flattened image for near-duplicate detection.
+    """
+    if animated not in ANIMATED_POLICIES:
+        raise ValueError(f"animated must be one of {ANIMATED_POLICIES}, got {animated!r}")
     if not data:
         raise ImageRejected("empty file", "0 bytes")
     try:
@@ -60,11 +72,38 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
             raise ImageRejected("too many pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
         if w == 0 or h == 0:
             raise ImageRejected("corrupt image", f"{w}x{h}")
+        frames = int(getattr(img, "n_frames", 1) or 1)
+        if frames > 1 and animated == "refuse":
+            raise ImageRejected("animated image", f"{frames} frames (animated='refuse')")
         try:
             img.load()
+            dhash = difference_hash(img)
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageRejected("truncated or corrupt", str(e)) from None
-        return ImageInfo(fmt, w, h, img.mode)
+        return ImageInfo(fmt, w, h, img.mode, frames, dhash)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """PIL's view of what the model sees (EXIF applied, transparency on white): for hashes and pictures."""
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")
+
+
+def difference_hash(img: Image.Image) -> str:
+    """dHash: 64 bits of left-right brightness gradients on a 9x8 thumbnail; near-identical images
+    (re-encoded, resized, lightly edited) differ in a few bits."""
+    import numpy as np
+
+    small = np.asarray(upright_rgb(img).convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
 def channels_for(color_mode: str) -> int:
@@ -74,18 +113,81 @@ def channels_for(color_mode: str) -> int:
         raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, got {color_mode!r}") from None
 
 
-def tf_decode_resize(image_bytes, image_size: int, channels: int):
-    """Encoded JPEG/PNG/GIF/BMP bytes (scalar string tensor) -> uint8 [size, size, channels].
+def _find(haystack, needle: list[int]):
+    """Positions where the byte sequence `needle` starts in a uint8 vector (graph-friendly)."""
+    import tensorflow as tf
 
-    Always decodes to RGB first (BMP cannot decode to one channel), converts to grayscale in float,
-    resizes with antialiasing (as PIL does when shrinking), then rounds back to uint8 so the pixels can
-    be stored compactly and reproduced exactly at serving time.
+    n = tf.shape(haystack)[0] - len(needle) + 1
+    hit = tf.ones([tf.maximum(n, 0)], tf.bool)
+    for k, byte in enumerate(needle):
+        hit = hit & tf.equal(haystack[k:k + tf.maximum(n, 0)], byte)
+    return tf.cast(tf.where(hit)[:, 0], tf.int32)
+
+
+def tf_exif_orientation(image_bytes):
+    """The EXIF orientation (1-8) of a JPEG, 1 if absent: TensorFlow's decoders ignore it, phones rely on it.
+
+    Looks for the Orientation entry (tag 0x0112, SHORT, count 1) of either byte order, only inside the
+    APP1 'Exif' segment at the start of the file, so compressed image data is never misread as a tag.
     """
     import tensorflow as tf
 
-    img = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+    head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 65536), tf.uint8)
+    head = tf.cast(head, tf.int32)
+    exif = _find(head, [0x45, 0x78, 0x69, 0x66, 0, 0])  # "Exif\0\0"
+    is_jpeg = tf.logical_and(tf.size(head) > 4, tf.reduce_all(tf.equal(head[:2], [0xFF, 0xD8])))
+
+    def orientation():
+        start = exif[0]
+        seg_end = tf.minimum(start - 2 + head[start - 2] * 256 + head[start - 1], tf.size(head))
+        best = tf.constant(1)
+        for pattern, value_at in (([0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00], 9),
+                                  ([0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00], 8)):
+            pos = _find(head, pattern)
+            pos = tf.boolean_mask(pos, (pos > start) & (pos + value_at < seg_end))
+            found = tf.cond(tf.size(pos) > 0, lambda p=pos, v=value_at: head[p[0] + v], lambda: tf.constant(0))
+            best = tf.where(tf.logical_and(found >= 1, found <= 8), found, best)
+        return best
+
+    usable = tf.logical_and(is_jpeg, tf.logical_and(tf.size(exif) > 0, tf.reduce_min(tf.concat([exif, [3]], 0)) >= 2))
+    return tf.cond(usable, orientation, lambda: tf.constant(1))
+
+
+def tf_decode_resize(image_bytes, image_size: int, channels: int):
+    """Encoded JPEG/PNG/GIF/BMP bytes (scalar string tensor) -> uint8 [size, size, channels].
+
+    The one definition of "what the model sees", used eagerly by preprocess and predict and inside the
+    exported SavedModel: EXIF orientation is applied (JPEG), transparency is composited onto white (a
+    transparent PNG's hidden colour is noise), grey/palette/16-bit/CMYK become RGB, grayscale is taken
+    from RGB in float, and resizing antialiases as PIL does when shrinking. Rounding back to uint8 lets
+    pixels be stored compactly and reproduced exactly at serving time.
+    """
+    import tensorflow as tf
+
+    img = tf.cast(tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False), tf.float32)
+    c = tf.shape(img)[2]
+
+    def over_white(color, alpha):
+        a = alpha / 255.0
+        return color * a + 255.0 * (1.0 - a)
+
+    img = tf.switch_case(c - 1, [
+        lambda: tf.tile(img[..., :1], [1, 1, 3]),
+        lambda: tf.tile(over_white(img[..., :1], img[..., 1:2]), [1, 1, 3]),
+        lambda: img[..., :3],
+        lambda: over_white(img[..., :3], img[..., 3:4]),
+    ])
     img = tf.ensure_shape(img, [None, None, 3])
-    img = tf.cast(img, tf.float32)
+    img = tf.switch_case(tf_exif_orientation(image_bytes) - 1, [
+        lambda: img,
+        lambda: tf.reverse(img, [1]),
+        lambda: tf.image.rot90(img, 2),
+        lambda: tf.reverse(img, [0]),
+        lambda: tf.transpose(img, [1, 0, 2]),
+        lambda: tf.image.rot90(img, 3),
+        lambda: tf.image.rot90(tf.transpose(img, [1, 0, 2]), 2),
+        lambda: tf.image.rot90(img, 1),
+    ])
     if channels == 1:
         img = tf.image.rgb_to_grayscale(img)
     img = tf.image.resize(img, [image_size, image_size], method="bilinear", antialias=True)

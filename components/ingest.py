@@ -1,8 +1,11 @@
 """Ingest: list a labelled image source, fully decode every file once, and write a manifest.
 
 Sources (see `sources.py`): a folder or bucket prefix in either Keras layout, a zip archive, or a
-CSV/Parquet table. Unusable files are never fatal and never silent: they go to `quarantine.csv` with a
-reason. The user's source is only read.
+CSV/Parquet table. Bad input is never fatal and never silent: an unusable file goes to
+`quarantine.csv` with a reason; exact duplicates are collapsed (the same image under two labels is a
+label conflict, and a copy in a pre-split test folder of a training image is dropped: leakage); and
+whole-dataset problems (too few images in a class, extreme imbalance, mostly broken files) fail the
+step with one clear message. The user's source is only read.
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import csv
 import hashlib
 import json
 import os
-from collections import Counter
+import unicodedata
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +26,12 @@ from components.sources import DEFAULT_MAX_DOWNLOAD, DatasetError, Item, resolve
 __all__ = ["DatasetError", "IngestSummary", "ingest", "read_manifest", "read_quarantine", "location_uri"]
 
 MANIFEST, CLASSES, QUARANTINE, SUMMARY = "manifest.csv", "classes.json", "quarantine.csv", "summary.json"
-MANIFEST_FIELDS = ["location", "label", "split", "bytes", "sha256", "width", "height", "mode", "format"]
+MANIFEST_FIELDS = ["location", "label", "split", "bytes", "sha256", "width", "height", "mode", "format", "frames",
+                   "dhash"]
 QUARANTINE_FIELDS = ["location", "label", "reason", "detail"]
+SPLIT_RANK = {"train": 0, "validation": 1, "test": 2, "": 3}
+# Not counted towards max_quarantined_share: OS litter, not damaged data.
+HARMLESS = {"hidden file"}
 
 
 @dataclass
@@ -36,17 +44,33 @@ class IngestSummary:
     per_class: dict[str, int]
     per_split: dict[str, int] = field(default_factory=dict)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     workers: int = 0
 
 
-def _check(item: Item, max_pixels: int) -> tuple[dict | None, str, str]:
+def label_problem(label: str) -> str:
+    """Why a folder or table label cannot name a class (it becomes a served `class_name`)."""
+    if not label or not label.strip():
+        return "empty class name"
+    if label != label.strip() or label in (".", "..") or label.startswith("."):
+        return f"invalid class name {label!r}: leading/trailing space or dot"
+    if len(label) > 100:
+        return f"invalid class name: {len(label)} characters (at most 100)"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") for ch in label):
+        return f"invalid class name {label!r}: control or invisible characters"
+    return ""
+
+
+def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str, str]:
     """(manifest fields, reason, detail) for one item; path problems are found before any byte is
     read, so a stray or hidden file is reported for what it is."""
     if item.entry.skip_reason or item.problem:
         return None, item.entry.skip_reason or item.problem, ""
     if os.path.basename(item.entry.rel).startswith("."):
         return None, "hidden file", ""
+    if problem := label_problem(item.label):
+        return None, "invalid class name", problem
     try:
         data = storage.read_bytes(item.entry.uri)
     except FileNotFoundError as e:
@@ -54,61 +78,129 @@ def _check(item: Item, max_pixels: int) -> tuple[dict | None, str, str]:
     except OSError as e:
         return None, "unreadable", str(e)
     try:
-        info = images.inspect(data, max_pixels=max_pixels)
+        info = images.inspect(data, max_pixels=max_pixels, animated=animated)
     except images.ImageRejected as e:
         return None, e.reason, e.detail
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
-            "height": info.height, "mode": info.mode, "format": info.format}, "", ""
+            "height": info.height, "mode": info.mode, "format": info.format, "frames": info.frames,
+            "dhash": info.dhash}, "", ""
+
+
+def _collapse_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep one row per content hash. Returns (kept rows, quarantine rows)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["sha256"]].append(r)
+    kept, dropped = [], []
+    for group in groups.values():
+        if len(group) == 1:
+            kept.append(group[0])
+            continue
+        labels = sorted({r["label"] for r in group})
+        if len(labels) > 1:
+            detail = f"the same image is labelled {', '.join(labels)} ({len(group)} copies)"
+            dropped += [{"location": r["location"], "label": r["label"], "reason": "label conflict",
+                         "detail": detail} for r in group]
+            continue
+        group.sort(key=lambda r: (SPLIT_RANK[r["split"]], r["location"]))
+        keeper = group[0]
+        kept.append(keeper)
+        for r in group[1:]:
+            leak = r["split"] != keeper["split"]
+            dropped.append({"location": r["location"], "label": r["label"],
+                            "reason": "duplicate across splits" if leak else "exact duplicate",
+                            "detail": f"same bytes as {keeper['location']}"
+                                      + (f" ({keeper['split']}); kept out of {r['split']}" if leak else "")})
+    kept.sort(key=lambda r: r["location"])
+    return kept, dropped
+
+
+def _dataset_checks(source: str, per_class: Counter, files: int, damaged: int, min_images_per_class: int,
+                    max_imbalance: float, max_quarantined_share: float) -> list[str]:
+    problems = []
+    if len(per_class) < 2:
+        problems.append(f"found {len(per_class)} class(es) with usable images "
+                        f"({', '.join(sorted(per_class)) or 'none'}); a classifier needs at least 2 classes")
+    small = {c: n for c, n in sorted(per_class.items()) if n < min_images_per_class}
+    if small:
+        problems.append(f"{len(small)} class(es) have fewer than {min_images_per_class} usable images: "
+                        + ", ".join(f"{c} ({n})" for c, n in list(small.items())[:10])
+                        + " (add images, or lower min_images_per_class)")
+    if len(per_class) >= 2:
+        most, least = max(per_class.values()), min(per_class.values())
+        if most / least > max_imbalance:
+            big = max(per_class, key=per_class.get)
+            tiny = min(per_class, key=per_class.get)
+            problems.append(f"classes are imbalanced {most / least:.0f}x ({big}: {most}, {tiny}: {least}); "
+                            f"the limit is {max_imbalance:g}x (max_imbalance)")
+    if files and damaged / files > max_quarantined_share:
+        problems.append(f"{damaged} of {files} files ({damaged / files:.0%}) were quarantined, more than "
+                        f"max_quarantined_share={max_quarantined_share:.0%}: is this the right source?")
+    return [f"{source}: {p}" for p in problems]
 
 
 def ingest(source: str, output_dir: str, base_uri: str = "", max_pixels: int = images.DEFAULT_MAX_PIXELS,
-           workers: int = 16, max_download_bytes: int = DEFAULT_MAX_DOWNLOAD) -> IngestSummary:
-    """Write `manifest.csv`, `classes.json`, `quarantine.csv` and `summary.json` to `output_dir`.
+           animated: str = "first_frame", min_images_per_class: int = 10, max_imbalance: float = 100.0,
+           max_quarantined_share: float = 0.5, workers: int = 16, max_download_bytes: int = DEFAULT_MAX_DOWNLOAD,
+           report_html: str = "") -> IngestSummary:
+    """Write `manifest.csv`, `classes.json`, `quarantine.csv` and `summary.json` to `output_dir`
+    (and, with `report_html`, the ingest report).
 
     Files are checked by a thread pool (object-store reads and PIL decoding release the GIL) in
-    bounded windows, so memory holds the rows, never more than a window of images.
+    bounded windows: memory holds the manifest rows, never more than a window of images.
     """
+    if animated not in images.ANIMATED_POLICIES:
+        raise ValueError(f"animated must be one of {images.ANIMATED_POLICIES}, got {animated!r}")
     with storage.atomic_dir(output_dir) as out:
         src = resolve(source, out, base_uri=base_uri, max_download_bytes=max_download_bytes)
         progress = Progress("ingest", len(src.items), unit="files")
-        per_class, per_split, reasons = Counter(), Counter(), Counter()
-        with open(out / MANIFEST, "w", newline="", encoding="utf-8") as mf, \
-                open(out / QUARANTINE, "w", newline="", encoding="utf-8") as qf, \
-                ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            manifest = csv.DictWriter(mf, MANIFEST_FIELDS)
-            quarantine = csv.DictWriter(qf, QUARANTINE_FIELDS)
-            manifest.writeheader()
-            quarantine.writeheader()
+        rows, quarantined, notes = [], [], Counter()
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             window = max(64, workers * 8)
             for start in range(0, len(src.items), window):
                 chunk = src.items[start:start + window]
-                for item, (row, reason, detail) in zip(chunk, pool.map(lambda i: _check(i, max_pixels), chunk)):
+                for item, (row, reason, detail) in zip(
+                        chunk, pool.map(lambda i: _check(i, max_pixels, animated), chunk)):
                     if row is None:
-                        reasons[reason] += 1
-                        quarantine.writerow({"location": item.location, "label": item.label,
-                                             "reason": reason, "detail": detail})
+                        quarantined.append({"location": item.location, "label": item.label, "reason": reason,
+                                            "detail": detail})
                     else:
-                        manifest.writerow({"location": item.location, "label": item.label,
-                                           "split": item.split, **row})
-                        per_class[item.label] += 1
-                        if item.split:
-                            per_split[item.split] += 1
+                        rows.append({"location": item.location, "label": item.label, "split": item.split, **row})
+                        ext = os.path.splitext(item.entry.rel)[1].lower()
+                        if images.EXTENSIONS.get(ext, row["format"]) != row["format"]:
+                            notes[f"{row['format']} file named {ext}"] += 1
+                        if row["frames"] > 1:
+                            notes["animated, first frame used"] += 1
                     progress.update()
         seconds = progress.close()
+        rows, duplicates = _collapse_duplicates(rows)
+        quarantined += duplicates
+        per_class = Counter(r["label"] for r in rows)
+        per_split = Counter(r["split"] for r in rows if r["split"])
+        reasons = Counter(q["reason"] for q in quarantined)
+        damaged = sum(n for r, n in reasons.items() if r not in HARMLESS)
+        problems = _dataset_checks(source, per_class, len(src.items) - reasons["hidden file"], damaged,
+                                   min_images_per_class, max_imbalance, max_quarantined_share)
+        if src.layout == "pre-split" and rows and "train" not in per_split:
+            problems.append(f"{source}: pre-split layout but no usable training images")
+        if problems:
+            raise DatasetError("dataset checks failed:\n  " + "\n  ".join(problems))
         classes = sorted(per_class)
-        if len(classes) < 2:
-            raise DatasetError(
-                f"{source}: found {len(classes)} class(es) with usable images ({', '.join(classes) or 'none'}); "
-                "a classifier needs at least 2 classes")
-        if src.layout == "pre-split" and "train" not in per_split:
-            raise DatasetError(f"{source}: pre-split layout but no usable training images")
-        summary = IngestSummary(source=source, layout=src.layout, classes=classes, images=sum(per_class.values()),
-                                quarantined=sum(reasons.values()), per_class=dict(sorted(per_class.items())),
-                                per_split=dict(sorted(per_split.items())),
-                                quarantine_reasons=dict(reasons.most_common()), seconds=round(seconds, 3),
-                                workers=workers)
+        for name, fields, data in ((MANIFEST, MANIFEST_FIELDS, rows), (QUARANTINE, QUARANTINE_FIELDS, quarantined)):
+            with open(out / name, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fields)
+                w.writeheader()
+                w.writerows(data)
+        summary = IngestSummary(source=source, layout=src.layout, classes=classes, images=len(rows),
+                                quarantined=len(quarantined), per_class=dict(sorted(per_class.items())),
+                                per_split=dict(sorted(per_split.items())), quarantine_reasons=dict(reasons.most_common()),
+                                notes=dict(notes.most_common()), seconds=round(seconds, 3), workers=workers)
         (out / CLASSES).write_text(json.dumps(classes, indent=1))
         (out / SUMMARY).write_text(json.dumps(asdict(summary), indent=1))
+        if report_html:
+            from components.ingest_report import write_report
+
+            write_report(report_html, summary, rows, quarantined, str(out))
     print(f"ingest: {summary.images} images in {len(classes)} classes ({src.layout}, {src.kind}); "
           f"{summary.quarantined} quarantined {dict(reasons) if reasons else ''}".rstrip(), flush=True)
     return summary

@@ -83,7 +83,7 @@ def test_broken_files_are_quarantined_with_reasons(tmp_path):
 
 
 def test_pixel_limit_refuses_large_images(tmp_path):
-    root = make_folder(tmp_path / "src", TWO, 3)
+    root = make_folder(tmp_path / "src", TWO, 10)
     Image.new("L", (400, 300)).save(root / "Bag" / "big.png")
     s = ingest(str(root), str(tmp_path / "out"), max_pixels=100_000)
     assert s.quarantine_reasons == {"too many pixels": 1}
@@ -103,9 +103,9 @@ def test_missing_source_names_the_path(tmp_path):
 
 
 def test_manifest_is_valid_csv_with_awkward_names(tmp_path):
-    root = make_folder(tmp_path / "src", TWO, 3)
-    src = sample_files("Bag", 1, skip=40)[0]
-    for name in ["with space.png", "ünïcødé.png", "-leading-dash.png", "comma,in,name.png"]:
+    root = make_folder(tmp_path / "src", TWO, 10)
+    names = ["with space.png", "ünïcødé.png", "-leading-dash.png", "comma,in,name.png"]
+    for name, src in zip(names, sample_files("Bag", 4, skip=40)):
         (root / "Bag" / name).write_bytes(src.read_bytes())
     ingest(str(root), str(tmp_path / "out"))
     with open(tmp_path / "out" / "manifest.csv", newline="", encoding="utf-8") as f:

@@ -67,10 +67,10 @@ def test_imgclf_step_runs_one_step_with_typed_flags(tmp_path, capsys):
 
     from tests.conftest import TWO
 
-    data = make_folder(tmp_path / "d", TWO, 4)
+    data = make_folder(tmp_path / "d", TWO, 10)
     assert main(["step", "ingest", "--source", str(data), "--output-dir", str(tmp_path / "ds"), "--workers", "2"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["images"] == 8 and summary["workers"] == 2
+    assert summary["images"] == 20 and summary["workers"] == 2
     try:
         main(["step", "train", "-h"])
     except SystemExit as e:

@@ -70,7 +70,7 @@ def test_pre_split_folders_are_kept_and_validation_carved_from_train(tmp_path):
 
 def test_impossible_split_is_a_clear_error_with_no_output(tmp_path):
     root = make_folder(tmp_path / "src", TWO, 3)
-    ingest(str(root), str(tmp_path / "ds"))
+    ingest(str(root), str(tmp_path / "ds"), min_images_per_class=1)
     with pytest.raises(DatasetError, match="stratified"):
         preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, test_fraction=0.1)
     assert not (tmp_path / "pp").exists()
@@ -88,8 +88,8 @@ def test_file_changed_after_ingest_is_quarantined_not_fatal(two_class_folder, tm
 
 
 def test_fingerprint_tracks_data_not_paths(tmp_path):
-    a = make_folder(tmp_path / "a", TWO, 10)
-    b = make_folder(tmp_path / "b", TWO, 10)
+    a = make_folder(tmp_path / "a", TWO, 11)
+    b = make_folder(tmp_path / "b", TWO, 11)
     fps = []
     for src in (a, b):
         ingest(str(src), str(tmp_path / f"ds-{src.name}"))

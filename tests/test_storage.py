@@ -23,7 +23,7 @@ from tests.conftest import TWO, make_folder, sample_files
 def test_ingest_and_preprocess_from_a_bucket_in_both_layouts(bucket, tmp_path, proto):
     # minio:// is s3:// against the configured endpoint (KFP's pipeline-root scheme)
     root = {"s3": bucket[0], "gs": bucket[1], "minio": bucket[0].replace("s3://", "minio://")}[proto]
-    flat = make_folder(tmp_path / "flat", TWO, 8, jpeg_every=2)
+    flat = make_folder(tmp_path / "flat", TWO, 10, jpeg_every=2)
     split = tmp_path / "split"
     make_folder(split / "train", TWO, 10)
     make_folder(split / "val", TWO, 3, skip=10)
@@ -32,7 +32,7 @@ def test_ingest_and_preprocess_from_a_bucket_in_both_layouts(bucket, tmp_path, p
     storage.upload_dir(str(split), f"{root}/split")
 
     s = ingest(f"{root}/flat", str(tmp_path / "ds1"))
-    assert s.layout == "class-per-subfolder" and s.per_class == {"Bag": 8, "Trouser": 8}
+    assert s.layout == "class-per-subfolder" and s.per_class == {"Bag": 10, "Trouser": 10}
     rows, _ = read_manifest(str(tmp_path / "ds1"))
     assert all(r["location"].startswith(f"{root}/flat/") for r in rows)
 
@@ -89,11 +89,11 @@ def test_zip_url_like_cats_and_dogs_filtered(tmp_path, http_dir):
 
 
 def test_zip_from_a_bucket_and_download_limit(bucket, tmp_path):
-    src = make_folder(tmp_path / "src", TWO, 5)
+    src = make_folder(tmp_path / "src", TWO, 10)
     data = _zip_of(src)
     fs, path = storage.filesystem(f"{bucket[0]}/d.zip")
     fs.pipe(path, data)
-    assert ingest(f"{bucket[0]}/d.zip", str(tmp_path / "ds")).images == 10
+    assert ingest(f"{bucket[0]}/d.zip", str(tmp_path / "ds")).images == 20
     with pytest.raises(DatasetError, match="over the download limit"):
         ingest(f"{bucket[0]}/d.zip", str(tmp_path / "ds2"), max_download_bytes=len(data) // 2)
     assert not (tmp_path / "ds2").exists()
@@ -133,21 +133,21 @@ def test_csv_and_parquet_tables(bucket, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    src = make_folder(tmp_path / "src", TWO, 6)
+    src = make_folder(tmp_path / "src", TWO, 12)
     storage.upload_dir(str(src), f"{bucket[0]}/imgs")
     names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png"))
     csv_text = "filename,class\n" + "".join(f"imgs/{n},{n.split('/')[0]}\n" for n in names) + "imgs/Bag/gone.png,Bag\n"
     fs, path = storage.filesystem(f"{bucket[0]}/labels.csv")
     fs.pipe(path, csv_text.encode())
     s = ingest(f"{bucket[0]}/labels.csv", str(tmp_path / "ds"))
-    assert s.per_class == {"Bag": 6, "Trouser": 6} and s.quarantine_reasons == {"missing": 1}
+    assert s.per_class == {"Bag": 12, "Trouser": 12} and s.quarantine_reasons == {"missing": 1}
     assert read_quarantine(str(tmp_path / "ds"))[0]["location"] == f"{bucket[0]}/imgs/Bag/gone.png"
 
     table = pa.table({"path": [str(src / n) for n in names], "label": [n.split("/")[0] for n in names],
                       "split": ["test" if i % 3 == 0 else "train" for i in range(len(names))]})
     pq.write_table(table, tmp_path / "labels.parquet")
     s = ingest(str(tmp_path / "labels.parquet"), str(tmp_path / "ds2"))
-    assert s.layout == "pre-split" and s.per_split == {"test": 4, "train": 8}
+    assert s.layout == "pre-split" and s.per_split == {"test": 8, "train": 16}
 
     (tmp_path / "bad.csv").write_text("img,what\na.png,b\n")
     with pytest.raises(DatasetError, match="needs a header with a path column"):
