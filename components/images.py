@@ -88,6 +88,10 @@ def upright_rgb(img: Image.Image) -> Image.Image:
     from PIL import ImageOps
 
     img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # 16-bit grey: PIL's convert() clips at 255, TensorFlow scales; scale
+        import numpy as np
+
+        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -96,14 +100,19 @@ def upright_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def difference_hash(img: Image.Image) -> str:
-    """dHash: 64 bits of left-right brightness gradients on a 9x8 thumbnail; near-identical images
-    (re-encoded, resized, lightly edited) differ in a few bits."""
+def difference_hash(img: Image.Image, size: int = 16) -> str:
+    """dHash: `size`² bits of left-right brightness gradients on a (size+1)×size thumbnail, as hex.
+
+    Re-encoded, resized or lightly edited copies differ in a few bits. 16×16 (256 bits), not the
+    common 8×8: small centred product photos such as Fashion-MNIST collide at 64 bits even across
+    classes (105 of 1,000 test images here), never at 256.
+    """
     import numpy as np
 
-    small = np.asarray(upright_rgb(img).convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+    small = np.asarray(upright_rgb(img).convert("L").resize((size + 1, size), Image.Resampling.BILINEAR),
+                       dtype=np.int16)
+    # A step must exceed 4 grey levels to count: flat backgrounds otherwise flip bits on JPEG noise.
+    return np.packbits((small[:, 1:] > small[:, :-1] + 4).flatten()).tobytes().hex()
 
 
 def channels_for(color_mode: str) -> int:

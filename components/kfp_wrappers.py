@@ -18,31 +18,41 @@ component = dsl.component(base_image=IMAGE, install_kfp_package=False)
 
 
 @component
-def ingest(source: str, dataset: Output[Dataset], metrics: Output[Metrics], base_uri: str = "",
-           max_pixels: int = 40_000_000):
+def ingest(source: str, dataset: Output[Dataset], metrics: Output[Metrics], report: Output[HTML],
+           base_uri: str = "", max_pixels: int = 40_000_000, animated: str = "first_frame",
+           min_images_per_class: int = 10, max_imbalance: float = 100.0, max_quarantined_share: float = 0.5):
     """List and decode-check every image of a labelled folder, bucket, archive or table; write the manifest."""
     from components.ingest import ingest as run
 
-    s = run(source, dataset.path, base_uri=base_uri, max_pixels=max_pixels)
+    s = run(source, dataset.path, base_uri=base_uri, max_pixels=max_pixels, animated=animated,
+            min_images_per_class=min_images_per_class, max_imbalance=max_imbalance,
+            max_quarantined_share=max_quarantined_share, report_html=report.path)
     dataset.metadata.update({"classes": s.classes, "images": s.images, "layout": s.layout})
     metrics.log_metric("images", s.images)
     metrics.log_metric("classes", len(s.classes))
     metrics.log_metric("quarantined", s.quarantined)
     for reason, n in s.quarantine_reasons.items():
         metrics.log_metric(f"quarantined: {reason}", n)
+    for cls, n in s.per_class.items():
+        metrics.log_metric(f"images: {cls}", n)
 
 
 @component
-def preprocess(dataset: Input[Dataset], records: Output[Dataset], image_size: int = 160,
-               color_mode: str = "rgb", val_fraction: float = 0.1, test_fraction: float = 0.1,
-               seed: int = 42):
+def preprocess(dataset: Input[Dataset], records: Output[Dataset], metrics: Output[Metrics], image_size: int = 160,
+               color_mode: str = "rgb", val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42,
+               near_duplicate_bits: int = 10, drop_near_duplicates: bool = False):
     """Seeded stratified split, decode + resize, sharded TFRecords with metadata."""
     from components.preprocess import preprocess as run
 
     s = run(dataset.path, records.path, image_size=image_size, color_mode=color_mode,
-            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+            near_duplicate_bits=near_duplicate_bits, drop_near_duplicates=drop_near_duplicates)
     records.metadata.update({"counts": s.counts, "fingerprint": s.fingerprint,
                              "data_fingerprint": s.data_fingerprint, "classes": s.classes})
+    for split, n in s.counts.items():
+        metrics.log_metric(f"images: {split}", n)
+    metrics.log_metric("quarantined", s.quarantined)
+    metrics.log_metric("near-duplicates of training images", s.near_duplicates)
 
 
 @component

@@ -27,6 +27,7 @@ class PreprocessSummary:
     fingerprint: str
     data_fingerprint: str
     seconds: float
+    near_duplicates: int = 0
 
 
 def data_fingerprint(rows: list[dict]) -> str:
@@ -85,10 +86,45 @@ def assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, s
     return split
 
 
+def near_duplicates(rows: list[dict], splits: dict[str, list[int]], max_distance: int) -> list[dict]:
+    """Validation/test images whose perceptual hash is within `max_distance` bits of a training image's.
+
+    Exact copies never get here (ingest keeps one per content); these are re-encodings, resizes and
+    light edits of the same picture, which inflate test scores when they straddle the split.
+    """
+    import numpy as np
+
+    if max_distance < 0 or not splits["train"]:
+        return []
+    def hashes(idx):
+        return np.frombuffer(b"".join(bytes.fromhex(rows[i]["dhash"]) for i in idx), dtype=np.uint64).reshape(len(idx), -1)
+
+    train = hashes(splits["train"])
+    found = []
+    for split in ("validation", "test"):
+        idx = splits[split]
+        for start in range(0, len(idx), 32):  # 32 x 56k train hashes x 32 bytes: about 60 MB at a time
+            chunk = idx[start:start + 32]
+            dist = np.bitwise_count(hashes(chunk)[:, None, :] ^ train[None, :, :]).sum(-1)
+            best = dist.argmin(1)
+            for i, b, d in zip(chunk, best, dist[np.arange(len(chunk)), best]):
+                if d <= max_distance:
+                    found.append({"location": rows[i]["location"], "split": split, "label": rows[i]["label"],
+                                  "train_location": rows[splits["train"][b]]["location"],
+                                  "train_label": rows[splits["train"][b]]["label"], "distance": int(d)})
+    return found
+
+
 def preprocess(dataset_dir: str, output_dir: str, image_size: int = 160, color_mode: str = "rgb",
                val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42,
+               near_duplicate_bits: int = 10, drop_near_duplicates: bool = False,
                images_per_shard: int = 2048, workers: int = 4) -> PreprocessSummary:
-    """Write `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` to `output_dir`."""
+    """Write `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` to `output_dir`.
+
+    Near-duplicates of training images in validation/test (perceptual hash within
+    `near_duplicate_bits` bits; -1 turns the check off) are reported in the metadata, and left out
+    of their split with `drop_near_duplicates`.
+    """
     import tensorflow as tf
 
     if image_size < 8:
@@ -97,6 +133,15 @@ def preprocess(dataset_dir: str, output_dir: str, image_size: int = 160, color_m
     rows, classes = read_manifest(dataset_dir)
     class_index = {c: i for i, c in enumerate(classes)}
     splits = assign_splits(rows, val_fraction, test_fraction, seed)
+    near = near_duplicates(rows, splits, near_duplicate_bits)
+    if near:
+        print(f"preprocess: {len(near)} validation/test image(s) are near-duplicates of training images"
+              + ("; leaving them out" if drop_near_duplicates else " (reported; drop_near_duplicates=False)"),
+              flush=True)
+    if drop_near_duplicates and near:
+        gone = {n["location"] for n in near}
+        for split in ("validation", "test"):
+            splits[split] = [i for i in splits[split] if rows[i]["location"] not in gone]
     decode = images.decoder(image_size, channels)
 
     def load(i: int):
@@ -143,15 +188,17 @@ def preprocess(dataset_dir: str, output_dir: str, image_size: int = 160, color_m
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
         data_fp = data_fingerprint(rows)
         params = {"image_size": image_size, "color_mode": color_mode, "val_fraction": val_fraction,
-                  "test_fraction": test_fraction, "seed": seed}
+                  "test_fraction": test_fraction, "seed": seed, "near_duplicate_bits": near_duplicate_bits,
+                  "drop_near_duplicates": drop_near_duplicates}
         fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
         meta = {"schema_version": SCHEMA_VERSION, "classes": classes, "image_size": image_size,
                 "channels": channels, "color_mode": color_mode, "splits": meta_splits,
                 "params": params, "data_fingerprint": data_fp, "fingerprint": fp,
-                "quarantined": quarantined}
+                "quarantined": quarantined, "near_duplicates": near,
+                "near_duplicates_dropped": bool(drop_near_duplicates and near)}
         (out / records.METADATA_FILE).write_text(json.dumps(meta, indent=1))
     summary = PreprocessSummary(classes, {k: v["count"] for k, v in meta_splits.items()}, len(quarantined),
-                                fp, data_fp, round(seconds, 3))
+                                fp, data_fp, round(seconds, 3), len(near))
     print(f"preprocess: {summary.counts} at {image_size}x{image_size}x{channels}; "
           f"{len(quarantined)} quarantined", flush=True)
     return summary

@@ -34,13 +34,18 @@ def build_training_pipeline(platform: Platform = LOCAL):
         patience: int = 5,
         export_to: str = "",
         data_base_uri: str = "",
+        min_images_per_class: int = 10,
+        max_imbalance: float = 100.0,
+        drop_near_duplicates: bool = False,
     ) -> NamedTuple("Outputs", saved_model=Model, report=HTML, accuracy=float):
-        ingest = steps.ingest(source=data, base_uri=data_base_uri)
+        ingest = steps.ingest(source=data, base_uri=data_base_uri, min_images_per_class=min_images_per_class,
+                              max_imbalance=max_imbalance)
         # The source is named by a URI whose contents change between runs (scheduled retraining):
         # never let the cache answer for it. Later steps are keyed on ingest's outputs and stay cacheable.
         ingest.set_caching_options(False)
         prep = steps.preprocess(dataset=ingest.outputs["dataset"], image_size=image_size, color_mode=color_mode,
-                                val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+                                val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                drop_near_duplicates=drop_near_duplicates)
         fit = steps.train(records=prep.outputs["records"], model_name=model, epochs=epochs, batch_size=batch_size,
                           learning_rate=learning_rate, width=width, depth=depth, dropout=dropout, augment=augment,
                           patience=patience, seed=seed)
