@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 import unicodedata
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,8 @@ from components import images, storage
 from components.progress import Progress
 from components.sources import DEFAULT_MAX_DOWNLOAD, DatasetError, Item, resolve
 
-__all__ = ["DatasetError", "IngestSummary", "ingest", "read_manifest", "read_quarantine", "location_uri"]
+__all__ = ["DatasetError", "IngestSummary", "ingest", "read_manifest", "load_manifest", "read_quarantine",
+           "location_uri"]
 
 MANIFEST, CLASSES, QUARANTINE, SUMMARY = "manifest.csv", "classes.json", "quarantine.csv", "summary.json"
 MANIFEST_FIELDS = ["location", "label", "split", "bytes", "sha256", "width", "height", "mode", "format", "frames",
@@ -86,33 +88,28 @@ def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str
             "dhash": info.dhash}, "", ""
 
 
-def _collapse_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Keep one row per content hash. Returns (kept rows, quarantine rows)."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[r["sha256"]].append(r)
-    kept, dropped = [], []
-    for group in groups.values():
-        if len(group) == 1:
-            kept.append(group[0])
+def _resolve_duplicates(groups: list[list[int]], labels: list[str], splits: list[str],
+                        locations: dict[int, str]) -> tuple[set[int], list[dict]]:
+    """For each group of rows with identical bytes: which rows to drop, and their quarantine entries."""
+    dropped, entries = set(), []
+    for group in groups:
+        group_labels = sorted({labels[i] for i in group})
+        if len(group_labels) > 1:
+            detail = f"the same image is labelled {', '.join(group_labels)} ({len(group)} copies)"
+            dropped.update(group)
+            entries += [{"location": locations[i], "label": labels[i], "reason": "label conflict", "detail": detail}
+                        for i in group]
             continue
-        labels = sorted({r["label"] for r in group})
-        if len(labels) > 1:
-            detail = f"the same image is labelled {', '.join(labels)} ({len(group)} copies)"
-            dropped += [{"location": r["location"], "label": r["label"], "reason": "label conflict",
-                         "detail": detail} for r in group]
-            continue
-        group.sort(key=lambda r: (SPLIT_RANK[r["split"]], r["location"]))
-        keeper = group[0]
-        kept.append(keeper)
-        for r in group[1:]:
-            leak = r["split"] != keeper["split"]
-            dropped.append({"location": r["location"], "label": r["label"],
+        group = sorted(group, key=lambda i: (SPLIT_RANK[splits[i]], locations[i]))
+        keep = group[0]
+        for i in group[1:]:
+            leak = splits[i] != splits[keep]
+            dropped.add(i)
+            entries.append({"location": locations[i], "label": labels[i],
                             "reason": "duplicate across splits" if leak else "exact duplicate",
-                            "detail": f"same bytes as {keeper['location']}"
-                                      + (f" ({keeper['split']}); kept out of {r['split']}" if leak else "")})
-    kept.sort(key=lambda r: r["location"])
-    return kept, dropped
+                            "detail": f"same bytes as {locations[keep]}"
+                                      + (f" ({splits[keep]}); kept out of {splits[i]}" if leak else "")})
+    return dropped, entries
 
 
 def _dataset_checks(source: str, per_class: Counter, files: int, damaged: int, min_images_per_class: int,
@@ -154,45 +151,89 @@ def ingest(source: str, output_dir: str, base_uri: str = "", max_pixels: int = i
     with storage.atomic_dir(output_dir) as out:
         src = resolve(source, out, base_uri=base_uri, max_download_bytes=max_download_bytes)
         progress = Progress("ingest", len(src.items), unit="files")
-        rows, quarantined, notes = [], [], Counter()
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # Streamed: rows go to disk as they are checked; memory keeps ~150 bytes per image (a hash
+        # index for duplicates, label/split/size columns), never the rows or the images themselves.
+        first_of: dict[bytes, int] = {}
+        dup_groups: dict[bytes, list[int]] = {}
+        labels, splits, widths, heights = [], [], [], []
+        samples: dict[str, list[tuple[int, str]]] = {}
+        reasons, notes, examples = Counter(), Counter(), defaultdict(list)
+        staged = out / f".{MANIFEST}.unfiltered"
+        with open(staged, "w", newline="", encoding="utf-8") as mf, \
+                open(out / QUARANTINE, "w", newline="", encoding="utf-8") as qf, \
+                ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            manifest = csv.DictWriter(mf, MANIFEST_FIELDS)
+            quarantine = csv.DictWriter(qf, QUARANTINE_FIELDS)
+            manifest.writeheader()
+            quarantine.writeheader()
+
+            def quarantined(entry: dict) -> None:
+                quarantine.writerow(entry)
+                reasons[entry["reason"]] += 1
+                if len(examples[entry["reason"]]) < 3:
+                    examples[entry["reason"]].append(entry)
+
             window = max(64, workers * 8)
             for start in range(0, len(src.items), window):
                 chunk = src.items[start:start + window]
                 for item, (row, reason, detail) in zip(
                         chunk, pool.map(lambda i: _check(i, max_pixels, animated), chunk)):
-                    if row is None:
-                        quarantined.append({"location": item.location, "label": item.label, "reason": reason,
-                                            "detail": detail})
-                    else:
-                        rows.append({"location": item.location, "label": item.label, "split": item.split, **row})
-                        ext = os.path.splitext(item.entry.rel)[1].lower()
-                        if images.EXTENSIONS.get(ext, row["format"]) != row["format"]:
-                            notes[f"{row['format']} file named {ext}"] += 1
-                        if row["frames"] > 1:
-                            notes["animated, first frame used"] += 1
                     progress.update()
-        seconds = progress.close()
-        rows, duplicates = _collapse_duplicates(rows)
-        quarantined += duplicates
-        per_class = Counter(r["label"] for r in rows)
-        per_split = Counter(r["split"] for r in rows if r["split"])
-        reasons = Counter(q["reason"] for q in quarantined)
+                    if row is None:
+                        quarantined({"location": item.location, "label": item.label, "reason": reason,
+                                     "detail": detail})
+                        continue
+                    n = len(labels)
+                    manifest.writerow({"location": item.location, "label": item.label, "split": item.split, **row})
+                    sha = bytes.fromhex(row["sha256"])
+                    if sha in first_of:
+                        dup_groups.setdefault(sha, [first_of[sha]]).append(n)
+                    else:
+                        first_of[sha] = n
+                    labels.append(sys.intern(item.label))
+                    splits.append(sys.intern(item.split))
+                    widths.append(row["width"])
+                    heights.append(row["height"])
+                    if len(samples.setdefault(item.label, [])) < 12:  # spare ones, in case of duplicates
+                        samples[item.label].append((n, item.location))
+                    ext = os.path.splitext(item.entry.rel)[1].lower()
+                    if images.EXTENSIONS.get(ext, row["format"]) != row["format"]:
+                        notes[f"{row['format']} file named {ext}"] += 1
+                    if row["frames"] > 1:
+                        notes["animated, first frame used"] += 1
+            seconds = progress.close()
+            dropped: set[int] = set()
+            if dup_groups:
+                mf.flush()
+                involved = {i for g in dup_groups.values() for i in g}
+                with open(staged, newline="", encoding="utf-8") as f:
+                    locations = {i: r["location"] for i, r in enumerate(csv.DictReader(f)) if i in involved}
+                dropped, entries = _resolve_duplicates(list(dup_groups.values()), labels, splits, locations)
+                for e in entries:
+                    quarantined(e)
+        del first_of
+        kept = [i for i in range(len(labels)) if i not in dropped]
+        per_class = Counter(labels[i] for i in kept)
+        per_split = Counter(splits[i] for i in kept if splits[i])
         damaged = sum(n for r, n in reasons.items() if r not in HARMLESS)
         problems = _dataset_checks(source, per_class, len(src.items) - reasons["hidden file"], damaged,
                                    min_images_per_class, max_imbalance, max_quarantined_share)
-        if src.layout == "pre-split" and rows and "train" not in per_split:
+        if src.layout == "pre-split" and kept and "train" not in per_split:
             problems.append(f"{source}: pre-split layout but no usable training images")
         if problems:
             raise DatasetError("dataset checks failed:\n  " + "\n  ".join(problems))
-        classes = sorted(per_class)
-        for name, fields, data in ((MANIFEST, MANIFEST_FIELDS, rows), (QUARANTINE, QUARANTINE_FIELDS, quarantined)):
-            with open(out / name, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fields)
+        if dropped:
+            with open(staged, newline="", encoding="utf-8") as src_f, \
+                    open(out / MANIFEST, "w", newline="", encoding="utf-8") as dst:
+                w = csv.DictWriter(dst, MANIFEST_FIELDS)
                 w.writeheader()
-                w.writerows(data)
-        summary = IngestSummary(source=source, layout=src.layout, classes=classes, images=len(rows),
-                                quarantined=len(quarantined), per_class=dict(sorted(per_class.items())),
+                w.writerows(r for i, r in enumerate(csv.DictReader(src_f)) if i not in dropped)
+            staged.unlink()
+        else:
+            staged.rename(out / MANIFEST)
+        classes = sorted(per_class)
+        summary = IngestSummary(source=source, layout=src.layout, classes=classes, images=len(kept),
+                                quarantined=sum(reasons.values()), per_class=dict(sorted(per_class.items())),
                                 per_split=dict(sorted(per_split.items())), quarantine_reasons=dict(reasons.most_common()),
                                 notes=dict(notes.most_common()), seconds=round(seconds, 3), workers=workers)
         (out / CLASSES).write_text(json.dumps(classes, indent=1))
@@ -200,10 +241,19 @@ def ingest(source: str, output_dir: str, base_uri: str = "", max_pixels: int = i
         if report_html:
             from components.ingest_report import write_report
 
-            write_report(report_html, summary, rows, quarantined, str(out))
+            by_class_split = Counter((labels[i], splits[i]) for i in kept)
+            shown = {c: [loc for i, loc in picks if i not in dropped] for c, picks in samples.items()}
+            write_report(report_html, summary, by_class_split, examples, _duplicates_of(out), shown,
+                         [widths[i] for i in kept], [heights[i] for i in kept], str(out))
     print(f"ingest: {summary.images} images in {len(classes)} classes ({src.layout}, {src.kind}); "
           f"{summary.quarantined} quarantined {dict(reasons) if reasons else ''}".rstrip(), flush=True)
     return summary
+
+
+def _duplicates_of(dataset_dir: Path, limit: int = 50) -> list[dict]:
+    with open(dataset_dir / QUARANTINE, newline="", encoding="utf-8") as f:
+        return [q for q in csv.DictReader(f)
+                if q["reason"] in ("exact duplicate", "duplicate across splits", "label conflict")][:limit]
 
 
 def location_uri(dataset_dir: str, location: str) -> str:
@@ -217,6 +267,26 @@ def read_manifest(dataset_dir: str) -> tuple[list[dict], list[str]]:
     d = Path(dataset_dir)
     with open(d / MANIFEST, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    return rows, json.loads((d / CLASSES).read_text())
+
+
+class ManifestRow:
+    """The manifest fields later steps need, in about a third of a dict's memory (slots, interned
+    labels): a 70,000-image manifest stays in tens of MB."""
+    __slots__ = ("location", "label", "split", "sha256", "dhash")
+
+    def __init__(self, location: str, label: str, split: str, sha256: str, dhash: str):
+        self.location, self.label, self.split = location, sys.intern(label), sys.intern(split)
+        self.sha256, self.dhash = sha256, dhash
+
+    def __getitem__(self, key: str) -> str:
+        return getattr(self, key)
+
+
+def load_manifest(dataset_dir: str) -> tuple[list[ManifestRow], list[str]]:
+    d = Path(dataset_dir)
+    with open(d / MANIFEST, newline="", encoding="utf-8") as f:
+        rows = [ManifestRow(r["location"], r["label"], r["split"], r["sha256"], r["dhash"]) for r in csv.DictReader(f)]
     return rows, json.loads((d / CLASSES).read_text())
 
 

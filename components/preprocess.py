@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from components import images, records, storage
-from components.ingest import DatasetError, location_uri, read_manifest
+from components.ingest import DatasetError, load_manifest, location_uri
 from components.progress import Progress
 
 SCHEMA_VERSION = 1
@@ -130,7 +130,7 @@ def preprocess(dataset_dir: str, output_dir: str, image_size: int = 160, color_m
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
     channels = images.channels_for(color_mode)
-    rows, classes = read_manifest(dataset_dir)
+    rows, classes = load_manifest(dataset_dir)
     class_index = {c: i for i, c in enumerate(classes)}
     splits = assign_splits(rows, val_fraction, test_fraction, seed)
     near = near_duplicates(rows, splits, near_duplicate_bits)

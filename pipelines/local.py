@@ -28,6 +28,7 @@ class LocalRun:
     pipeline_root: str
     saved_model: str
     report: str
+    ingest_report: str
     accuracy: float
     step_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -38,6 +39,7 @@ class LocalRun:
                 f"test accuracy : {self.accuracy:.4f}\n"
                 f"SavedModel    : {self.saved_model}\n"
                 f"HTML report   : {self.report}\n"
+                f"ingest report : {self.ingest_report}\n"
                 f"step times:\n{steps}")
 
 
@@ -95,10 +97,12 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     """The training pipeline, locally, with the figures `imgclf run` prints."""
     task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner)
     outputs = task.outputs
-    # KFP names the HTML artifact without an extension; browsers want one to render it.
-    report = Path(outputs["report"].path)
-    report_html = report.parents[1] / "report.html"
-    shutil.copyfile(report, report_html)
+    # KFP names HTML artifacts without an extension; browsers want one to render them.
+    run_dir = Path(outputs["report"].path).parents[1]
+    pages = {}
+    for output, name in (("report", "report.html"), ("ingest_report", "ingest_report.html")):
+        shutil.copyfile(outputs[output].path, run_dir / name)
+        pages[output] = str(run_dir / name)
     return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), saved_model=outputs["saved_model"].path,
-                    report=str(report_html), accuracy=float(outputs["accuracy"]),
+                    report=pages["report"], ingest_report=pages["ingest_report"], accuracy=float(outputs["accuracy"]),
                     step_seconds=timings, seconds=seconds)

@@ -37,7 +37,7 @@ def build_training_pipeline(platform: Platform = LOCAL):
         min_images_per_class: int = 10,
         max_imbalance: float = 100.0,
         drop_near_duplicates: bool = False,
-    ) -> NamedTuple("Outputs", saved_model=Model, report=HTML, accuracy=float):
+    ) -> NamedTuple("Outputs", saved_model=Model, report=HTML, ingest_report=HTML, accuracy=float):
         ingest = steps.ingest(source=data, base_uri=data_base_uri, min_images_per_class=min_images_per_class,
                               max_imbalance=max_imbalance)
         # The source is named by a URI whose contents change between runs (scheduled retraining):
@@ -53,9 +53,9 @@ def build_training_pipeline(platform: Platform = LOCAL):
         exp = steps.export(model=fit.outputs["model"], records=prep.outputs["records"],
                            predictions=ev.outputs["predictions"], export_to=export_to)
         platform.apply(ingest, prep, fit, ev, exp)
-        outputs = NamedTuple("Outputs", saved_model=Model, report=HTML, accuracy=float)
+        outputs = NamedTuple("Outputs", saved_model=Model, report=HTML, ingest_report=HTML, accuracy=float)
         return outputs(saved_model=exp.outputs["saved_model"], report=ev.outputs["report"],
-                       accuracy=ev.outputs["Output"])
+                       ingest_report=ingest.outputs["report"], accuracy=ev.outputs["Output"])
 
     return training_pipeline
 

@@ -47,6 +47,8 @@ def test_whole_pipeline_runs_locally(tmp_path):
     report = summary.split("HTML report   : ")[1].split("\n")[0]
     assert saved_model.startswith(str(tmp_path / "runs"))
     assert "data:image/png;base64," in open(report).read()
+    ingest_report = summary.split("ingest report : ")[1].split("\n")[0]
+    assert "Quarantined" not in open(ingest_report).read() and "Samples per class" in open(ingest_report).read()
     check = subprocess.run([sys.executable, "-c", (
         "import sys, tensorflow as tf; f = tf.saved_model.load(sys.argv[1]).signatures['serving_default'];"
         "print(f.structured_input_signature[1]['image_bytes'].dtype.name, sorted(f.structured_outputs))"),
