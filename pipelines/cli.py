@@ -22,11 +22,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
-    from pipelines.platform import Platform
+    from pipelines.platform import KFP_MINIO_SECRET, Platform
     from pipelines.prediction import build_prediction_pipeline
     from pipelines.training import build_training_pipeline
 
-    platform = Platform(s3_secret=args.s3_secret, s3_endpoint=args.s3_endpoint)
+    secret = args.s3_secret if args.s3_secret is not None else (KFP_MINIO_SECRET if args.target == "kfp" else "")
+    selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else ()
+    if selector and len(selector) != 2:
+        raise ValueError(f"--gpu-node-selector takes LABEL=VALUE, got {args.gpu_node_selector!r}")
+    platform = Platform(target=args.target, s3_secret=secret, s3_endpoint=args.s3_endpoint, gpus=args.gpus,
+                        gpu_type=args.gpu_type, gpu_node_selector=selector)
     build = {"training": build_training_pipeline, "predict": build_prediction_pipeline}[args.pipeline]
     pipeline = build(platform)
     out = Path(args.output or f"build/imgclf-{args.pipeline}.yaml")
@@ -73,9 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile a pipeline to KFP IR YAML")
     comp.add_argument("--pipeline", choices=["training", "predict"], default="training")
     comp.add_argument("-o", "--output", help="default: build/imgclf-<pipeline>.yaml")
-    comp.add_argument("--s3-secret", default=KFP_MINIO_SECRET,
-                      help="Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
+    comp.add_argument("--target", choices=["kfp", "vertex"], default="kfp",
+                      help="kfp: Kubernetes settings as a second YAML document; vertex: one document")
+    comp.add_argument("--s3-secret", default=None,
+                      help="KFP: Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
                            f"(its keys accesskey/secretkey; default {KFP_MINIO_SECRET}; '' for none)")
+    comp.add_argument("--gpus", type=int, default=1, help="GPUs requested by the train task (0: CPU only)")
+    comp.add_argument("--gpu-type", default="",
+                      help="accelerator: KFP resource name (default nvidia.com/gpu) or Vertex type "
+                           "(default NVIDIA_TESLA_T4; e.g. NVIDIA_L4)")
+    comp.add_argument("--gpu-node-selector", default="", metavar="LABEL=VALUE",
+                      help="KFP: schedule the train task on nodes with this label")
     comp.add_argument("--s3-endpoint", default="", help="S3/MinIO endpoint URL set on every task (not a secret)")
     comp.set_defaults(func=_cmd_compile)
 

@@ -53,6 +53,7 @@ def build_training_pipeline(platform: Platform = LOCAL):
         exp = steps.export(model=fit.outputs["model"], records=prep.outputs["records"],
                            predictions=ev.outputs["predictions"], export_to=export_to)
         platform.apply(ingest, prep, fit, ev, exp)
+        platform.apply_gpu(fit)
         outputs = NamedTuple("Outputs", saved_model=Model, report=HTML, ingest_report=HTML, accuracy=float)
         return outputs(saved_model=exp.outputs["saved_model"], report=ev.outputs["report"],
                        ingest_report=ingest.outputs["report"], accuracy=ev.outputs["Output"])

@@ -27,7 +27,9 @@ def test_compiled_yaml_loads_back(tmp_path):
     assert set(tasks) == set(STEPS)
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
     assert tasks["train"]["cachingOptions"] == {"enableCache": True}
-    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {"imgclf:0.1.0"}
+    images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train") == "imgclf-gpu:0.1.0"  # compiled for a cluster: train asks for a GPU
+    assert set(images.values()) == {"imgclf:0.1.0"}
 
 
 def test_whole_pipeline_runs_locally(tmp_path):
@@ -78,3 +80,35 @@ def test_imgclf_step_runs_one_step_with_typed_flags(tmp_path, capsys):
     except SystemExit as e:
         assert e.code == 0
     assert "--learning-rate" in capsys.readouterr().out
+
+
+def test_compile_targets_request_the_gpu_in_each_backends_terms(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLF_GPU_IMAGE", "us-docker.pkg.dev/p/r/imgclf-gpu:1")
+    kfp_file, vertex_file = tmp_path / "kfp.yaml", tmp_path / "vertex.yaml"
+    assert main(["compile", "-o", str(kfp_file), "--gpu-node-selector",
+                 "cloud.google.com/gke-accelerator=nvidia-tesla-t4"]) == 0
+    assert main(["compile", "--target", "vertex", "--gpu-type", "NVIDIA_L4", "-o", str(vertex_file)]) == 0
+    pipeline, platform = yaml.safe_load_all(kfp_file.read_text())
+    (vertex,) = yaml.safe_load_all(vertex_file.read_text())  # one document: Vertex cannot load a second
+    for spec, accel in ((pipeline, "nvidia.com/gpu"), (vertex, "NVIDIA_L4")):
+        train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+        assert train["image"] == "us-docker.pkg.dev/p/r/imgclf-gpu:1"
+        assert train["resources"]["accelerator"]["resourceType"] == accel
+        assert train["resources"]["accelerator"]["resourceCount"] == "1"
+        others = [e for n, e in spec["deploymentSpec"]["executors"].items() if n != "exec-train"]
+        assert all("accelerator" not in e["container"].get("resources", {}) for e in others)
+    k8s_train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert k8s_train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert k8s_train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    assert "secretAsEnv" not in vertex_file.read_text()
+    assert main(["compile", "--gpus", "0", "-o", str(tmp_path / "cpu.yaml")]) == 0
+    assert "accelerator" not in (tmp_path / "cpu.yaml").read_text()
+
+
+def test_compile_rejects_backend_mismatches(tmp_path, capsys):
+    assert main(["compile", "--target", "vertex", "--gpu-type", "nvidia.com/gpu", "-o", str(tmp_path / "x")]) == 1
+    assert "is not one of NVIDIA_TESLA_T4" in capsys.readouterr().err
+    assert main(["compile", "--target", "kfp", "--gpu-type", "NVIDIA_L4", "-o", str(tmp_path / "y")]) == 1
+    assert "Kubernetes resource names" in capsys.readouterr().err
+    assert main(["compile", "--target", "vertex", "--s3-secret", "x", "-o", str(tmp_path / "z")]) == 1
+    assert "workload identity" in capsys.readouterr().err
