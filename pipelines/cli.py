@@ -19,25 +19,104 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compile(args: argparse.Namespace) -> int:
+def _compile(args: argparse.Namespace, target: str, out: Path) -> Path:
     from kfp import compiler
 
     from pipelines.platform import KFP_MINIO_SECRET, Platform
     from pipelines.prediction import build_prediction_pipeline
     from pipelines.training import build_training_pipeline
 
-    secret = args.s3_secret if args.s3_secret is not None else (KFP_MINIO_SECRET if args.target == "kfp" else "")
+    secret = args.s3_secret if args.s3_secret is not None else (KFP_MINIO_SECRET if target == "kfp" else "")
     selector = tuple(args.gpu_node_selector.split("=", 1)) if args.gpu_node_selector else ()
     if selector and len(selector) != 2:
         raise ValueError(f"--gpu-node-selector takes LABEL=VALUE, got {args.gpu_node_selector!r}")
-    platform = Platform(target=args.target, s3_secret=secret, s3_endpoint=args.s3_endpoint, gpus=args.gpus,
+    platform = Platform(target=target, s3_secret=secret, s3_endpoint=args.s3_endpoint, gpus=args.gpus,
                         gpu_type=args.gpu_type, gpu_node_selector=selector)
     build = {"training": build_training_pipeline, "predict": build_prediction_pipeline}[args.pipeline]
-    pipeline = build(platform)
-    out = Path(args.output or f"build/imgclf-{args.pipeline}.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(out))
-    print(f"compiled {pipeline.name} to {out}")
+    compiler.Compiler().compile(build(platform), str(out))
+    return out
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    out = _compile(args, args.target, Path(args.output or f"build/imgclf-{args.pipeline}.yaml"))
+    print(f"compiled imgclf-{args.pipeline} ({args.target}) to {out}")
+    return 0
+
+
+def _backend(args: argparse.Namespace):
+    from pipelines.backends import Kfp, Vertex
+
+    if args.backend == "kfp":
+        return Kfp(args.host, token=args.token, namespace=args.namespace)
+    if not args.project or not args.region:
+        raise ValueError("--backend vertex needs --project and --region")
+    return Vertex(args.project, args.region, api_endpoint=args.api_endpoint)
+
+
+def _package_and_params(args: argparse.Namespace, tmp: str) -> tuple[str, dict]:
+    from pipelines import params
+
+    package = args.package or str(_compile(args, args.backend, Path(tmp) / "pipeline.yaml"))
+    return package, params.parse(package, args.params)
+
+
+def _labels(text: str) -> dict:
+    pairs = [p.split("=", 1) for p in text.split(",") if p]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--labels takes key=value,key=value; got {text!r}")
+    return dict(pairs)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package, values = _package_and_params(args, tmp)   # checked before anything is sent
+        backend = _backend(args)
+        if args.backend == "kfp":
+            result = backend.submit(package, f"imgclf-{args.pipeline}", args.experiment, values, args.pipeline_root,
+                                    args.no_cache, args.wait, args.timeout, args.service_account)
+        else:
+            result = backend.submit(package, values, args.pipeline_root or "", args.no_cache, args.wait,
+                                    args.service_account, _labels(args.labels))
+    print(f"submitted run {result.run_id}" + (f": {result.url}" if result.url else "")
+          + (f"; finished {result.state}" if args.wait else ""))
+    return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.action == "create":
+        with tempfile.TemporaryDirectory() as tmp:
+            package, values = _package_and_params(args, tmp)
+            if args.backend == "vertex" and args.interval:
+                raise ValueError("Vertex schedules are cron only: use --cron")
+            from pipelines import cron
+
+            if args.cron:  # validated before anything is sent
+                (cron.for_kfp if args.backend == "kfp" else cron.for_vertex)(args.cron)
+            backend = _backend(args)
+            if args.backend == "kfp":
+                sid = backend.create_schedule(package, f"imgclf-{args.pipeline}", args.experiment, values,
+                                              args.pipeline_root, args.cron, args.interval, args.max_concurrency,
+                                              args.service_account)
+            else:
+                sid = backend.create_schedule(package, f"imgclf-{args.pipeline}", values, args.pipeline_root or "",
+                                              args.cron, args.max_concurrency, args.service_account,
+                                              _labels(args.labels))
+        print(f"created schedule {sid}")
+    elif args.action == "list":
+        backend = _backend(args)
+        rows = backend.list_schedules(args.experiment) if args.backend == "kfp" else backend.list_schedules()
+        print(f"{'id':<40} {'name':<30} {'status':<10} trigger")
+        for r in rows:
+            print(f"{r['id']:<40} {r['name']:<30} {r['status']:<10} {r['trigger']}")
+        print(f"{len(rows)} schedule(s)")
+    else:
+        _backend(args).delete_schedule(args.schedule_id)
+        print(f"deleted schedule {args.schedule_id}")
     return 0
 
 
@@ -75,22 +154,63 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
     run.set_defaults(func=_cmd_run)
 
+    def compile_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pipeline", choices=["training", "predict"], default="training")
+        p.add_argument("--s3-secret", default=None,
+                       help="KFP: Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
+                            f"(its keys accesskey/secretkey; default {KFP_MINIO_SECRET}; '' for none)")
+        p.add_argument("--s3-endpoint", default="", help="S3/MinIO endpoint URL set on every task (not a secret)")
+        p.add_argument("--gpus", type=int, default=1, help="GPUs requested by the train task (0: CPU only)")
+        p.add_argument("--gpu-type", default="",
+                       help="accelerator: KFP resource name (default nvidia.com/gpu) or Vertex type "
+                            "(default NVIDIA_TESLA_T4; e.g. NVIDIA_L4)")
+        p.add_argument("--gpu-node-selector", default="", metavar="LABEL=VALUE",
+                       help="KFP: schedule the train task on nodes with this label")
+
+    def backend_options(p: argparse.ArgumentParser, run_options: bool = True) -> None:
+        p.add_argument("--backend", choices=["kfp", "vertex"], required=True)
+        p.add_argument("--host", help="KFP: API endpoint, e.g. http://localhost:8080 (default: in-cluster)")
+        p.add_argument("--token", help="KFP: bearer token (or IMGCLF_KFP_TOKEN; default: in-cluster credentials)")
+        p.add_argument("--namespace", help="KFP (multi-user): the profile namespace")
+        p.add_argument("--experiment", default="imgclf" if run_options else None, help="KFP experiment")
+        p.add_argument("--project", help="Vertex: Google Cloud project")
+        p.add_argument("--region", help="Vertex: region, e.g. us-central1")
+        p.add_argument("--api-endpoint", help="Vertex: API endpoint (Private Service Connect); uses REST")
+        if run_options:
+            compile_options(p)
+            p.add_argument("--package", help="a compiled pipeline YAML to send instead of compiling one now")
+            p.add_argument("--pipeline-root", help="where artifacts go: minio://, s3:// (KFP) or gs:// (both)")
+            p.add_argument("--service-account", help="the run's service account (KSA on KFP, GSA on Vertex)")
+            p.add_argument("--labels", default="", help="Vertex: key=value,key=value")
+            p.add_argument("params", nargs="*", metavar="param=value", help="pipeline parameters, type-checked")
+
     comp = sub.add_parser("compile", help="compile a pipeline to KFP IR YAML")
-    comp.add_argument("--pipeline", choices=["training", "predict"], default="training")
+    compile_options(comp)
     comp.add_argument("-o", "--output", help="default: build/imgclf-<pipeline>.yaml")
     comp.add_argument("--target", choices=["kfp", "vertex"], default="kfp",
                       help="kfp: Kubernetes settings as a second YAML document; vertex: one document")
-    comp.add_argument("--s3-secret", default=None,
-                      help="KFP: Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
-                           f"(its keys accesskey/secretkey; default {KFP_MINIO_SECRET}; '' for none)")
-    comp.add_argument("--gpus", type=int, default=1, help="GPUs requested by the train task (0: CPU only)")
-    comp.add_argument("--gpu-type", default="",
-                      help="accelerator: KFP resource name (default nvidia.com/gpu) or Vertex type "
-                           "(default NVIDIA_TESLA_T4; e.g. NVIDIA_L4)")
-    comp.add_argument("--gpu-node-selector", default="", metavar="LABEL=VALUE",
-                      help="KFP: schedule the train task on nodes with this label")
-    comp.add_argument("--s3-endpoint", default="", help="S3/MinIO endpoint URL set on every task (not a secret)")
     comp.set_defaults(func=_cmd_compile)
+
+    sm = sub.add_parser("submit", help="submit a run to Kubeflow Pipelines or Vertex AI Pipelines")
+    backend_options(sm)
+    sm.add_argument("--no-cache", action="store_true", help="run every task, even if a cached result exists")
+    sm.add_argument("--wait", action="store_true", help="follow the run; exit 1 unless it succeeds")
+    sm.add_argument("--timeout", type=int, default=24 * 3600, help="seconds to wait (KFP)")
+    sm.set_defaults(func=_cmd_submit)
+
+    sch = sub.add_parser("schedule", help="create, list or delete recurring runs (retraining)")
+    actions = sch.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="schedule the pipeline (cron or interval)")
+    backend_options(create)
+    create.add_argument("--cron", help="five fields, e.g. '0 3 * * *'; Vertex also takes 'TZ=Europe/Berlin 0 3 * * *'")
+    create.add_argument("--interval", type=int, help="KFP: seconds between runs instead of --cron")
+    create.add_argument("--max-concurrency", type=int, default=1)
+    listing = actions.add_parser("list", help="list schedules")
+    backend_options(listing, run_options=False)
+    delete = actions.add_parser("delete", help="delete a schedule by id")
+    backend_options(delete, run_options=False)
+    delete.add_argument("schedule_id")
+    sch.set_defaults(func=_cmd_schedule)
 
     pred = sub.add_parser("predict", help="classify images with an exported SavedModel (its serving signature)")
     pred.add_argument("--model", required=True, help="the export step's saved_model folder (local, gs://, s3://)")

@@ -1,0 +1,198 @@
+"""Submitting runs and schedules to Kubeflow Pipelines (kfp.Client, v2beta1 REST) and Vertex AI
+Pipelines (google-cloud-aiplatform). No secret is ever passed as a pipeline parameter or printed."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+
+from pipelines import cron
+
+TERMINAL_OK = {"SUCCEEDED"}
+
+
+class SubmitError(RuntimeError):
+    """A backend refused or a run ended badly; the message says which and why."""
+
+
+@dataclass
+class Submitted:
+    run_id: str
+    state: str = ""
+    url: str = ""
+
+
+def _version_name(package: str) -> str:
+    with open(package, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:8]
+    return f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{digest}"
+
+
+def without_cache(package: str) -> str:
+    """A copy of a compiled pipeline with caching off for every task (the platform document kept)."""
+    import yaml
+
+    with open(package, encoding="utf-8") as f:
+        docs = list(yaml.safe_load_all(f))
+    for component in [docs[0]["root"], *docs[0].get("components", {}).values()]:
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            task["cachingOptions"] = {}
+    out = f"{package.rsplit('.', 1)[0]}-nocache.yaml"
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump_all(docs, f, sort_keys=False)
+    return out
+
+
+def _api_error(e: Exception) -> str:
+    body = getattr(e, "body", None)
+    return f"{getattr(e, 'status', '')} {getattr(e, 'reason', '')}: {body or e}".strip()
+
+
+class Kfp:
+    """Kubeflow Pipelines. `host=None` uses in-cluster credentials (a pod's service account)."""
+
+    def __init__(self, host: str | None, token: str | None = None, namespace: str | None = None):
+        import kfp
+
+        self.namespace = namespace
+        try:
+            self.client = kfp.Client(host=host, existing_token=token or os.environ.get("IMGCLF_KFP_TOKEN"),
+                                     namespace=namespace or "kubeflow")
+        except Exception as e:  # noqa: BLE001 - kfp raises many types for an unreachable host
+            raise SubmitError(f"cannot reach Kubeflow Pipelines at {host or 'in-cluster'}: {e}") from None
+
+    def ensure_pipeline(self, package: str, name: str) -> tuple[str, str]:
+        """(pipeline_id, version_id): upload the pipeline, or a new version of it if it exists."""
+        from kfp_server_api.exceptions import ApiException
+
+        try:
+            pid = self.client.get_pipeline_id(name)
+            if pid is None:
+                pid = self.client.upload_pipeline(package, pipeline_name=name).pipeline_id
+                versions = self.client.list_pipeline_versions(pid, sort_by="created_at desc", page_size=1)
+                return pid, versions.pipeline_versions[0].pipeline_version_id
+            version = self.client.upload_pipeline_version(package, pipeline_version_name=_version_name(package),
+                                                          pipeline_id=pid)
+            return pid, version.pipeline_version_id
+        except ApiException as e:
+            raise SubmitError(f"uploading pipeline {name!r} failed: {_api_error(e)}") from None
+
+    def experiment_id(self, name: str) -> str:
+        try:
+            return self.client.get_experiment(experiment_name=name, namespace=self.namespace).experiment_id
+        except ValueError:
+            return self.client.create_experiment(name, namespace=self.namespace).experiment_id
+
+    def submit(self, package: str, name: str, experiment: str, params: dict, pipeline_root: str | None,
+               no_cache: bool, wait: bool, timeout: int, service_account: str | None = None) -> Submitted:
+        # kfp.Client only applies enable_caching to a package it sends itself, not to an uploaded
+        # version: the version must carry caching off.
+        pid, vid = self.ensure_pipeline(without_cache(package) if no_cache else package, name)
+        run = self.client.run_pipeline(self.experiment_id(experiment), f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
+                                       params=params, pipeline_id=pid, version_id=vid, pipeline_root=pipeline_root,
+                                       service_account=service_account)
+        result = Submitted(run.run_id, str(run.state or ""), f"{self.client._get_url_prefix()}/#/runs/details/{run.run_id}")
+        if wait:
+            done = self.client.wait_for_run_completion(run.run_id, timeout=timeout, sleep_duration=5)
+            result.state = str(done.state)
+            if result.state not in TERMINAL_OK:
+                raise SubmitError(f"run {run.run_id} ended {result.state}: {result.url}")
+        return result
+
+    def create_schedule(self, package: str, name: str, experiment: str, params: dict, pipeline_root: str | None,
+                        cron_expr: str | None, interval_s: int | None, max_concurrency: int,
+                        service_account: str | None = None) -> str:
+        """A recurring run on the pipeline's *latest* version (no version id), never catching up."""
+        import kfp_server_api as api
+
+        if bool(cron_expr) == bool(interval_s):
+            raise ValueError("give exactly one of --cron or --interval")
+        trigger = api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron.for_kfp(cron_expr))) \
+            if cron_expr else api.V2beta1Trigger(periodic_schedule=api.V2beta1PeriodicSchedule(interval_second=interval_s))
+        pid, _ = self.ensure_pipeline(package, name)
+        body = api.V2beta1RecurringRun(
+            display_name=f"{name} schedule", experiment_id=self.experiment_id(experiment),
+            pipeline_version_reference=api.V2beta1PipelineVersionReference(pipeline_id=pid),
+            runtime_config=api.V2beta1RuntimeConfig(parameters=params, pipeline_root=pipeline_root),
+            max_concurrency=max_concurrency, no_catchup=True, trigger=trigger, mode="ENABLE",
+            service_account=service_account)
+        try:
+            return self.client._recurring_run_api.recurring_run_service_create_recurring_run(body).recurring_run_id
+        except api.exceptions.ApiException as e:
+            raise SubmitError(f"creating the schedule failed: {_api_error(e)}") from None
+
+    def list_schedules(self, experiment: str | None) -> list[dict]:
+        eid = self.experiment_id(experiment) if experiment else None
+        runs = self.client.list_recurring_runs(experiment_id=eid, page_size=100).recurring_runs or []
+        return [{"id": r.recurring_run_id, "name": r.display_name, "status": str(r.status or ""),
+                 "trigger": (r.trigger.cron_schedule.cron if r.trigger and r.trigger.cron_schedule
+                             else f"every {r.trigger.periodic_schedule.interval_second}s" if r.trigger else "")}
+                for r in runs]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        from kfp_server_api.exceptions import ApiException
+
+        try:
+            self.client.delete_recurring_run(schedule_id)
+        except ApiException as e:
+            raise SubmitError(f"deleting schedule {schedule_id} failed: {_api_error(e)}") from None
+
+
+class Vertex:
+    """Vertex AI Pipelines through google-cloud-aiplatform; credentials from the standard Google chain."""
+
+    def __init__(self, project: str, region: str, api_endpoint: str | None = None, credentials=None):
+        from google.cloud import aiplatform
+
+        self.aiplatform = aiplatform
+        kwargs = {"project": project, "location": region, "credentials": credentials}
+        if api_endpoint:  # e.g. a Private Service Connect endpoint, or a test double over REST
+            kwargs.update(api_endpoint=api_endpoint, api_transport="rest")
+        aiplatform.init(**kwargs)
+        self.project, self.region = project, region
+
+    def _job(self, package: str, params: dict, pipeline_root: str, no_cache: bool, labels: dict):
+        if not pipeline_root.startswith("gs://"):
+            raise ValueError(f"Vertex AI needs a gs:// pipeline root, got {pipeline_root!r}")
+        return self.aiplatform.PipelineJob(display_name="imgclf-training", template_path=package,
+                                           pipeline_root=pipeline_root, parameter_values=params,
+                                           enable_caching=False if no_cache else None, labels=labels or None)
+
+    def submit(self, package: str, params: dict, pipeline_root: str, no_cache: bool, wait: bool,
+               service_account: str | None, labels: dict) -> Submitted:
+        from google.api_core import exceptions
+
+        job = self._job(package, params, pipeline_root, no_cache, labels)
+        try:
+            job.submit(service_account=service_account)
+        except exceptions.GoogleAPICallError as e:
+            raise SubmitError(f"Vertex AI refused the pipeline job: {e}") from None
+        result = Submitted(job.resource_name, job.state.name)
+        if wait:
+            try:
+                job.wait()
+            except RuntimeError as e:  # aiplatform raises on a failed job
+                raise SubmitError(f"pipeline job {job.resource_name} failed: {e}") from None
+            result.state = job.state.name
+        return result
+
+    def create_schedule(self, package: str, name: str, params: dict, pipeline_root: str, cron_expr: str,
+                        max_concurrency: int, service_account: str | None, labels: dict) -> str:
+        job = self._job(package, params, pipeline_root, False, labels)
+        schedule = job.create_schedule(cron=cron.for_vertex(cron_expr), display_name=f"{name}-schedule",
+                                       max_concurrent_run_count=max_concurrency, service_account=service_account)
+        return schedule.resource_name
+
+    def list_schedules(self) -> list[dict]:
+        return [{"id": s.resource_name, "name": s.display_name, "status": s.state.name if s.state else "",
+                 "trigger": s.cron} for s in self.aiplatform.PipelineJobSchedule.list()]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self.aiplatform.PipelineJobSchedule.get(schedule_id).delete()
+        except exceptions.GoogleAPICallError as e:
+            raise SubmitError(f"deleting schedule {schedule_id} failed: {e}") from None

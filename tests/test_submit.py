@@ -1,0 +1,187 @@
+"""imgclf submit / schedule through the real kfp.Client and google-cloud-aiplatform, against test
+doubles on 127.0.0.1 that check every request against the official APIs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+import yaml
+
+from pipelines import cron
+from pipelines.backends import without_cache
+from pipelines.cli import main
+from tests.kfp_double import KfpDouble
+from tests.vertex_double import VertexDouble
+
+
+@pytest.fixture
+def kfp_api():
+    d = KfpDouble()
+    yield d
+    d.stop()
+    assert not d.rejected, f"requests that do not match the KFP v2beta1 API: {d.rejected}"
+
+
+def _posts(d, path):
+    return [r for r in d.requests if r["method"] == "POST" and r["path"] == path]
+
+
+def test_the_kfp_double_rejects_requests_that_do_not_match_the_spec(kfp_api):
+    bad = requests.post(kfp_api.url + "/apis/v2beta1/runs", json={"display_name": "x", "bogus_field": 1})
+    assert bad.status_code == 400 and "unknown field 'bogus_field'" in bad.text
+    bad = requests.post(kfp_api.url + "/apis/v2beta1/recurringruns", json={"max_concurrency": True})
+    assert bad.status_code == 400 and "expected a string" in bad.text
+    assert requests.get(kfp_api.url + "/apis/v2beta1/runz").status_code == 400
+    assert requests.get(kfp_api.url + "/apis/v2beta1/runs/x?colour=red").status_code == 400
+    assert len(kfp_api.rejected) == 4
+    kfp_api.rejected.clear()
+
+
+def test_kfp_submit_uploads_versions_runs_and_waits(kfp_api, capsys):
+    base = ["submit", "--backend", "kfp", "--host", kfp_api.url, "--token", "tok-SECRET-123", "--experiment",
+            "nightly", "--pipeline-root", "minio://mlpipeline/v2"]
+    assert main([*base, "data=s3://images/flowers", "epochs=3", "augment=false"]) == 0
+    assert main([*base, "--wait", "--no-cache", "data=s3://images/flowers"]) == 0
+    out = capsys.readouterr().out
+    assert "finished SUCCEEDED" in out and "tok-SECRET-123" not in out
+    assert all(r["auth"] == "Bearer tok-SECRET-123" for r in kfp_api.requests if r["path"] != "/apis/v2beta1/healthz")
+    assert len(_posts(kfp_api, "/apis/v2beta1/pipelines/upload")) == 1          # first time: the pipeline
+    assert len(_posts(kfp_api, "/apis/v2beta1/pipelines/upload_version")) == 1  # then new versions of it
+    first, second = _posts(kfp_api, "/apis/v2beta1/runs")
+    assert first["body"]["runtime_config"] == {"parameters": {"data": "s3://images/flowers", "epochs": 3,
+                                                              "augment": False},
+                                               "pipeline_root": "minio://mlpipeline/v2"}
+    assert second["body"]["pipeline_version_reference"]["pipeline_version_id"] != \
+        first["body"]["pipeline_version_reference"]["pipeline_version_id"]
+    assert [e["display_name"] for e in kfp_api.experiments.values()] == ["nightly"]
+
+    kfp_api.final_state = "FAILED"
+    assert main([*base, "--wait", "data=s3://x"]) == 1
+    assert "ended FAILED" in capsys.readouterr().err
+
+
+def test_no_cache_turns_caching_off_in_the_uploaded_version(tmp_path):
+    assert main(["compile", "-o", str(tmp_path / "p.yaml")]) == 0
+    docs = list(yaml.safe_load_all(open(without_cache(str(tmp_path / "p.yaml")))))
+    assert len(docs) == 2
+    assert all(t["cachingOptions"] == {} for t in docs[0]["root"]["dag"]["tasks"].values())
+
+
+def test_parameters_are_checked_before_anything_is_sent(kfp_api, capsys):
+    base = ["submit", "--backend", "kfp", "--host", kfp_api.url]
+    assert main([*base, "data=s3://x", "epochs=three"]) == 1
+    assert "parameter epochs='three': expected an integer" in capsys.readouterr().err
+    assert main([*base, "data=s3://x", "epoch=3"]) == 1
+    assert "unknown parameter 'epoch'" in capsys.readouterr().err
+    assert main([*base, "epochs=3"]) == 1
+    assert "missing required parameter(s): data" in capsys.readouterr().err
+    assert kfp_api.requests == []
+
+
+def test_kfp_schedules_cron_and_interval_latest_version_no_catchup(kfp_api, capsys):
+    base = ["--backend", "kfp", "--host", kfp_api.url]
+    assert main(["schedule", "create", *base, "--cron", "30 2 * * mon-fri", "--max-concurrency", "2",
+                 "data=s3://images/flowers"]) == 0
+    assert main(["schedule", "create", *base, "--interval", "3600", "data=s3://images/flowers"]) == 0
+    cron_run, interval_run = (r["body"] for r in _posts(kfp_api, "/apis/v2beta1/recurringruns"))
+    assert cron_run["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * mon-fri"}}
+    assert interval_run["trigger"] == {"periodic_schedule": {"interval_second": 3600}}
+    for body in (cron_run, interval_run):
+        assert body["no_catchup"] is True and body["mode"] == "ENABLE"
+        assert set(body["pipeline_version_reference"]) == {"pipeline_id"}  # always the latest version
+    assert cron_run["max_concurrency"] == 2
+    capsys.readouterr()
+    assert main(["schedule", "list", *base]) == 0
+    listing = capsys.readouterr().out
+    assert "0 30 2 * * mon-fri" in listing and "every 3600s" in listing and "2 schedule(s)" in listing
+    sid = next(iter(kfp_api.recurring))
+    assert main(["schedule", "delete", *base, sid]) == 0
+    assert main(["schedule", "delete", *base, sid]) == 1
+    assert f"deleting schedule {sid} failed: 404" in capsys.readouterr().err
+    assert main(["schedule", "create", *base, "--cron", "0 0 3 * * *", "data=s3://x"]) == 1
+    err = capsys.readouterr().err
+    assert "has 6 fields; expected 5" in err and "'0 3 * * *'" in err
+    assert main(["schedule", "create", *base, "--cron", "TZ=Europe/Berlin 0 3 * * *", "data=s3://x"]) == 1
+    assert "cluster's time zone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("expr,ok", [("0 3 * * *", True), ("*/15 * * * *", True), ("0 0 1,15 * *", True),
+                                     ("0 3 * * 7", True), ("0 24 * * *", False), ("0 3 * * 8", False),
+                                     ("5-1 * * * *", False), ("*/0 * * * *", False), ("a b c d e", False)])
+def test_cron_validation(expr, ok):
+    if ok:
+        assert cron.for_kfp(expr) == "0 " + expr and cron.for_vertex(expr) == expr
+    else:
+        with pytest.raises(cron.CronError, match="expected"):
+            cron.for_kfp(expr)
+
+
+@pytest.fixture
+def vertex_api(monkeypatch):
+    """Vertex through REST to the double; anonymous credentials; the client's pipeline-root bucket check
+    (a GCS call that waits on the network) stubbed."""
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.aiplatform.utils import gcs_utils
+
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj"))
+    monkeypatch.setattr(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
+                        lambda **k: None)
+    d = VertexDouble()
+    yield d
+    d.stop()
+    assert not d.rejected, f"requests that do not match the Vertex AI API: {d.rejected}"
+
+
+def test_the_vertex_double_rejects_wrong_shapes(vertex_api):
+    url = vertex_api.url + "/v1/projects/p/locations/us-central1/pipelineJobs"
+    assert requests.post(url, json={"displayName": "x", "pipelineSpecc": {}}).status_code == 400
+    assert requests.get(vertex_api.url + "/v1/projects/p/pipelineJobs").status_code == 400
+    assert len(vertex_api.rejected) == 2
+    vertex_api.rejected.clear()
+
+
+def test_vertex_submit_wait_and_schedules(vertex_api, capsys):
+    base = ["--backend", "vertex", "--project", "proj", "--region", "us-central1", "--api-endpoint", vertex_api.url]
+    assert main(["submit", *base, "--pipeline-root", "gs://bucket/root", "--wait", "--labels", "team=ml",
+                 "--service-account", "runner@proj.iam.gserviceaccount.com", "data=gs://bucket/img", "epochs=2"]) == 0
+    assert "finished PIPELINE_STATE_SUCCEEDED" in capsys.readouterr().out
+    job = next(r["body"] for r in vertex_api.requests if r["method"] == "POST")
+    assert job["labels"] == {"team": "ml"} and job["serviceAccount"] == "runner@proj.iam.gserviceaccount.com"
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
+    assert job["runtimeConfig"]["parameterValues"] == {"data": "gs://bucket/img", "epochs": 2}
+    train = job["pipelineSpec"]["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    assert "secretAsEnv" not in json.dumps(job) and "AWS_SECRET" not in json.dumps(job)
+
+    vertex_api.final_state = "PIPELINE_STATE_FAILED"
+    assert main(["submit", *base, "--pipeline-root", "gs://bucket/root", "--wait", "data=gs://bucket/img"]) == 1
+    assert "task train failed" in capsys.readouterr().err
+    assert main(["submit", *base, "--pipeline-root", "minio://x", "data=gs://b"]) == 1
+    assert "needs a gs:// pipeline root" in capsys.readouterr().err
+
+    assert main(["schedule", "create", *base, "--pipeline-root", "gs://bucket/root", "--cron",
+                 "TZ=Europe/Berlin 0 3 * * *", "--max-concurrency", "1", "data=gs://bucket/img"]) == 0
+    schedule = [r["body"] for r in vertex_api.requests if r["method"] == "POST" and r["path"].endswith("/schedules")][0]
+    assert schedule["cron"] == "TZ=Europe/Berlin 0 3 * * *" and schedule["maxConcurrentRunCount"] == "1"
+    capsys.readouterr()
+    assert main(["schedule", "list", *base]) == 0
+    assert "TZ=Europe/Berlin 0 3 * * *" in capsys.readouterr().out
+    name = next(iter(vertex_api.schedules))
+    assert main(["schedule", "delete", *base, name]) == 0
+    assert not vertex_api.schedules
+    assert main(["schedule", "create", *base, "--pipeline-root", "gs://b/r", "--interval", "60", "data=gs://b"]) == 1
+    assert "cron only" in capsys.readouterr().err
+
+
+def test_vertex_yaml_loads_in_aiplatform_pipelinejob(tmp_path, vertex_api):
+    from google.cloud import aiplatform
+
+    assert main(["compile", "--target", "vertex", "-o", str(tmp_path / "v.yaml")]) == 0
+    aiplatform.init(project="proj", location="us-central1", api_endpoint=vertex_api.url, api_transport="rest")
+    job = aiplatform.PipelineJob(display_name="x", template_path=str(tmp_path / "v.yaml"),
+                                 pipeline_root="gs://b/r", parameter_values={"data": "gs://b/i"})
+    spec = job.to_dict()["pipelineSpec"]
+    assert spec["pipelineInfo"]["name"] == "imgclf-training"
+    assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
