@@ -14,9 +14,10 @@ import re
 import threading
 from email import policy
 from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from tests.http_double import JsonHandler, Served
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "kfp_v2beta1.swagger.json"
 
@@ -103,7 +104,7 @@ class Swagger:
         return template
 
 
-class KfpDouble:
+class KfpDouble(Served):
     """Start with `KfpDouble()`; `.url` for kfp.Client(host=...); `.requests` and `.rejected` record
     traffic; `.final_state` is what runs end in (SUCCEEDED or FAILED)."""
 
@@ -117,11 +118,8 @@ class KfpDouble:
         self._lock = threading.Lock()
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _handle(self, method):
+        class Handler(JsonHandler):
+            def handle_request(self, method):
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -142,35 +140,14 @@ class KfpDouble:
                     double.rejected.append(str(e))
                     record["rejected"] = str(e)
                     double.requests.append(record)
-                    return self._send(400, {"error": str(e), "code": 3, "message": str(e)})
+                    return self.send_json(400, {"error": str(e), "code": 3, "message": str(e)})
                 double.requests.append(record)
                 with double._lock:
                     status, payload = double.route(method, template, url.path, query, body, form)
-                self._send(status, payload)
+                self.send_json(status, payload)
 
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
-            def do_GET(self):
-                self._handle("GET")
-
-            def do_POST(self):
-                self._handle("POST")
-
-            def do_DELETE(self):
-                self._handle("DELETE")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
+        self.start(Handler)
 
     # --- behaviour ---------------------------------------------------------------------------
     def _now(self):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from tests.http_double import JsonHandler, Served
 
 from google.cloud.aiplatform_v1.types import PipelineJob, Schedule
 from google.protobuf import json_format
@@ -27,7 +27,7 @@ ROUTES = [
 ]
 
 
-class VertexDouble:
+class VertexDouble(Served):
     def __init__(self):
         self.requests, self.rejected = [], []
         self.final_state = "PIPELINE_STATE_SUCCEEDED"
@@ -35,11 +35,8 @@ class VertexDouble:
         self._ids = itertools.count(1)
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _handle(self, method):
+        class Handler(JsonHandler):
+            def handle_request(self, method):
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items() if k != "$alt"}
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -51,32 +48,11 @@ class VertexDouble:
                 except ValueError as e:
                     record["rejected"] = str(e)
                     double.rejected.append(str(e))
-                    return self._send(400, {"error": {"code": 400, "message": str(e), "status": "INVALID_ARGUMENT"}})
-                self._send(*double.respond(method, route, match, query, body))
+                    return self.send_json(400, {"error": {"code": 400, "message": str(e), "status": "INVALID_ARGUMENT"}})
+                self.send_json(*double.respond(method, route, match, query, body))
 
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
-            def do_GET(self):
-                self._handle("GET")
-
-            def do_POST(self):
-                self._handle("POST")
-
-            def do_DELETE(self):
-                self._handle("DELETE")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
+        self.start(Handler)
 
     def check(self, method, path, query, body):
         for m, rx, message, allowed in ROUTES:
