@@ -19,7 +19,9 @@ from urllib.parse import parse_qs, urlparse
 
 from tests.http_double import JsonHandler, Served
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "kfp_v2beta1.swagger.json"
+_NAME = "kfp_v2beta1.swagger.json"
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "contracts" / _NAME
+SPEC = _SHARED if _SHARED.exists() else Path(__file__).resolve().parent / "contracts" / _NAME
 
 
 class SpecError(Exception):
