@@ -151,8 +151,8 @@ def ingest(source: str, output_dir: str, base_uri: str = "", max_pixels: int = i
     with storage.atomic_dir(output_dir) as out:
         src = resolve(source, out, base_uri=base_uri, max_download_bytes=max_download_bytes)
         progress = Progress("ingest", len(src.items), unit="files")
-        # Streamed: rows go to disk as they are checked; memory keeps ~150 bytes per image (a hash
-        # index for duplicates, label/split/size columns), never the rows or the images themselves.
+        # Streamed: rows go to disk as they are checked; memory keeps only compact per-file columns
+        # (a hash index for duplicates, label/split/size), never the rows or the images themselves.
         first_of: dict[bytes, int] = {}
         dup_groups: dict[bytes, list[int]] = {}
         labels, splits, widths, heights = [], [], [], []
@@ -203,13 +203,14 @@ def ingest(source: str, output_dir: str, base_uri: str = "", max_pixels: int = i
                         notes["animated, first frame used"] += 1
             seconds = progress.close()
             dropped: set[int] = set()
+            duplicates: list[dict] = []
             if dup_groups:
                 mf.flush()
                 involved = {i for g in dup_groups.values() for i in g}
                 with open(staged, newline="", encoding="utf-8") as f:
                     locations = {i: r["location"] for i, r in enumerate(csv.DictReader(f)) if i in involved}
-                dropped, entries = _resolve_duplicates(list(dup_groups.values()), labels, splits, locations)
-                for e in entries:
+                dropped, duplicates = _resolve_duplicates(list(dup_groups.values()), labels, splits, locations)
+                for e in duplicates:
                     quarantined(e)
         del first_of
         kept = [i for i in range(len(labels)) if i not in dropped]
@@ -243,17 +244,11 @@ def ingest(source: str, output_dir: str, base_uri: str = "", max_pixels: int = i
 
             by_class_split = Counter((labels[i], splits[i]) for i in kept)
             shown = {c: [loc for i, loc in picks if i not in dropped] for c, picks in samples.items()}
-            write_report(report_html, summary, by_class_split, examples, _duplicates_of(out), shown,
+            write_report(report_html, summary, by_class_split, examples, duplicates[:50], shown,
                          [widths[i] for i in kept], [heights[i] for i in kept], str(out))
     print(f"ingest: {summary.images} images in {len(classes)} classes ({src.layout}, {src.kind}); "
           f"{summary.quarantined} quarantined {dict(reasons) if reasons else ''}".rstrip(), flush=True)
     return summary
-
-
-def _duplicates_of(dataset_dir: Path, limit: int = 50) -> list[dict]:
-    with open(dataset_dir / QUARANTINE, newline="", encoding="utf-8") as f:
-        return [q for q in csv.DictReader(f)
-                if q["reason"] in ("exact duplicate", "duplicate across splits", "label conflict")][:limit]
 
 
 def location_uri(dataset_dir: str, location: str) -> str:
@@ -271,8 +266,8 @@ def read_manifest(dataset_dir: str) -> tuple[list[dict], list[str]]:
 
 
 class ManifestRow:
-    """The manifest fields later steps need, in about a third of a dict's memory (slots, interned
-    labels): a 70,000-image manifest stays in tens of MB."""
+    """The manifest fields later steps need, with slots and interned labels instead of a dict per row:
+    per-image metadata is what grows with the dataset, so keep it small."""
     __slots__ = ("location", "label", "split", "sha256", "dhash")
 
     def __init__(self, location: str, label: str, split: str, sha256: str, dhash: str):

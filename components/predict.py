@@ -38,18 +38,17 @@ class PredictResult:
 
 @contextlib.contextmanager
 def _local_model(location: str) -> Iterator[Path]:
-    if storage.is_local(location):
-        path = Path(storage.local_path(location))
+    """The SavedModel as a local folder for TensorFlow: used in place, or staged from a bucket."""
+    with contextlib.ExitStack() as stack:
+        if storage.is_local(location):
+            path = Path(storage.local_path(location))
+        else:
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgclf-model-")))
+            storage.download_dir(location, str(path))
         if not (path / "saved_model.pb").exists():
             raise FileNotFoundError(f"{location}: no SavedModel here (saved_model.pb missing); pass the "
                                     "export step's saved_model folder")
         yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="imgclf-model-") as tmp:
-        storage.download_dir(location, tmp)
-        if not (Path(tmp) / "saved_model.pb").exists():
-            raise FileNotFoundError(f"{location}: no SavedModel here (saved_model.pb missing)")
-        yield Path(tmp)
 
 
 def _entries(inputs: list[str]) -> Iterator[storage.Entry]:

@@ -1,7 +1,7 @@
 """Preprocess: seeded stratified split, decode + resize with the serving-time decoder, sharded TFRecords.
 
-Images stream through one at a time (bounded windows of a thread pool); only the manifest rows are
-held in memory, so memory stays flat however many images there are.
+Images stream through one at a time (bounded windows of a thread pool); only slim manifest rows are
+held in memory, so memory grows with per-image metadata, never with pixels.
 """
 from __future__ import annotations
 

@@ -63,6 +63,8 @@ def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuf
     files = shard_paths(dataset_dir, meta, split)
     if not files:
         raise ValueError(f"{dataset_dir}: the {split} split is empty")
+    # Interleaved reads for speed; in file order with extras, so predictions line up with locations
+    # across evaluate, export's check and reports.
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) if not with_extras else None)
     # TFRecord files have unknown length; declaring it lets Keras size epochs and progress bars.
     ds = ds.apply(tf.data.experimental.assert_cardinality(meta["splits"][split]["count"]))

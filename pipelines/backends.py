@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -30,8 +31,9 @@ def _version_name(package: str) -> str:
     return f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{digest}"
 
 
-def without_cache(package: str) -> str:
-    """A copy of a compiled pipeline with caching off for every task (the platform document kept)."""
+def without_cache(package: str, out_dir: str) -> str:
+    """A copy of a compiled pipeline, written into `out_dir`, with caching off for every task (the
+    platform document kept). Never beside `package`: that may be the user's file."""
     import yaml
 
     with open(package, encoding="utf-8") as f:
@@ -39,7 +41,7 @@ def without_cache(package: str) -> str:
     for component in [docs[0]["root"], *docs[0].get("components", {}).values()]:
         for task in component.get("dag", {}).get("tasks", {}).values():
             task["cachingOptions"] = {}
-    out = f"{package.rsplit('.', 1)[0]}-nocache.yaml"
+    out = os.path.join(out_dir, "pipeline-nocache.yaml")
     with open(out, "w", encoding="utf-8") as f:
         yaml.safe_dump_all(docs, f, sort_keys=False)
     return out
@@ -89,7 +91,8 @@ class Kfp:
                no_cache: bool, wait: bool, timeout: int, service_account: str | None = None) -> Submitted:
         # kfp.Client only applies enable_caching to a package it sends itself, not to an uploaded
         # version: the version must carry caching off.
-        pid, vid = self.ensure_pipeline(without_cache(package) if no_cache else package, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            pid, vid = self.ensure_pipeline(without_cache(package, tmp) if no_cache else package, name)
         run = self.client.run_pipeline(self.experiment_id(experiment), f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
                                        params=params, pipeline_id=pid, version_id=vid, pipeline_root=pipeline_root,
                                        service_account=service_account)

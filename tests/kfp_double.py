@@ -34,7 +34,6 @@ class Swagger:
         self.routes = []
         for template, ops in self.spec["paths"].items():
             pattern = re.sub(r"\{[^}]+\}", "([^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
-            pattern = re.sub(r"\\\{[^}]+\\\}", "([^/]+)", pattern)
             self.routes.append((re.compile(f"^{pattern}$"), template, ops))
 
     def operation(self, method: str, path: str) -> tuple[str, dict]:
@@ -164,6 +163,11 @@ class KfpDouble(Served):
                 return pred.get("string_value") or pred.get("stringValue")
         return None
 
+    def _list_named(self, store: dict, key: str, query) -> dict:
+        name = self._filter_name(query)
+        found = [x for x in store.values() if name is None or x["display_name"] == name]
+        return {key: found, "total_size": len(found)}
+
     def route(self, method, template, path, query, body, form):
         parts = path.rstrip("/").split("/")
         if template == "/apis/v2beta1/healthz":
@@ -187,9 +191,7 @@ class KfpDouble(Served):
                                   "created_at": self._now()}
             return 200, self.versions[vid]
         if template == "/apis/v2beta1/pipelines" and method == "GET":
-            name = self._filter_name(query)
-            found = [p for p in self.pipelines.values() if name is None or p["display_name"] == name]
-            return 200, {"pipelines": found, "total_size": len(found)}
+            return 200, self._list_named(self.pipelines, "pipelines", query)
         if template == "/apis/v2beta1/pipelines/{pipeline_id}/versions" and method == "GET":
             vs = [v for v in self.versions.values() if v["pipeline_id"] == parts[4]]
             vs.sort(key=lambda v: int(v["pipeline_version_id"].split("-")[1]), reverse=True)
@@ -200,9 +202,7 @@ class KfpDouble(Served):
                                      "created_at": self._now(), "storage_state": "AVAILABLE"}
             return 200, self.experiments[eid]
         if template == "/apis/v2beta1/experiments" and method == "GET":
-            name = self._filter_name(query)
-            found = [e for e in self.experiments.values() if name is None or e["display_name"] == name]
-            return 200, {"experiments": found, "total_size": len(found)}
+            return 200, self._list_named(self.experiments, "experiments", query)
         if template == "/apis/v2beta1/experiments/{experiment_id}" and method == "GET":
             e = self.experiments.get(parts[-1])
             return (200, e) if e else (404, {"error": "not found", "code": 5, "message": "not found"})

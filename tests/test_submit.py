@@ -63,7 +63,7 @@ def test_kfp_submit_uploads_versions_runs_and_waits(kfp_api, capsys):
 
 def test_no_cache_turns_caching_off_in_the_uploaded_version(tmp_path):
     assert main(["compile", "-o", str(tmp_path / "p.yaml")]) == 0
-    docs = list(yaml.safe_load_all(open(without_cache(str(tmp_path / "p.yaml")))))
+    docs = list(yaml.safe_load_all(open(without_cache(str(tmp_path / "p.yaml"), str(tmp_path)))))
     assert len(docs) == 2
     assert all(t["cachingOptions"] == {} for t in docs[0]["root"]["dag"]["tasks"].values())
 
