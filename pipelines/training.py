@@ -32,6 +32,17 @@ def build_training_pipeline(platform: Platform = LOCAL):
         dropout: float = 0.3,
         augment: bool = True,
         patience: int = 5,
+        weights: str = "auto",
+        fine_tune_layers: int = 0,
+        fine_tune_epochs: int = 10,
+        fine_tune_lr_factor: float = 0.1,
+        label_smoothing: float = 0.0,
+        class_weight: str = "auto",
+        lr_schedule: str = "cosine",
+        precision: str = "auto",
+        distribute: str = "auto",
+        jit_compile: str = "auto",
+        tensorboard_uri: str = "",
         export_to: str = "",
         data_base_uri: str = "",
         min_images_per_class: int = 10,
@@ -48,7 +59,13 @@ def build_training_pipeline(platform: Platform = LOCAL):
                                 drop_near_duplicates=drop_near_duplicates)
         fit = steps.train(records=prep.outputs["records"], model_name=model, epochs=epochs, batch_size=batch_size,
                           learning_rate=learning_rate, width=width, depth=depth, dropout=dropout, augment=augment,
-                          patience=patience, seed=seed)
+                          patience=patience, seed=seed, weights=weights, fine_tune_layers=fine_tune_layers,
+                          fine_tune_epochs=fine_tune_epochs, fine_tune_lr_factor=fine_tune_lr_factor,
+                          label_smoothing=label_smoothing, class_weight=class_weight, lr_schedule=lr_schedule,
+                          precision=precision, distribute=distribute, jit_compile=jit_compile,
+                          tensorboard_uri=tensorboard_uri)
+        # Preemptible GPU nodes and flaky nodes: retry; the attempt resumes from the last saved epoch.
+        fit.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="3600s")
         ev = steps.evaluate(records=prep.outputs["records"], model=fit.outputs["model"])
         exp = steps.export(model=fit.outputs["model"], records=prep.outputs["records"],
                            predictions=ev.outputs["predictions"], export_to=export_to)
