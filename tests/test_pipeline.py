@@ -27,20 +27,30 @@ def test_compiled_yaml_loads_back(tmp_path):
     assert set(tasks) == set(STEPS)
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
     assert tasks["train"]["cachingOptions"] == {"enableCache": True}
+    # A preempted or failed train attempt is retried, and resumes from its backup.
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 3
     images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
     assert images.pop("exec-train") == "imgclf-gpu:0.1.0"  # compiled for a cluster: train asks for a GPU
     assert set(images.values()) == {"imgclf:0.1.0"}
 
 
 def test_whole_pipeline_runs_locally(tmp_path):
+    """`imgclf run --model mobilenet_v2 --weights FILE --fine-tune-layers 30`: transfer learning from a
+    weights file (as an air-gapped cluster has it), both phases, through all five steps."""
+    import keras
+
     data = make_folder(tmp_path / "data", TEN, 12, jpeg_every=4)
+    weights = tmp_path / "mobilenet_v2_notop.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "28",
-         "--color-mode", "grayscale", "--epochs", "2", "--batch-size", "16", "--width", "8", "--depth", "2",
+         "--color-mode", "grayscale", "--model", "mobilenet_v2", "--weights", str(weights),
+         "--fine-tune-layers", "30", "--fine-tune-epochs", "1", "--epochs", "1", "--batch-size", "16",
          "--val-fraction", "0.1", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
+    assert "fine-tuning the top 30 backbone layers" in out + proc.stderr
     summary = out[out.index("=== imgclf run finished"):]
     assert "test accuracy :" in summary
     for step in STEPS:
