@@ -106,7 +106,8 @@ def test_each_step_by_hand_with_mounts_and_bucket_uris(image, stores, bucket, tm
     assert ing["images"] == 48 and ing["classes"] == sorted(TWO)
     pre = summary(docker_run(image, "preprocess", "--dataset-dir", "/work/dataset", "--output-dir", "/work/records",
                              "--image-size", "28", "--color-mode", "grayscale", "--val-fraction", "0.15",
-                             "--test-fraction", "0.2", "--seed", "1", work=work, user=user))
+                             "--test-fraction", "0.2", "--seed", "1", work=work, network="host", env=store_env,
+                             user=user))  # reads the images from the bucket again
     assert sum(pre["counts"].values()) == 48
     fit = summary(docker_run(image, "train", "--dataset-dir", "/work/records", "--model-dir", "/work/model",
                              "--epochs", "2", "--batch-size", "16", "--width", "8", "--depth", "2",
