@@ -53,16 +53,19 @@ cmd_up() {
     if engine_answers; then return 0; fi
     mkdir -p "$CACHE"
     say "starting dockerd (data root $DATA_ROOT, log $CACHE/dockerd.log)"
+    rm -f "$CACHE/dockerd.pid"
     as_root setsid dockerd --data-root "$DATA_ROOT" --pidfile "$CACHE/dockerd.pid" \
         >"$CACHE/dockerd.log" 2>&1 </dev/null &
-    echo $! >"$MARKER"
     for _ in $(seq 120); do
-        if engine_answers; then say "dockerd is up (pid $(cat "$MARKER"))"; return 0; fi
-        if ! kill -0 "$(cat "$MARKER")" 2>/dev/null; then break; fi
+        if engine_answers && [ -s "$CACHE/dockerd.pid" ]; then
+            cp "$CACHE/dockerd.pid" "$MARKER"  # dockerd's own pid (setsid may have forked)
+            say "dockerd is up (pid $(cat "$MARKER"))"
+            return 0
+        fi
+        if grep -q 'level=fatal' "$CACHE/dockerd.log" 2>/dev/null; then break; fi
         sleep 0.5
     done
     tail -n 20 "$CACHE/dockerd.log" >&2 || true
-    rm -f "$MARKER"
     die "dockerd did not come up; its log is $CACHE/dockerd.log"
 }
 
@@ -70,9 +73,9 @@ cmd_down() {
     [ -f "$MARKER" ] || return 0
     local pid
     pid=$(cat "$MARKER")
-    if kill -0 "$pid" 2>/dev/null; then
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then  # not a reused pid
         say "stopping dockerd (pid $pid)"
-        as_root kill -TERM "$pid"
+        as_root kill -TERM "$pid" || true
         for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
         kill -0 "$pid" 2>/dev/null && die "dockerd (pid $pid) did not stop"
     fi
@@ -155,6 +158,8 @@ history, so give the build a credential-free mirror URL (PIP_$(echo "$setting" |
     done
     say "building $tag from $base"
     docker build "${args[@]}" "$REPO" >&2
+    # The image this build replaced, now untagged, goes (only ours: they carry this label).
+    docker image prune -f --filter "label=org.opencontainers.image.title=$([ "$kind" = gpu ] && echo imgclf-gpu || echo imgclf)" >/dev/null
     local bytes
     bytes=$(docker image inspect -f '{{.Size}}' "$tag")
     say "built $tag in $((SECONDS - start)) s: $((bytes / 1000000)) MB"

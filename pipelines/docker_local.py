@@ -89,7 +89,7 @@ def docker_runner(params: dict, image: str, network: str = "auto") -> tuple[obje
     return runner, params
 
 
-def _run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+def run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
     """kfp's run_docker_container (kfp 2.17.0) without auto_remove: stream the log, read the exit
     code, then remove the container."""
     from kfp.local import docker_task_handler
@@ -111,7 +111,7 @@ def exit_codes_kept():
     from kfp.local import docker_task_handler
 
     original = docker_task_handler.run_docker_container
-    docker_task_handler.run_docker_container = _run_container
+    docker_task_handler.run_docker_container = run_container
     try:
         yield
     finally:

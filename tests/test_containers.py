@@ -196,3 +196,19 @@ def test_gpu_dockerfile_builds_on_a_base_with_tensorflow(image):
         "'tf': tensorflow.__version__, 'env': os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}))")))
     assert facts == {"uid": 1000, "tf": "2.21.0", "env": "true"}
     assert "train" in docker_run(tag, "--help")
+
+
+def test_instant_non_zero_exits_keep_their_code(image):
+    """kfp 2.17.0 reads the exit code after auto_remove may have deleted the container (then reports
+    0); the replacement that `exit_codes_kept` installs reads it first, every time."""
+    import docker
+
+    from pipelines.docker_local import run_container
+
+    client = docker.from_env()
+    try:
+        codes = [run_container(client, image, ["sh", "-c", "exit 3"], volumes={}, network_mode="none")
+                 for _ in range(10)]
+    finally:
+        client.close()
+    assert codes == [3] * 10
