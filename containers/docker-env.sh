@@ -97,18 +97,17 @@ have_or_pull() { docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1
 
 local_base() {
     if docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then echo "$LOCAL_BASE"; return; fi
-    local tar=$CACHE/$LOCAL_BASE.tar start=$SECONDS
-    tar=${tar/:/-}
+    local tar=$CACHE/${LOCAL_BASE/:/-}.tar start=$SECONDS
     if [ ! -s "$tar" ]; then
         command -v mmdebstrap >/dev/null || apt_install mmdebstrap
         mkdir -p "$CACHE"
         say "making $LOCAL_BASE with mmdebstrap from $MIRROR (about a minute)"
-        as_root mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+        as_root mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-            "$SUITE" "$tar.partial" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+            "$SUITE" "${tar%.tar}.partial.tar" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
             "deb ${MIRROR%/debian}/debian-security $SUITE-security main" >&2
-        mv "$tar.partial" "$tar"
+        mv "${tar%.tar}.partial.tar" "$tar"
     fi
     docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tar" "$LOCAL_BASE" >/dev/null

@@ -169,18 +169,18 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     assert answer.predicted == len(images) and {row["class"] for row in answer.rows} <= set(TWO)
 
 
-def test_a_failing_task_fails_the_docker_run(image, tmp_path):
-    """A task that exits non-zero at once is reported as failed (kfp's auto_remove can lose the code)."""
+def test_a_failing_task_fails_imgclf_run_in_docker(image, tmp_path, capsys):
+    """`imgclf run --runner docker`: a task that exits non-zero fails the run, named in the error."""
+    from pipelines.cli import main
     from pipelines.docker_local import docker_runner
-    from pipelines.local import PipelineFailed, run_local
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    runner, params = docker_runner({"data": str(empty), "epochs": 1}, image)
-    assert runner.container_run_args["network_mode"] == "none"
-    with pytest.raises(PipelineFailed) as failed:
-        run_local(params, pipeline_root=str(tmp_path / "root"), runner=runner)
-    assert failed.value.step == "ingest"
+    runner, params = docker_runner({"data": str(empty)}, image)
+    assert runner.container_run_args["network_mode"] == "none"  # every input is local
+    assert runner.container_run_args["mounts"][0]["Target"] == str(empty)
+    assert main(["run", "--runner", "docker", "--data", str(empty), "--pipeline-root", str(tmp_path / "root")]) == 1
+    assert "the pipeline failed in step 'ingest'" in capsys.readouterr().err
 
 
 def test_gpu_dockerfile_builds_on_a_base_with_tensorflow(image):
