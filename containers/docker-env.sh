@@ -141,7 +141,8 @@ pip_setting() {  # the host's pip setting $1 (env first, then pip config), for t
 cmd_build() {
     local kind=$1 tag=${2:-} base start=$SECONDS
     [ -n "$tag" ] || tag=$(default_tag "$kind")
-    base=$(cmd_base "$kind")
+    # Explicit checks here: callers such as `images` run this under ||, where set -e is off.
+    base=$(cmd_base "$kind") || return $?
     # Extra CA certificates: the named file, else the bundle the host's pip trusts (a TLS proxy's).
     local ca=${IMGCLF_EXTRA_CA_CERTS:-$(pip_setting cert)}
     rm -f "$REPO"/containers/certs/*.crt
@@ -156,7 +157,7 @@ history, so give the build a credential-free mirror URL (PIP_$(echo "$setting" |
         [ -z "$url" ] || args+=(--build-arg "PIP_$(echo "$setting" | tr 'a-z-' 'A-Z_')=$url")
     done
     say "building $tag from $base"
-    docker build "${args[@]}" "$REPO" >&2
+    docker build "${args[@]}" "$REPO" >&2 || die "docker build of $tag failed"
     # The image this build replaced, now untagged, goes (only ours: they carry this label).
     docker image prune -f --filter "label=org.opencontainers.image.title=$([ "$kind" = gpu ] && echo imgclf-gpu || echo imgclf)" >/dev/null
     local bytes
