@@ -9,9 +9,11 @@ SAMPLE := data/fashion-mnist-sample
 RUN_ARGS ?= --data $(SAMPLE) --image-size 28 --color-mode grayscale --epochs 15 --batch-size 64
 PIPELINE_ROOT ?= runs
 PYTEST_ARGS ?=
+DOCKER_ENV := containers/docker-env.sh
+REGISTRY ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run compile test bench sample-data fashion-mnist-full clean
+.PHONY: help install run run-docker images push compile test bench sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +27,17 @@ $(STAMP): pyproject.toml
 
 run: install ## run ingest -> preprocess -> train -> evaluate -> export locally on the embedded sample
 	$(BIN)/imgclf run $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)
+
+images: ## build the CPU image, and the GPU one where its CUDA base can be had (starts dockerd if none runs)
+	$(DOCKER_ENV) with $(DOCKER_ENV) images
+
+push: ## tag and push both images: make push REGISTRY=us-docker.pkg.dev/PROJECT/REPO (or ghcr.io/OWNER)
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=us-docker.pkg.dev/PROJECT/REPO"; exit 2; }
+	$(DOCKER_ENV) with $(DOCKER_ENV) push $(REGISTRY)
+
+run-docker: install ## the same run as `make run`, every task in our CPU image via kfp.local's DockerRunner (no network)
+	$(DOCKER_ENV) with bash -c '$(DOCKER_ENV) build cpu && \
+		$(BIN)/imgclf run --runner docker --network none $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)'
 
 compile: install ## compile the pipeline to build/imgclf-training.yaml
 	$(BIN)/imgclf compile -o build/imgclf-training.yaml

@@ -14,7 +14,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     names = inspect.signature(training_pipeline.pipeline_func).parameters
     params = {k: v for k, v in vars(args).items() if k in names}
-    result = run_local(params, pipeline_root=args.pipeline_root)
+    runner = None
+    if args.runner == "docker":
+        from components.kfp_wrappers import IMAGE
+        from pipelines.docker_local import docker_runner
+
+        runner, params = docker_runner(params, IMAGE, network=args.network)
+    result = run_local(params, pipeline_root=args.pipeline_root, runner=runner)
     print(result.summary())
     return 0
 
@@ -152,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally with kfp.local on a folder of images")
     add_signature_args(run, training_pipeline.pipeline_func)
     run.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
+    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                     help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
+    run.add_argument("--network", choices=["auto", "none", "host", "bridge"], default="auto",
+                     help="docker: the containers' network (auto: none if all inputs are local, else host)")
     run.set_defaults(func=_cmd_run)
 
     def compile_options(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Run the training pipeline on this machine with kfp.local (SubprocessRunner, this virtualenv)."""
+"""Run the training pipeline on this machine with kfp.local: SubprocessRunner (this virtualenv) or
+DockerRunner (our image; see pipelines/docker_local.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -77,14 +78,17 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     """
     from kfp import local
 
+    from pipelines.docker_local import exit_codes_kept
+
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    with _timed_tasks(timings), warnings.catch_warnings():
-        # kfp warns when an image name lacks "python"; the SubprocessRunner ignores images anyway.
+    in_docker = exit_codes_kept() if isinstance(runner, local.DockerRunner) else contextlib.nullcontext()
+    with _timed_tasks(timings), in_docker, warnings.catch_warnings():
+        # kfp warns when an image name lacks "python"; ours has Python, and SubprocessRunner ignores it.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
             task = pipeline(**params)

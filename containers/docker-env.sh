@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Docker for machines with no systemd and no reachable container registry (our CI and dev machines):
+# the image builds, the container tests and `make run-docker` all go through here. It stops only a
+# dockerd that it started itself.
+#
+#   containers/docker-env.sh up              install docker.io if missing; start dockerd unless one answers
+#   containers/docker-env.sh down            stop the dockerd that `up` started (nothing otherwise)
+#   containers/docker-env.sh with CMD ...    up, run CMD, then down again if this call started dockerd
+#   containers/docker-env.sh base cpu|gpu    print the BASE_IMAGE to build on (see below)
+#   containers/docker-env.sh build cpu|gpu [TAG]   build an image: base, CA certificates, index URLs
+#   containers/docker-env.sh images          build both; the GPU one only where its base can be had
+#   containers/docker-env.sh push REGISTRY   tag both images as REGISTRY/NAME:VERSION and push them
+#   containers/docker-env.sh lock            rewrite containers/constraints.txt from the tested .venv
+#
+# The base image: $BASE_IMAGE (cpu) or $GPU_BASE_IMAGE (gpu) if set; else the Dockerfile's default if
+# the engine has it or can pull it; else, for cpu only, a local Debian image made with mmdebstrap
+# (python3, python3-venv, ca-certificates), cached as a tarball under $IMGCLF_CACHE and in the engine.
+#
+# Settings (environment): IMGCLF_CACHE (default ~/.cache/imgclf: dockerd log, base tarball),
+# IMGCLF_DOCKER_DATA_ROOT (default /var/lib/docker, kept between runs so images stay cached),
+# IMGCLF_EXTRA_CA_CERTS (a PEM file or bundle to trust during the build and at run time),
+# IMGCLF_DEBIAN_MIRROR (default http://deb.debian.org/debian), IMGCLF_BASE_SUITE (default bookworm:
+# Python 3.11, as on the host and within the package's requires-python).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${IMGCLF_CACHE:-$HOME/.cache/imgclf}
+DATA_ROOT=${IMGCLF_DOCKER_DATA_ROOT:-/var/lib/docker}
+MARKER=$CACHE/dockerd.started-by-imgclf
+SUITE=${IMGCLF_BASE_SUITE:-bookworm}
+MIRROR=${IMGCLF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+LOCAL_BASE=imgclf-base:$SUITE
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml")
+
+say() { echo "docker-env: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+engine_answers() { docker info >/dev/null 2>&1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        die "'$*' needs root"; fi
+}
+
+apt_install() {
+    say "installing $* from Debian"
+    as_root apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+cmd_up() {
+    command -v dockerd >/dev/null || apt_install docker.io
+    if engine_answers; then return 0; fi
+    mkdir -p "$CACHE"
+    say "starting dockerd (data root $DATA_ROOT, log $CACHE/dockerd.log)"
+    rm -f "$CACHE/dockerd.pid"
+    as_root setsid dockerd --data-root "$DATA_ROOT" --pidfile "$CACHE/dockerd.pid" \
+        >"$CACHE/dockerd.log" 2>&1 </dev/null &
+    for _ in $(seq 120); do
+        if engine_answers && [ -s "$CACHE/dockerd.pid" ]; then
+            cp "$CACHE/dockerd.pid" "$MARKER"  # dockerd's own pid (setsid may have forked)
+            say "dockerd is up (pid $(cat "$MARKER"))"
+            return 0
+        fi
+        if grep -q 'level=fatal' "$CACHE/dockerd.log" 2>/dev/null; then break; fi
+        sleep 0.5
+    done
+    tail -n 20 "$CACHE/dockerd.log" >&2 || true
+    die "dockerd did not come up; its log is $CACHE/dockerd.log"
+}
+
+cmd_down() {
+    [ -f "$MARKER" ] || return 0
+    local pid
+    pid=$(cat "$MARKER")
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then  # not a reused pid
+        say "stopping dockerd (pid $pid)"
+        as_root kill -TERM "$pid" || true
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$pid" 2>/dev/null && die "dockerd (pid $pid) did not stop"
+    fi
+    rm -f "$MARKER"
+}
+
+cmd_with() {
+    local started=0 rc=0
+    engine_answers || { cmd_up; started=1; }
+    "$@" || rc=$?
+    [ $started = 1 ] && cmd_down
+    return $rc
+}
+
+dockerfile() { case "$1" in cpu) echo containers/Dockerfile ;; gpu) echo containers/Dockerfile.gpu ;;
+    *) die "kind must be cpu or gpu, got '$1'" ;; esac; }
+
+have_or_pull() { docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1" >/dev/null 2>&1; }
+
+local_base() {
+    if docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then echo "$LOCAL_BASE"; return; fi
+    local tar=$CACHE/${LOCAL_BASE/:/-}.tar start=$SECONDS
+    if [ ! -s "$tar" ]; then
+        command -v mmdebstrap >/dev/null || apt_install mmdebstrap
+        mkdir -p "$CACHE"
+        say "making $LOCAL_BASE with mmdebstrap from $MIRROR (about a minute)"
+        as_root mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
+            --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+            --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+            "$SUITE" "${tar%.tar}.partial.tar" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+            "deb ${MIRROR%/debian}/debian-security $SUITE-security main" >&2
+        mv "${tar%.tar}.partial.tar" "$tar"
+    fi
+    docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tar" "$LOCAL_BASE" >/dev/null
+    say "imported $LOCAL_BASE from $tar in $((SECONDS - start)) s"
+    echo "$LOCAL_BASE"
+}
+
+cmd_base() {
+    local kind=$1 wanted default
+    wanted=$([ "$kind" = gpu ] && echo "${GPU_BASE_IMAGE:-}" || echo "${BASE_IMAGE:-}")
+    if [ -n "$wanted" ]; then
+        have_or_pull "$wanted" || die "base image $wanted is neither on this engine nor pullable"
+        echo "$wanted"; return
+    fi
+    default=$(sed -n 's/^ARG BASE_IMAGE=//p' "$REPO/$(dockerfile "$kind")")
+    if have_or_pull "$default"; then echo "$default"; return; fi
+    if [ "$kind" = gpu ]; then
+        say "the GPU base image $default cannot be pulled here (no registry?); set GPU_BASE_IMAGE"
+        return 3
+    fi
+    say "$default cannot be pulled here (no registry?): using a local Debian base instead"
+    local_base
+}
+
+pip_setting() {  # the host's pip setting $1 (env first, then pip config), for the build
+    local env_name="PIP_$(echo "$1" | tr 'a-z-' 'A-Z_')"
+    if [ -n "${!env_name:-}" ]; then echo "${!env_name}"; return; fi
+    python3 -m pip config get "global.$1" 2>/dev/null || true
+}
+
+cmd_build() {
+    local kind=$1 tag=${2:-} base start=$SECONDS
+    [ -n "$tag" ] || tag=$(default_tag "$kind")
+    # Explicit checks here: callers such as `images` run this under ||, where set -e is off.
+    base=$(cmd_base "$kind") || return $?
+    # Extra CA certificates: the named file, else the bundle the host's pip trusts (a TLS proxy's).
+    local ca=${IMGCLF_EXTRA_CA_CERTS:-$(pip_setting cert)}
+    rm -f "$REPO"/containers/certs/*.crt
+    if [ -n "$ca" ] && [ -f "$ca" ]; then cp "$ca" "$REPO/containers/certs/host-ca-bundle.crt"; fi
+    local args=(--network host -f "$REPO/$(dockerfile "$kind")" -t "$tag"
+                --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$VERSION")
+    local url
+    for setting in index-url extra-index-url; do  # only URLs a container can reach, not file:// ones
+        url=$(pip_setting "$setting" | tr ' ' '\n' | grep -E '^https?://' | paste -sd' ' || true)
+        case "$url" in *://*@*) die "the pip $setting has credentials in it; build args are kept in the image
+history, so give the build a credential-free mirror URL (PIP_$(echo "$setting" | tr "a-z-" "A-Z_"))" ;; esac
+        [ -z "$url" ] || args+=(--build-arg "PIP_$(echo "$setting" | tr 'a-z-' 'A-Z_')=$url")
+    done
+    say "building $tag from $base"
+    docker build "${args[@]}" "$REPO" >&2 || die "docker build of $tag failed"
+    # The image this build replaced, now untagged, goes (only ours: they carry this label).
+    docker image prune -f --filter "label=org.opencontainers.image.title=$([ "$kind" = gpu ] && echo imgclf-gpu || echo imgclf)" >/dev/null
+    local bytes
+    bytes=$(docker image inspect -f '{{.Size}}' "$tag")
+    say "built $tag in $((SECONDS - start)) s: $((bytes / 1000000)) MB"
+}
+
+default_tag() {  # the names the components use (IMGCLF_IMAGE, IMGCLF_GPU_IMAGE; components/kfp_wrappers.py)
+    if [ "$1" = gpu ]; then echo "${IMGCLF_GPU_IMAGE:-imgclf-gpu:$VERSION}"; else echo "${IMGCLF_IMAGE:-imgclf:$VERSION}"; fi
+}
+
+cmd_images() {
+    cmd_build cpu
+    local rc=0
+    cmd_build gpu || rc=$?
+    if [ $rc = 3 ] && [ -z "${GPU_BASE_IMAGE:-}" ]; then
+        say "GPU image skipped: no CUDA base image here (give one with GPU_BASE_IMAGE=...)"
+        return 0
+    fi
+    return $rc
+}
+
+cmd_push() {
+    local registry=${1%/} kind src dst pushed=0
+    for kind in cpu gpu; do
+        src=$(default_tag "$kind")
+        docker image inspect "$src" >/dev/null 2>&1 || { say "no $src here: skipped"; continue; }
+        dst=$registry/${src##*/}
+        docker tag "$src" "$dst"
+        say "pushing $dst"
+        docker push "$dst" >&2
+        pushed=$((pushed + 1))
+    done
+    [ $pushed -gt 0 ] || die "no image to push: run make images first"
+    say "compile against them with IMGCLF_IMAGE=$registry/$(default_tag cpu | sed 's|.*/||') IMGCLF_GPU_IMAGE=$registry/$(default_tag gpu | sed 's|.*/||')"
+}
+
+cmd_lock() {
+    local venv=${VENV:-$REPO/.venv}
+    { echo "# Exact versions for the images, taken from the tested .venv by 'containers/docker-env.sh lock'."
+      echo "# Used as pip constraints: only the packages the image needs are installed, at these versions."
+      "$venv/bin/pip" freeze --exclude-editable 2>/dev/null | grep -v -i '^imgclf'
+    } >"$REPO/containers/constraints.txt"
+    say "wrote containers/constraints.txt"
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    with) shift; cmd_with "$@" ;;
+    base) cmd_base "${2:?cpu or gpu}" ;;
+    build) cmd_build "${2:?cpu or gpu}" "${3:-}" ;;
+    images) cmd_images ;;
+    push) cmd_push "${2:?usage: push REGISTRY (e.g. us-docker.pkg.dev/PROJECT/REPO or ghcr.io/OWNER)}" ;;
+    lock) cmd_lock ;;
+    *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,118 @@
+"""kfp.local's DockerRunner set up for our image: every task runs in the container KFP or Vertex would
+run, on this machine's Docker engine.
+
+Three things kfp 2.17.0 leaves to the caller, handled here:
+- Local inputs and outputs named by pipeline parameters (the data folder, `export_to`) are mounted at
+  the same absolute path, read-only for inputs; kfp mounts only the pipeline root.
+- Store settings and credentials reach the containers through the environment (never parameters):
+  the variables components/storage.py reads are passed on as they are set here.
+- kfp runs containers with auto_remove, so a container that exits at once can be gone before its exit
+  code is read, and kfp then reports success (kubeflow/pipelines#13332). `exit_codes_kept` swaps in
+  the same container run without auto_remove, reading the code before removing the container.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from components import storage
+
+# The variables components/storage.py (and the Google/AWS client libraries under it) read.
+STORE_ENV_PREFIXES = ("IMGCLF_", "AWS_", "GCSFS_")
+STORE_ENV_NAMES = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+# Pipeline parameters that may name local paths: (name, the task writes there).
+PATH_PARAMS = {"data": False, "data_base_uri": False, "export_to": True}
+NETWORKS = ("auto", "none", "host", "bridge")
+
+
+def store_environment() -> dict[str, str]:
+    """The store variables set here; not AWS_CA_BUNDLE, a host path (the image has its own trust store)."""
+    return {k: v for k, v in os.environ.items()
+            if (k.startswith(STORE_ENV_PREFIXES) or k in STORE_ENV_NAMES) and k != "AWS_CA_BUNDLE"}
+
+
+def _mount(path: str, read_only: bool):
+    import docker
+
+    return docker.types.Mount(target=path, source=path, type="bind", read_only=read_only)
+
+
+def docker_runner(params: dict, image: str, network: str = "auto") -> tuple[object, dict]:
+    """(DockerRunner, params with local paths made absolute) for running `params` in `image`.
+
+    network "auto": no network at all when every input is local, else the host's (so an endpoint on
+    127.0.0.1, such as a local MinIO, is reachable as it is from here). Containers run as the
+    invoking user, so what they write under the pipeline root belongs to whoever ran the pipeline.
+    """
+    import docker
+    from kfp import local
+
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise RuntimeError(f"no Docker engine answers ({e}); start one with `containers/docker-env.sh up`") from None
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(f"image {image} is not on this Docker engine: build it with `make images` "
+                           "(or point IMGCLF_IMAGE at an image it has)") from None
+    finally:
+        client.close()
+
+    params, mounts, remote = dict(params), [], False
+    for name, writes in PATH_PARAMS.items():
+        value = params.get(name) or ""
+        if not value:
+            continue
+        if not storage.is_local(value):
+            remote = True
+            continue
+        path = Path(storage.local_path(value)).resolve()
+        if writes:
+            path.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            raise FileNotFoundError(f"{value}: not found (parameter {name})")
+        params[name] = str(path)
+        mounts.append(_mount(str(path), read_only=not writes))
+    env = store_environment()
+    credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if credentials and Path(credentials).is_file():
+        mounts.append(_mount(str(Path(credentials).resolve()), read_only=True))
+    if network == "auto":
+        network = "host" if remote else "none"
+    runner = local.DockerRunner(mounts=mounts, environment=env, network_mode=network,
+                                user=f"{os.getuid()}:{os.getgid()}")
+    return runner, params
+
+
+def run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+    """kfp's run_docker_container (kfp 2.17.0) without auto_remove: stream the log, read the exit
+    code, then remove the container."""
+    from kfp.local import docker_task_handler
+
+    run_args.pop("auto_remove", None)
+    container = client.containers.run(image=docker_task_handler.add_latest_tag_if_not_present(image),
+                                      command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, **run_args)
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
+
+
+@contextlib.contextmanager
+def exit_codes_kept():
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original

@@ -1,0 +1,214 @@
+"""The CPU image and the pipeline in real containers on a real Docker engine.
+
+containers/docker-env.sh installs and starts dockerd when none answers (and stops it afterwards),
+makes a local Debian base image (no registry here) and builds the image from this tree. A machine
+where that cannot work fails these tests with the reason; it does not skip them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TWO, make_folder
+
+SCRIPT = REPO / "containers" / "docker-env.sh"
+STEPS = ["ingest", "preprocess", "train", "evaluate", "export"]
+pytestmark = pytest.mark.slow
+
+
+def script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """Our CPU image, built from this tree; the engine is stopped again if this fixture started it."""
+    from components.kfp_wrappers import IMAGE
+
+    up = script("up")
+    if up.returncode:
+        pytest.fail(f"no Docker engine could be started here:\n{up.stderr[-3000:]}")
+    try:
+        built = script("build", "cpu", IMAGE)
+        if built.returncode:
+            pytest.fail(f"the CPU image did not build:\n{built.stderr[-5000:]}")
+        print(built.stderr.splitlines()[-1])
+        yield IMAGE
+    finally:
+        script("down")
+
+
+def docker_run(image: str, *args: str, work: Path | None = None, read_only: Path | None = None,
+               network: str = "none", env: tuple[str, ...] = (), user: str | None = None) -> str:
+    """`docker run` as a user would type it; env names are passed by name so values stay off argv."""
+    cmd = ["docker", "run", "--rm", f"--network={network}"]
+    if work:
+        cmd += ["-v", f"{work}:/work"]
+    if read_only:
+        cmd += ["-v", f"{read_only}:/input:ro"]
+    for name in env:
+        cmd += ["-e", name]
+    if user:
+        cmd += ["--user", user]
+    done = subprocess.run([*cmd, image, *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args[:1])} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def summary(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_image_runs_every_step_as_non_root_with_the_hosts_kfp(image):
+    import kfp
+    import tensorflow as tf
+
+    import components
+
+    facts = json.loads(docker_run(image, "python3", "-c", (
+        "import json, os, kfp, tensorflow, components; print(json.dumps({'uid': os.getuid(), "
+        "'kfp': kfp.__version__, 'tf': tensorflow.__version__, 'imgclf': components.__version__}))")))
+    assert facts == {"uid": 1000, "kfp": kfp.__version__, "tf": tf.__version__, "imgclf": components.__version__}
+    usage = docker_run(image)  # no arguments: the step list
+    assert all(step in usage for step in STEPS)
+    helps = docker_run(image, "sh", "-c", "for s in " + " ".join(STEPS) + "; do imgclf-entrypoint $s --help; done")
+    for flag in ("--source", "--image-size", "--epochs", "--predictions-dir", "--export-to"):
+        assert flag in helps
+
+
+def test_each_step_by_hand_with_mounts_and_bucket_uris(image, stores, bucket, tmp_path):
+    """The README's `docker run` commands, in order: the source and the published model in S3, the
+    artifacts in between on a mounted folder, written by the image's non-root user."""
+    from components import storage
+    from components.predict import predict
+
+    s3, _ = bucket
+    src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
+    fs, _ = storage.filesystem(s3)
+    fs.put(str(src), f"{s3.removeprefix('s3://')}/src", recursive=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    user = None
+    if os.getuid() == 0:
+        os.chown(work, 1000, 1000)  # the image's own user writes here
+    else:
+        user = f"{os.getuid()}:{os.getgid()}"
+    store_env = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IMGCLF_S3_ENDPOINT_URL")
+
+    ing = summary(docker_run(image, "ingest", "--source", f"{s3}/src", "--output-dir", "/work/dataset",
+                             "--report-html", "/work/ingest.html", work=work, network="host", env=store_env,
+                             user=user))
+    assert ing["images"] == 48 and ing["classes"] == sorted(TWO)
+    pre = summary(docker_run(image, "preprocess", "--dataset-dir", "/work/dataset", "--output-dir", "/work/records",
+                             "--image-size", "28", "--color-mode", "grayscale", "--val-fraction", "0.15",
+                             "--test-fraction", "0.2", "--seed", "1", work=work, network="host", env=store_env,
+                             user=user))  # reads the images from the bucket again
+    assert sum(pre["counts"].values()) == 48
+    fit = summary(docker_run(image, "train", "--dataset-dir", "/work/records", "--model-dir", "/work/model",
+                             "--epochs", "2", "--batch-size", "16", "--width", "8", "--depth", "2",
+                             "--patience", "2", work=work, user=user))
+    assert 1 <= fit["epochs_run"] <= 2
+    ev = summary(docker_run(image, "evaluate", "--dataset-dir", "/work/records", "--model-dir", "/work/model",
+                            "--predictions-dir", "/work/predictions", "--report-html", "/work/report.html",
+                            work=work, user=user))
+    assert 0.0 <= ev["metrics"]["accuracy"] <= 1.0
+    ex = summary(docker_run(image, "export", "--model-dir", "/work/model", "--dataset-dir", "/work/records",
+                            "--predictions-dir", "/work/predictions", "--saved-model-dir", "/work/saved_model",
+                            "--export-to", f"{s3}/models/by-hand", work=work, network="host", env=store_env,
+                            user=user))
+    assert ex["published_to"] == f"{s3}/models/by-hand"
+    if user is None:
+        assert {p.stat().st_uid for p in (work / "dataset", work / "model", work / "saved_model")} == {1000}
+    assert (work / "ingest.html").stat().st_size > 0 and (work / "report.html").stat().st_size > 0
+
+    # The published SavedModel answers raw image bytes, straight from the bucket.
+    images = sorted(src.rglob("*.*"))[:6]
+    result = predict(f"{s3}/models/by-hand", [str(p) for p in images], keep_rows=True)
+    assert result.predicted == len(images) and result.failed == 0
+    assert {row["class"] for row in result.rows} <= set(TWO)
+
+
+def _containers_created(image: str, since: float) -> int:
+    events = subprocess.run(["docker", "events", "--since", f"{since:.0f}", "--until", f"{time.time() + 1:.0f}",
+                             "--filter", "event=create", "--filter", f"image={image}", "--format", "{{.ID}}"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return len(events.stdout.split())
+
+
+def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path):
+    """kfp.local's DockerRunner: every task in our image, the source and the model in S3 (endpoint and
+    credentials from the environment), the pipeline root on local disk."""
+    from components.predict import predict
+    from components import storage
+    from pipelines.docker_local import docker_runner
+    from pipelines.local import run_local
+
+    s3, _ = bucket
+    src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
+    fs, _ = storage.filesystem(s3)
+    fs.put(str(src), f"{s3.removeprefix('s3://')}/src", recursive=True)
+    params = {"data": f"{s3}/src", "image_size": 28, "color_mode": "grayscale", "epochs": 2, "batch_size": 16,
+              "width": 8, "depth": 2, "patience": 2, "val_fraction": 0.15, "test_fraction": 0.2, "seed": 1,
+              "export_to": f"{s3}/registry/v1"}
+    runner, params = docker_runner(params, image)
+    assert runner.container_run_args["network_mode"] == "host"  # the source is in a bucket
+    start = time.time() - 1
+    result = run_local(params, pipeline_root=str(tmp_path / "root"), runner=runner)
+
+    assert _containers_created(image, start) == 5
+    assert 0.0 <= result.accuracy <= 1.0
+    assert (Path(result.saved_model) / "saved_model.pb").is_file()
+    assert fs.exists(f"{s3.removeprefix('s3://')}/registry/v1/saved_model.pb")
+    images = sorted(src.rglob("*.*"))[:6]
+    answer = predict(f"{s3}/registry/v1", [str(p) for p in images], keep_rows=True)
+    assert answer.predicted == len(images) and {row["class"] for row in answer.rows} <= set(TWO)
+
+
+def test_a_failing_task_fails_imgclf_run_in_docker(image, tmp_path, capsys):
+    """`imgclf run --runner docker`: a task that exits non-zero fails the run, named in the error."""
+    from pipelines.cli import main
+    from pipelines.docker_local import docker_runner
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runner, params = docker_runner({"data": str(empty)}, image)
+    assert runner.container_run_args["network_mode"] == "none"  # every input is local
+    assert runner.container_run_args["mounts"][0]["Target"] == str(empty)
+    assert main(["run", "--runner", "docker", "--data", str(empty), "--pipeline-root", str(tmp_path / "root")]) == 1
+    assert "the pipeline failed in step 'ingest'" in capsys.readouterr().err
+
+
+def test_gpu_dockerfile_builds_on_a_base_with_tensorflow(image):
+    """No CUDA base image can be pulled here: build Dockerfile.gpu on our CPU image instead, which
+    checks its steps (requirements without tensorflow-cpu, the base's TensorFlow kept, the package,
+    the user and the entry point), not CUDA."""
+    tag = "imgclf-gpu-check:latest"
+    built = subprocess.run([str(SCRIPT), "build", "gpu", tag], capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "GPU_BASE_IMAGE": image})
+    assert built.returncode == 0, built.stderr[-5000:]
+    facts = json.loads(docker_run(tag, "python3", "-c", (
+        "import json, os, components, tensorflow; print(json.dumps({'uid': os.getuid(), "
+        "'tf': tensorflow.__version__, 'env': os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}))")))
+    assert facts == {"uid": 1000, "tf": "2.21.0", "env": "true"}
+    assert "train" in docker_run(tag, "--help")
+
+
+def test_instant_non_zero_exits_keep_their_code(image):
+    """kfp 2.17.0 reads the exit code after auto_remove may have deleted the container (then reports
+    0); the replacement that `exit_codes_kept` installs reads it first, every time."""
+    import docker
+
+    from pipelines.docker_local import run_container
+
+    client = docker.from_env()
+    try:
+        codes = [run_container(client, image, ["sh", "-c", "exit 3"], volumes={}, network_mode="none")
+                 for _ in range(10)]
+    finally:
+        client.close()
+    assert codes == [3] * 10
