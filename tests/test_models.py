@@ -30,3 +30,21 @@ def test_unknown_model_and_too_small_image():
         models.build("resnet9000", (28, 28, 1), 2)
     with pytest.raises(ValueError, match="too small"):
         models.build("baseline", (8, 8, 1), 2, depth=4)
+
+
+def test_one_pass_augmentation_flips_exactly_and_round_trips(tmp_path):
+    """With rotation and zoom off, the single affine pass is an exact flip or the identity per image;
+    with them on it moves pixels; the layer survives a .keras round trip."""
+    import keras
+
+    x = np.random.default_rng(1).integers(0, 255, (16, 20, 24, 3)).astype("float32")
+    y = np.asarray(models.RandomFlipRotateZoom("horizontal", 0.0, 0.0, seed=3)(x, training=True))
+    flipped = [np.allclose(y[i], x[i, :, ::-1], atol=1e-3) for i in range(16)]
+    same = [np.allclose(y[i], x[i], atol=1e-3) for i in range(16)]
+    assert all(f or s for f, s in zip(flipped, same)) and 0 < sum(flipped) < 16
+    moved = np.asarray(models.RandomFlipRotateZoom("", 0.05, 0.1, seed=3)(x, training=True))
+    assert moved.shape == x.shape and not np.allclose(moved, x)
+    net = models.build("baseline", (24, 24, 3), 2, width=4, depth=1)
+    net.save(tmp_path / "m.keras")
+    layer = keras.saving.load_model(tmp_path / "m.keras").get_layer("augmentation").layers[0]
+    assert isinstance(layer, models.RandomFlipRotateZoom) and (layer.rotation, layer.zoom) == (0.02, 0.05)
