@@ -121,7 +121,7 @@ def lookup(dataset_dir: str, registry: str = "", model_name: str = "imgclf", ski
             keras_dir = storage.join(champ["uri"], KERAS_DIR)
             if same and skip_unchanged:
                 result = Lookup("skip", f"the data (fingerprint {fingerprint[:12]}) is what champion v{v} was "
-                                "trained on; training skipped", v, champ["data_fingerprint"])
+                                "trained on", v, champ["data_fingerprint"])
             else:
                 why = "the data is unchanged but skip_unchanged is off" if same else \
                     f"the data changed since champion v{v} (fingerprint {champ['data_fingerprint'][:12]} -> " \
