@@ -183,3 +183,35 @@ def test_tflite_export_agrees_with_keras(chain_factory, tmp_path):
     r = export(str(tmp / "model"), str(tmp / "pp"), str(tmp / "pred"), str(tmp_path / "sm"), tflite=True)
     assert r.tflite_max_diff is not None and r.tflite_max_diff < 1e-4
     assert (tmp_path / "sm" / "assets.extra" / "model.tflite").stat().st_size > 1000
+
+
+def _run(data, reg, root, *extra):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "28", "--color-mode",
+         "grayscale", "--batch-size", "16", "--depth", "2", "--test-fraction", "0.2", "--registry", reg,
+         "--model-name", "fm", "--pipeline-root", str(root), *extra], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    return out[out.index("=== imgclf run finished"):]
+
+
+@pytest.mark.slow
+def test_retraining_runs_publish_skip_and_refuse_through_kfp_local_on_s3(bucket, tmp_path):
+    from tests.conftest import TEN, make_folder
+
+    reg = bucket[0] + "/models"
+    data = make_folder(tmp_path / "data", TEN, 12, jpeg_every=4)
+    first = _run(data, reg, tmp_path / "runs", "--epochs", "12", "--width", "16")
+    assert f"published fm version 1 at {reg}/fm/1 (now the champion)" in first
+    assert registry.versions(reg, "fm") == [1]
+
+    unchanged = _run(data, reg, tmp_path / "runs", "--epochs", "12", "--width", "16")
+    assert "training skipped" in unchanged and "is what champion v1 was trained on" in unchanged
+    assert "  train " not in unchanged and "  training-skipped " in unchanged
+
+    new_data = make_folder(tmp_path / "data2", TEN, 12, jpeg_every=4, skip=12)
+    weak = _run(new_data, reg, tmp_path / "runs", "--epochs", "1", "--learning-rate", "0.00001", "--width", "8")
+    assert "refused by the gate; the champion stays" in weak, weak
+    assert "FAIL: accuracy" in weak and "vs champion v1" in weak
+    assert "  publish " not in weak and "  not-published " in weak
+    assert registry.versions(reg, "fm") == [1] and registry.champion(reg, "fm")["version"] == 1
