@@ -60,18 +60,34 @@ def preprocess(dataset: Input[Dataset], records: Output[Dataset], metrics: Outpu
 def train(records: Input[Dataset], model: Output[Model], metrics: Output[Metrics], curves: Output[HTML],
           model_name: str = "baseline", epochs: int = 20, batch_size: int = 32, learning_rate: float = 0.001,
           width: int = 32, depth: int = 3, dropout: float = 0.3, augment: bool = True, patience: int = 5,
-          seed: int = 42):
-    """Fit a Keras 3 model with EarlyStopping; save `.keras`, history and learning curves."""
+          seed: int = 42, weights: str = "auto", fine_tune_layers: int = 0, fine_tune_epochs: int = 10,
+          fine_tune_lr_factor: float = 0.1, label_smoothing: float = 0.0, class_weight: str = "auto",
+          lr_schedule: str = "cosine", precision: str = "auto", distribute: str = "auto",
+          jit_compile: str = "auto", warm_start: str = "", tensorboard_uri: str = ""):
+    """Fit a Keras 3 model (baseline CNN or a transfer family), resumable after a retry; save `.keras`,
+    history, TensorBoard logs and learning curves."""
     from dataclasses import asdict
 
+    from components.train import load_history
     from components.train import train as run
 
+    # Next to the output in the artifact store (not the local output folder, which KFP uploads only on
+    # success): a retried attempt has the same output URI and finds the state there.
+    backup = model.uri.rstrip("/") + ".backup"
     r = run(records.path, model.path, model=model_name, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, width=width, depth=depth, dropout=dropout, augment=augment,
-            patience=patience, seed=seed, curves_html=curves.path)
+            patience=patience, seed=seed, weights=weights, fine_tune_layers=fine_tune_layers,
+            fine_tune_epochs=fine_tune_epochs, fine_tune_lr_factor=fine_tune_lr_factor,
+            label_smoothing=label_smoothing, class_weight=class_weight, lr_schedule=lr_schedule,
+            precision=precision, distribute=distribute, jit_compile=jit_compile, warm_start=warm_start,
+            backup_uri=backup, tensorboard_uri=tensorboard_uri, curves_html=curves.path)
     model.metadata.update({"framework": "keras", "model": model_name, **asdict(r)})
     for k, v in asdict(r).items():
         metrics.log_metric(k, v)
+    history = load_history(model.path)
+    for i, (ips, secs) in enumerate(zip(history["images_per_second"], history["epoch_seconds"]), start=1):
+        metrics.log_metric(f"epoch {i:02d}: images/s", round(ips, 1))
+        metrics.log_metric(f"epoch {i:02d}: seconds", round(secs, 2))
 
 
 @component

@@ -39,7 +39,7 @@ def shard_paths(dataset_dir: str, meta: dict, split: str) -> list[str]:
 
 
 def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, with_extras: bool = False, cache: bool = False):
+                 seed: int = 0, with_extras: bool = False, cache: bool = False, prefetch: bool = True):
     """(pixels, label) batches, or (pixels, label, location, encoded) with `with_extras` (test only).
 
     Shards are read in parallel and parsed in parallel; pixels stay uint8 until the model's
@@ -73,4 +73,5 @@ def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuf
     if shuffle:
         ds = ds.shuffle(min(meta["splits"][split]["count"], 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # prefetch=False lets a caller add stages (one-hot labels, throughput stamps) before prefetching.
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds

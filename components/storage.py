@@ -305,15 +305,6 @@ def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_m
     return dest_uri
 
 
-def write_text(uri: str, text: str) -> None:
-    """Replace a small text object whole: a rename locally, one PUT on a bucket (readers never see half)."""
-    if is_local(uri):
-        atomic_write_text(local_path(uri), text)
-        return
-    fs, path = filesystem(uri)
-    _call(uri, "write", lambda: fs.pipe_file(path, text.encode("utf-8")))
-
-
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
@@ -340,6 +331,45 @@ def put_file(local_file: str, dest_uri: str) -> None:
         return
     fs, path = filesystem(dest_uri)
     _call(dest_uri, "upload", lambda: fs.put_file(local_file, path))
+
+
+def copy_file(local_file: str, dest_uri: str) -> None:
+    """Copy a finished local file to `dest_uri`, whole or not at all (object writes are atomic)."""
+    if is_local(dest_uri):
+        dest = Path(local_path(dest_uri))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copyfile(local_file, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(dest_uri)
+    _call(dest_uri, "upload", lambda: fs.put_file(local_file, path))
+
+
+def write_text(uri: str, text: str) -> None:
+    """Replace a small text object (a state or pointer file); readers see the old or the new whole."""
+    if is_local(uri):
+        atomic_write_text(local_path(uri), text)
+        return
+    fs, path = filesystem(uri)
+    _call(uri, "write", lambda: fs.pipe_file(path, text.encode("utf-8")))
+
+
+def remove(uri: str, recursive: bool = False) -> None:
+    """Delete a file (or a folder with `recursive`); a missing one is not an error."""
+    if is_local(uri):
+        p = Path(local_path(uri))
+        if p.is_dir() and recursive:
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        _call(uri, "delete", lambda: fs.rm(path, recursive=recursive))
 
 
 def reset() -> None:

@@ -41,6 +41,17 @@ def build_training_pipeline(platform: Platform = LOCAL):
         dropout: float = 0.3,
         augment: bool = True,
         patience: int = 5,
+        weights: str = "auto",
+        fine_tune_layers: int = 0,
+        fine_tune_epochs: int = 10,
+        fine_tune_lr_factor: float = 0.1,
+        label_smoothing: float = 0.0,
+        class_weight: str = "auto",
+        lr_schedule: str = "cosine",
+        precision: str = "auto",
+        distribute: str = "auto",
+        jit_compile: str = "auto",
+        tensorboard_uri: str = "",
         export_to: str = "",
         data_base_uri: str = "",
         min_images_per_class: int = 10,
@@ -70,7 +81,14 @@ def build_training_pipeline(platform: Platform = LOCAL):
         with dsl.If(look.outputs["action"] == "train", name="train-new-data"):
             fit = steps.train(records=prep.outputs["records"], model_name=model, epochs=epochs,
                               batch_size=batch_size, learning_rate=learning_rate, width=width, depth=depth,
-                              dropout=dropout, augment=augment, patience=patience, seed=seed)
+                              dropout=dropout, augment=augment, patience=patience, seed=seed, weights=weights,
+                              fine_tune_layers=fine_tune_layers, fine_tune_epochs=fine_tune_epochs,
+                              fine_tune_lr_factor=fine_tune_lr_factor, label_smoothing=label_smoothing,
+                              class_weight=class_weight, lr_schedule=lr_schedule, precision=precision,
+                              distribute=distribute, jit_compile=jit_compile, tensorboard_uri=tensorboard_uri,
+                              warm_start=look.outputs["warm_start"])
+            # Preemptible GPU nodes and flaky nodes: retry; the attempt resumes from the last saved epoch.
+            fit.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="3600s")
             ev = steps.evaluate(records=prep.outputs["records"], model=fit.outputs["model"])
             exp = steps.export(model=fit.outputs["model"], records=prep.outputs["records"],
                                predictions=ev.outputs["predictions"], export_to=export_to, tflite=tflite)
@@ -88,11 +106,11 @@ def build_training_pipeline(platform: Platform = LOCAL):
             # An Else also makes kfp.local (2.17) evaluate the condition: it resolves a condition on a
             # sibling task's output only inside an If/Else group.
             with dsl.Else(name="not-published"):
-                steps.not_published(summary=gate.outputs["summary"])
+                nop = steps.not_published(summary=gate.outputs["summary"])
         with dsl.Else(name="data-unchanged"):
             skip = steps.training_skipped(reason=look.outputs["reason"],
                                           champion_version=look.outputs["champion_version"])
-        platform.apply(ingest, prep, look, fit, ev, exp, gate, pub, skip)
+        platform.apply(ingest, prep, look, fit, ev, exp, gate, pub, nop, skip)
         platform.apply_gpu(fit)
         outputs = NamedTuple("Outputs", ingest_report=HTML, outcome=str)
         return outputs(ingest_report=ingest.outputs["report"],

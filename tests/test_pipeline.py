@@ -40,8 +40,10 @@ def test_compiled_yaml_loads_back(tmp_path):
         ("train", "evaluate", "export", "gate"), train_if)
     assert condition_of["training-skipped"] == f"!({train_if})"
     assert condition_of["publish"] == gate_if and condition_of["not-published"] == f"!({gate_if})"
-    caching = {t["componentRef"]["name"]: t.get("cachingOptions") for c in comps.values() if "dag" in c
-               for t in c["dag"]["tasks"].values()}
+    in_dags = {t["componentRef"]["name"]: t for c in comps.values() if "dag" in c for t in c["dag"]["tasks"].values()}
+    caching = {n: t.get("cachingOptions") for n, t in in_dags.items()}
+    # A preempted or failed train attempt is retried, and resumes from its backup.
+    assert in_dags["comp-train"]["retryPolicy"]["maxRetryCount"] == 3
     assert caching["comp-train"] == {"enableCache": True} and caching["comp-gate"] == caching["comp-publish"] == {}
     assert set(spec["root"]["outputDefinitions"]["parameters"]) == {"outcome"}
     images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
@@ -50,14 +52,22 @@ def test_compiled_yaml_loads_back(tmp_path):
 
 
 def test_whole_pipeline_runs_locally(tmp_path):
+    """`imgclf run --model mobilenet_v2 --weights FILE --fine-tune-layers 30`: transfer learning from a
+    weights file (as an air-gapped cluster has it), both phases, through all five steps."""
+    import keras
+
     data = make_folder(tmp_path / "data", TEN, 12, jpeg_every=4)
+    weights = tmp_path / "mobilenet_v2_notop.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "28",
-         "--color-mode", "grayscale", "--epochs", "2", "--batch-size", "16", "--width", "8", "--depth", "2",
+         "--color-mode", "grayscale", "--model", "mobilenet_v2", "--weights", str(weights),
+         "--fine-tune-layers", "30", "--fine-tune-epochs", "1", "--epochs", "1", "--batch-size", "16",
          "--val-fraction", "0.1", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
+    assert "fine-tuning the top 30 backbone layers" in out + proc.stderr
     summary = out[out.index("=== imgclf run finished"):]
     assert "test accuracy :" in summary
     for step in STEPS:

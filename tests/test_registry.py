@@ -45,7 +45,7 @@ def _publish_if_passed(pp, reg, model, **kw):
     return g, version
 
 
-def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_path):
+def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_path, capsys):
     pp, m = models
     reg = tmp_path / "reg"
     assert _accuracy(m["weak"][1]) < _accuracy(m["first"][1]) < _accuracy(m["better"][1])
@@ -88,6 +88,9 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     assert again.warm_start == str(reg / "fm" / "2" / registry.KERAS_DIR)
     assert (reg / "fm" / "2" / registry.KERAS_DIR / "model.keras").is_file()
     assert registry.resolve(str(reg / "fm")) == str(reg / "fm" / "2")
+    # ... which the train step takes as it is: the new model starts from the champion's weights.
+    train(str(pp), str(tmp_path / "warm"), epochs=1, width=16, depth=2, batch_size=16, warm_start=again.warm_start)
+    assert f"train: warm start from {again.warm_start}" in capsys.readouterr().out
 
 
 KILL = textwrap.dedent("""
