@@ -18,12 +18,21 @@ REGISTRY ?=
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(STAMP) ## create .venv and install imgclf with its pinned dependencies (runs once)
+# TF Serving's PredictionLog classes (warm-up requests). Its wheel depends on `tensorflow`, which must
+# not be installed beside tensorflow-cpu: hence --no-deps, outside pyproject.
+SERVING_API := tensorflow-serving-api==2.21.0
+SERVING_STAMP := $(VENV)/.serving-api-2.21.0
+
+install: $(STAMP) $(SERVING_STAMP) ## create .venv and install imgclf with its pinned dependencies (runs once)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+$(SERVING_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(SERVING_API)
+	touch $@
 
 run: install ## run ingest -> preprocess -> train -> evaluate -> export locally on the embedded sample
 	$(BIN)/imgclf run $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)

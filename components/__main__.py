@@ -12,10 +12,10 @@ import sys
 
 
 def steps() -> dict:
-    from components import evaluate, export, ingest, preprocess, train
+    from components import evaluate, export, gate, ingest, preprocess, publish, train
 
     return {"ingest": ingest.ingest, "preprocess": preprocess.preprocess, "train": train.train,
-            "evaluate": evaluate.evaluate, "export": export.export}
+            "evaluate": evaluate.evaluate, "export": export.export, "gate": gate.gate, "publish": publish.publish}
 
 
 def main(argv: list[str] | None = None) -> int:

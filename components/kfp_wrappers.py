@@ -6,9 +6,10 @@ No `from __future__ import annotations` here: KFP reads the real annotation obje
 """
 
 import os
+from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components import __version__
 
@@ -109,14 +110,78 @@ def evaluate(records: Input[Dataset], model: Input[Model], predictions: Output[D
 
 @component
 def export(model: Input[Model], records: Input[Dataset], predictions: Input[Dataset],
-           saved_model: Output[Model], export_to: str = ""):
+           saved_model: Output[Model], export_to: str = "", tflite: bool = False):
     """Write the raw-bytes SavedModel, verify it against evaluate in a fresh process, publish it."""
     from components.export import export as run
 
-    r = run(model.path, records.path, predictions.path, saved_model.path, export_to=export_to)
+    r = run(model.path, records.path, predictions.path, saved_model.path, export_to=export_to, tflite=tflite)
     saved_model.metadata.update({"framework": "tensorflow", "format": "SavedModel",
                                  "signature": "serving_default", "input": "image_bytes",
-                                 "checked_images": r.checked_images, "published_to": r.published_to})
+                                 "checked_images": r.checked_images, "published_to": r.published_to,
+                                 "rest_images": r.rest_images, "warmup_requests": r.warmup_requests,
+                                 "tflite_max_diff": r.tflite_max_diff})
+
+
+@component
+def champion(records: Input[Dataset], registry: str = "", model_name: str = "imgclf", skip_unchanged: bool = True,
+             warm_start: bool = False) -> NamedTuple("Lookup", action=str, reason=str, champion_version=int,
+                                                     warm_start=str):
+    """Read the registry's champion; decide whether this run trains (not on the champion's own data)."""
+    from collections import namedtuple
+
+    from components.registry import lookup
+
+    r = lookup(records.path, registry, model_name, skip_unchanged=skip_unchanged, warm_start=warm_start)
+    return namedtuple("Lookup", "action reason champion_version warm_start")(
+        r.action, r.reason, r.champion_version, r.warm_start)
+
+
+@component
+def gate(records: Input[Dataset], predictions: Input[Dataset], reasons: Output[Markdown], metrics: Output[Metrics],
+         registry: str = "", model_name: str = "imgclf", min_accuracy: float = 0.0, min_macro_f1: float = 0.0,
+         margin: float = 0.0, compare_metric: str = "accuracy") -> NamedTuple("Gate", decision=str, summary=str):
+    """Thresholds, and the champion re-scored on this test split: publish, refuse, or no registry."""
+    from collections import namedtuple
+
+    from components.gate import gate as run
+
+    r = run(records.path, predictions.path, registry, model_name, min_accuracy=min_accuracy,
+            min_macro_f1=min_macro_f1, margin=margin, compare_metric=compare_metric, decision_md=reasons.path)
+    metrics.log_metric("passed", int(r.decision != "refuse"))
+    for k, v in r.challenger.items():
+        metrics.log_metric(f"challenger {k}", v)
+    for k in ("accuracy", "macro_f1"):
+        if k in r.champion:
+            metrics.log_metric(f"champion v{r.champion['version']} {k}", r.champion[k])
+    return namedtuple("Gate", "decision summary")(r.decision, r.summary())
+
+
+@component
+def publish(saved_model: Input[Model], model: Input[Model], records: Input[Dataset], predictions: Input[Dataset],
+            registry: str, model_name: str, gate_summary: str, source_run: str = "") -> int:
+    """Copy the checked SavedModel into the registry as the next version and make it the champion."""
+    from components.publish import publish as run
+
+    return run(saved_model.path, model.path, records.path, predictions.path, registry, model_name,
+               gate_summary=gate_summary, source_run=source_run)
+
+
+@component
+def not_published(summary: str) -> str:
+    """The visible end of a run whose model is not published (refused by the gate, or no registry)."""
+    import json
+
+    outcome = json.loads(summary)
+    print(f"not published ({outcome['decision']}):\n" + "\n".join(outcome["reasons"]), flush=True)
+    return outcome["decision"]
+
+
+@component
+def training_skipped(reason: str, champion_version: int, note: Output[Markdown]) -> str:
+    """The visible end of a run on unchanged data: why nothing was trained."""
+    from components.gate import skipped
+
+    return skipped(reason, champion_version, note.path)
 
 
 @component

@@ -285,8 +285,9 @@ def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_m
     if _call(dest_uri, "lookup", lambda: bool(fs.find(path))):
         raise FileExistsError(f"{dest_uri}: destination already exists and is not empty")
     staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    # Files named in `last` go last, in the order given (e.g. saved_model.pb, then a completion record).
     rels = sorted((p.relative_to(local_dir).as_posix() for p in Path(local_dir).rglob("*") if p.is_file()),
-                  key=lambda r: (r in last, r))
+                  key=lambda r: (last.index(r) + 1 if r in last else 0, r))
     done: list[str] = []
     try:
         _call(dest_uri, "upload", lambda: fs.put(local_dir.rstrip("/") + "/", staging + "/", recursive=True))
@@ -302,6 +303,23 @@ def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_m
         with contextlib.suppress(Exception):
             fs.rm(staging, recursive=True)
     return dest_uri
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the immediate children of a folder or prefix (files and folders); [] if there is none."""
+    if is_local(uri):
+        path = local_path(uri)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    fs, path = filesystem(uri)
+    path = path.rstrip("/")
+    fs.invalidate_cache(path)  # s3fs/gcsfs cache listings: another process may have published since
+    if not _call(uri, "lookup", lambda: fs.exists(path)):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in _call(uri, "listing", lambda: fs.ls(path, detail=False)))
 
 
 def put_file(local_file: str, dest_uri: str) -> None:

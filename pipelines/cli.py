@@ -129,7 +129,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from components.predict import format_table, predict
 
-    result = predict(args.model, args.inputs, output=args.output, top_k=args.top_k, batch_size=args.batch_size,
+    from components.registry import resolve
+
+    result = predict(resolve(args.model), args.inputs, output=args.output, top_k=args.top_k, batch_size=args.batch_size,
                      keep_rows=not args.output)
     if not args.output:
         print(format_table(result.rows))
@@ -223,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     sch.set_defaults(func=_cmd_schedule)
 
     pred = sub.add_parser("predict", help="classify images with an exported SavedModel (its serving signature)")
-    pred.add_argument("--model", required=True, help="the export step's saved_model folder (local, gs://, s3://)")
+    pred.add_argument("--model", required=True, help="the export step's saved_model folder, a registry version folder, or "
+                      "REGISTRY/MODEL_NAME for its champion (local, gs://, s3://)")
     pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER_OR_URI")
     pred.add_argument("--output", default="", help="write .csv or .jsonl instead of printing a table")
     pred.add_argument("--top-k", type=int, default=3)

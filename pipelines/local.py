@@ -27,21 +27,36 @@ class PipelineFailed(RuntimeError):
 @dataclass
 class LocalRun:
     pipeline_root: str
-    saved_model: str
-    report: str
     ingest_report: str
-    accuracy: float
+    outcome: dict
+    """The gate's summary (decision "publish", "refuse" or "no-registry", reasons, metrics) or the skip note."""
+    saved_model: str = ""
+    report: str = ""
+    gate_report: str = ""
+    accuracy: float | None = None
+    published: str = ""
     step_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
+    @property
+    def decision(self) -> str:
+        return self.outcome["decision"]
+
     def summary(self) -> str:
-        steps = "\n".join(f"  {name:<11} {sec:7.1f} s" for name, sec in self.step_seconds.items())
-        return (f"\n=== imgclf run finished in {self.seconds:.1f} s ===\n"
-                f"test accuracy : {self.accuracy:.4f}\n"
-                f"SavedModel    : {self.saved_model}\n"
-                f"HTML report   : {self.report}\n"
-                f"ingest report : {self.ingest_report}\n"
-                f"step times:\n{steps}")
+        steps = "\n".join(f"  {name:<16} {sec:7.1f} s" for name, sec in self.step_seconds.items())
+        said = {"publish": f"published {self.published} (now the champion)",
+                "refuse": "refused by the gate; the champion stays",
+                "no-registry": "passed the gate; no --registry to publish to",
+                "skip": "training skipped"}[self.decision]
+        reasons = "".join(f"\n  {r}" for r in self.outcome["reasons"])
+        acc = f"{self.accuracy:.4f}" if self.accuracy is not None else "-"
+        lines = [f"\n=== imgclf run finished in {self.seconds:.1f} s ===", f"outcome       : {said}{reasons}",
+                 f"test accuracy : {acc}"]
+        for label, value in (("SavedModel    : ", self.saved_model), ("HTML report   : ", self.report),
+                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report)):
+            if value:
+                lines.append(label + value)
+        return "\n".join(lines) + f"\nstep times:\n{steps}"
 
 
 @contextlib.contextmanager
@@ -98,15 +113,36 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
 
 
 def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRun:
-    """The training pipeline, locally, with the figures `imgclf run` prints."""
+    """The training pipeline, locally, with the figures `imgclf run` prints.
+
+    Artifacts made inside the conditional branches are not pipeline outputs (kfp.local cannot select
+    a `dsl.OneOf` artifact), so they are read from the run's folder, where kfp.local keeps one folder
+    per task named after it.
+    """
+    import json
+
     task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner)
     outputs = task.outputs
+    run_dir = Path(outputs["ingest_report"].path).parents[1]
+    outcome = json.loads(outputs["outcome"])
     # KFP names HTML artifacts without an extension; browsers want one to render them.
-    run_dir = Path(outputs["report"].path).parents[1]
     pages = {}
-    for output, name in (("report", "report.html"), ("ingest_report", "ingest_report.html")):
-        shutil.copyfile(outputs[output].path, run_dir / name)
-        pages[output] = str(run_dir / name)
-    return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), saved_model=outputs["saved_model"].path,
-                    report=pages["report"], ingest_report=pages["ingest_report"], accuracy=float(outputs["accuracy"]),
-                    step_seconds=timings, seconds=seconds)
+    for task_name, output, name in (("evaluate", "report", "report.html"), ("ingest", "report", "ingest_report.html"),
+                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md")):
+        if (run_dir / task_name / output).is_file():
+            shutil.copyfile(run_dir / task_name / output, run_dir / name)
+            pages[name] = str(run_dir / name)
+    saved_model = run_dir / "export" / "saved_model"
+    accuracy = None
+    if (run_dir / "evaluate" / "predictions" / "metrics.json").is_file():
+        accuracy = json.loads((run_dir / "evaluate" / "predictions" / "metrics.json").read_text())["metrics"]["accuracy"]
+    published = ""
+    if outcome["decision"] == "publish":
+        from components import registry
+
+        champ = registry.champion(params["registry"], params.get("model_name", "imgclf"))
+        published = f"{champ['model_name']} version {champ['version']} at {champ['uri']}"
+    return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), ingest_report=pages["ingest_report.html"],
+                    outcome=outcome, saved_model=str(saved_model) if saved_model.is_dir() else "",
+                    report=pages.get("report.html", ""), gate_report=pages.get("gate.md", pages.get("skipped.md", "")),
+                    accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds)

@@ -24,11 +24,28 @@ def test_compiled_yaml_loads_back(tmp_path):
         assert name in params, name
     spec, _platform = yaml.safe_load_all(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == set(STEPS)
+    assert set(tasks) == {"ingest", "preprocess", "champion", "condition-branches-1"}
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
-    assert tasks["train"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["champion"]["cachingOptions"] == {}  # reads the registry
+    # dsl.If/dsl.Else: train only on new data; inside, publish only if the gate passed.
+    comps = spec["components"]
+    condition_of = {}  # task -> the trigger condition of the branch that holds it
+    for branches in (c["dag"]["tasks"] for n, c in comps.items() if n.startswith("comp-condition-branches")):
+        for branch in branches.values():
+            for task in comps[branch["componentRef"]["name"]]["dag"]["tasks"]:
+                condition_of[task] = branch["triggerPolicy"]["condition"]
+    train_if = "inputs.parameter_values['pipelinechannel--champion-action'] == 'train'"
+    gate_if = "inputs.parameter_values['pipelinechannel--gate-decision'] == 'publish'"
+    assert {t: condition_of[t] for t in ("train", "evaluate", "export", "gate")} == dict.fromkeys(
+        ("train", "evaluate", "export", "gate"), train_if)
+    assert condition_of["training-skipped"] == f"!({train_if})"
+    assert condition_of["publish"] == gate_if and condition_of["not-published"] == f"!({gate_if})"
+    in_dags = {t["componentRef"]["name"]: t for c in comps.values() if "dag" in c for t in c["dag"]["tasks"].values()}
+    caching = {n: t.get("cachingOptions") for n, t in in_dags.items()}
     # A preempted or failed train attempt is retried, and resumes from its backup.
-    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 3
+    assert in_dags["comp-train"]["retryPolicy"]["maxRetryCount"] == 3
+    assert caching["comp-train"] == {"enableCache": True} and caching["comp-gate"] == caching["comp-publish"] == {}
+    assert set(spec["root"]["outputDefinitions"]["parameters"]) == {"outcome"}
     images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
     assert images.pop("exec-train") == "imgclf-gpu:0.1.0"  # compiled for a cluster: train asks for a GPU
     assert set(images.values()) == {"imgclf:0.1.0"}
