@@ -11,9 +11,11 @@ PIPELINE_ROOT ?= runs
 PYTEST_ARGS ?=
 DOCKER_ENV := containers/docker-env.sh
 REGISTRY ?=
+# `make bench BENCH_ARGS=--quick` checks the scripts in a few minutes (figures meaningless).
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-docker images push compile test bench sample-data fashion-mnist-full clean
+.PHONY: help install run run-docker images push compile test bench bench-gpu sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,11 +56,18 @@ compile: install ## compile the pipeline to build/imgclf-training.yaml
 test: install ## run the test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install ## benchmarks that print measured figures (needs Debian's dataset-fashion-mnist)
+bench: install ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
 	@test -d /usr/share/datasets/fashion-mnist || { echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
-	$(BIN)/python -m benchmarks.steps_scaling
-	$(BIN)/python -m benchmarks.storage_ingest
+	$(BIN)/python -m benchmarks.input_throughput $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.training_throughput $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.steps_scaling $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.storage_ingest $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.summary
+
+# No install: the GPU machine has JAX (CUDA), Keras and NumPy, not our TensorFlow venv.
+bench-gpu: ## GPU training images/s on KERAS_BACKEND=jax (needs jax[cuda], keras; real input from make bench)
+	KERAS_BACKEND=jax $(PYTHON) -m benchmarks.gpu_training $(BENCH_ARGS)
 
 sample-data: install ## regenerate data/fashion-mnist-sample from Debian's dataset-fashion-mnist (500 per class)
 	rm -rf $(SAMPLE)

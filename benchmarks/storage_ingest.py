@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import harness
 from components import storage
 from pipelines.sample_data import build_folder
 from tests import stores
@@ -35,7 +36,9 @@ def run_ingest(uri: str, workers: int, scratch: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = harness.parse_args(__doc__, argv)
+    small, big = (100, 300) if args.quick else (1_000, 10_000)
     results = {"machine": f"{os.cpu_count()} cores", "store": "moto_server (S3 API) on 127.0.0.1", "runs": []}
     server = stores.moto_s3()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", IMGCLF_S3_ENDPOINT_URL=server.url)
@@ -45,13 +48,13 @@ def main() -> int:
             scratch = Path(tmp)
             fs, _ = storage.filesystem("s3://bench")
             fs.mkdir("bench")
-            for n in (1_000, 10_000):
+            for n in (small, big):
                 folder = scratch / f"img{n}"
                 build_folder(str(folder), per_class=n // 10, seed=1)
                 t = time.perf_counter()
                 storage.upload_dir(str(folder), f"s3://bench/img{n}")
                 print(f"uploaded {n} images in {time.perf_counter() - t:.1f}s", flush=True)
-            for n, workers in ((1_000, 1), (1_000, 16), (10_000, 16), (10_000, 32)):
+            for n, workers in ((small, 1), (small, 16), (big, 16), (big, 32)):
                 r = run_ingest(f"s3://bench/img{n}", workers, scratch)
                 assert r["images"] == n, r
                 r.update(n=n, workers=workers, images_per_s=round(n / r["seconds"], 1),
@@ -64,7 +67,9 @@ def main() -> int:
     table += [f"| {r['n']:,} | {r['workers']} | {r['seconds']} s | {r['images_per_s']:,} | {r['peak_rss_mb']} MB |"
               for r in results["runs"]]
     md = "\n".join(table)
-    out = Path("build/bench")
+    if args.quick:
+        md = "> QUICK MODE: tiny sizes, these figures only show the script works\n\n" + md
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "storage_ingest.json").write_text(json.dumps(results, indent=1))
     (out / "storage_ingest.md").write_text(md + "\n")

@@ -42,11 +42,15 @@ def _iter_images(path: Path) -> Iterator[np.ndarray]:
 
 
 def build_folder(out_dir: str, per_class: int = 0, seed: int = 0,
-                 idx_dir: str = DEBIAN_IDX_DIR) -> dict[str, int]:
+                 idx_dir: str = DEBIAN_IDX_DIR, image_size: int = 0, image_format: str = "png") -> dict[str, int]:
     """Write `<out_dir>/<class>/<subset>-<index>.png`; `per_class=0` writes all 70,000 images.
 
     The subset is a seeded stratified sample drawn from both of the official splits together.
+    `image_size` > 0 upscales (bicubic) and `image_format="jpeg"` writes RGB JPEGs (quality 90): the
+    benchmarks use that to imitate the camera-sized JPEG folders users' notebooks start from.
     """
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
     idx = Path(idx_dir)
     if not (idx / SUBSETS["train"][0]).exists():
         raise FileNotFoundError(
@@ -74,6 +78,12 @@ def build_folder(out_dir: str, per_class: int = 0, seed: int = 0,
             if per_class and not keep[name][i]:
                 continue
             cls = CLASS_NAMES[labels[name][i]]
-            Image.fromarray(pixels).save(out / cls / f"{name}-{i:05d}.png", optimize=True)
+            img = Image.fromarray(pixels)
+            if image_size:
+                img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            if image_format == "jpeg":
+                img.convert("RGB").save(out / cls / f"{name}-{i:05d}.jpg", quality=90)
+            else:
+                img.save(out / cls / f"{name}-{i:05d}.png", optimize=True)
             counts[cls] += 1
     return counts

@@ -1,0 +1,195 @@
+"""Input throughput against the notebook path users have today, on the same JPEG folder, 160x160, batch 32.
+
+Contenders (each in a fresh process, after the folder has been read once so the page cache is warm for all):
+- `ImageDataGenerator.flow_from_directory` (rescale only, and with the tutorials' classic augmentation:
+  shear 0.2, zoom 0.2, horizontal flip), consumed batch by batch as `fit` does with its default one worker;
+- `keras.utils.image_dataset_from_directory`, without and with `.prefetch(AUTOTUNE)`;
+- ours: preprocess's TFRecords read by the train step's own input pipeline, then the model's augmentation
+  and rescaling (the front of the shipped baseline model, in training mode, as one compiled function),
+  and the same without augmentation to show its cost.
+Every contender ends with a TensorFlow tensor ready for a train step (ImageDataGenerator's numpy batches are
+converted, as `fit`'s data adapter converts them); TensorFlow is imported before any clock starts, so "setup"
+is the file listing and pipeline construction alone. Each runs several epochs:
+the first (cold: file listing, tracing, shuffle buffer) apart from the steady state (median of the rest).
+Ratios are like with like: ours with augmentation against ImageDataGenerator with augmentation, ours
+without against the baselines without. Ours also pays a one-off ingest + preprocess, reported
+separately with the epochs after which it has paid for itself against each baseline. Writes <out>/input_throughput.{json,md}.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import datasets, harness
+
+MODULE = "benchmarks.input_throughput"
+SIZE, BATCH = 160, 32
+IDG_AUGMENT = {"shear_range": 0.2, "zoom_range": 0.2, "horizontal_flip": True}
+CONTENDERS = {
+    "idg": "ImageDataGenerator.flow_from_directory, rescale only",
+    "idg_augment": "ImageDataGenerator.flow_from_directory, classic augmentation (shear, zoom, flip)",
+    "idfd": "image_dataset_from_directory",
+    "idfd_prefetch": "image_dataset_from_directory + prefetch(AUTOTUNE)",
+    "ours": "imgclf TFRecords + train input pipeline + in-model augmentation",
+    "ours_no_augment": "imgclf TFRecords + train input pipeline, no augmentation",
+}
+BASELINES = ("idg", "idg_augment", "idfd", "idfd_prefetch")
+AUGMENTING = ("idg_augment",)
+
+
+def _batches_idg(folder: str, augment: bool):
+    import tensorflow as tf
+
+    gen = tf.keras.preprocessing.image.ImageDataGenerator(rescale=1.0 / 255, **(IDG_AUGMENT if augment else {}))
+    it = gen.flow_from_directory(folder, target_size=(SIZE, SIZE), batch_size=BATCH, class_mode="categorical",
+                                 shuffle=True, seed=1)
+
+    def epoch():
+        for _ in range(len(it)):
+            x, y = next(it)
+            yield tf.convert_to_tensor(x), y
+    return epoch, it.n
+
+
+def _batches_idfd(folder: str, prefetch: bool):
+    import keras
+    import tensorflow as tf
+
+    ds = keras.utils.image_dataset_from_directory(folder, image_size=(SIZE, SIZE), batch_size=BATCH, shuffle=True,
+                                                  seed=1, verbose=False)
+    n = len(ds.file_paths)
+    if prefetch:
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+
+    def epoch():
+        yield from ds
+    return epoch, n
+
+
+def _batches_ours(dataset_dir: str, augment: bool):
+    import keras
+    import tensorflow as tf
+
+    from components import models, records, train
+
+    meta = records.load_metadata(dataset_dir)
+    ds = train._input(records.make_dataset(dataset_dir, meta, "train", BATCH, shuffle=True, seed=1, prefetch=False),
+                      len(meta["classes"]))
+    net = models.baseline((meta["image_size"], meta["image_size"], meta["channels"]), len(meta["classes"]),
+                          augment=augment, seed=1)
+    rescale = next(layer for layer in net.layers if isinstance(layer, keras.layers.Rescaling))
+    front_model = keras.Model(net.inputs, rescale.output)
+    front = tf.function(lambda x: front_model(x, training=True))
+
+    def epoch():
+        for x, y in ds:
+            yield front(x), y
+    return epoch, meta["splits"]["train"]["count"]
+
+
+def measure_contender(name: str, source: str, epochs: int) -> dict:
+    import keras  # noqa: F401 - imports are not the pipeline's cost
+    import tensorflow  # noqa: F401
+
+    t = time.perf_counter()
+    if name.startswith("idg_") or name == "idg":
+        epoch, n = _batches_idg(source, name == "idg_augment")
+    elif name.startswith("idfd"):
+        epoch, n = _batches_idfd(source, name == "idfd_prefetch")
+    else:
+        epoch, n = _batches_ours(source, name == "ours")
+    setup = time.perf_counter() - t
+    per_epoch, seen = [], 0
+    for _ in range(epochs):
+        t, seen = time.perf_counter(), 0
+        for x, y in epoch():
+            assert tuple(x.shape[1:]) == (SIZE, SIZE, 3), x.shape
+            seen += len(x)
+        per_epoch.append(time.perf_counter() - t)
+        assert seen == n, f"{name}: {seen} images in an epoch, expected {n}"
+    ips = [n / s for s in per_epoch]
+    return {"contender": name, "images": n, "setup_seconds": round(setup, 2),
+            "epoch_seconds": [round(s, 3) for s in per_epoch], "images_per_second": [round(v, 1) for v in ips],
+            "first_epoch_images_per_second": round(ips[0], 1), "steady_images_per_second": round(harness.steady(ips), 1)}
+
+
+def break_even_epochs(one_off_s: float, n: int, ours_ips: float, base_ips: float) -> float | None:
+    """Epochs after which ours, one-off preparation included, has spent less time than the baseline."""
+    saved_per_epoch = n / base_ips - n / ours_ips
+    return round(one_off_s / saved_per_epoch, 1) if saved_per_epoch > 0 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--measure"]:
+        if argv[1] == "prepare":
+            import sklearn.model_selection  # noqa: F401 - the same rule: imports before the clock
+            import tensorflow  # noqa: F401
+
+            folder, work = Path(argv[2]), Path(argv[3])
+            harness.child_report(datasets.prepare(folder, work, SIZE, "rgb", val_fraction=0, test_fraction=0))
+        else:
+            harness.child_report(measure_contender(argv[1], argv[2], int(argv[3])))
+        return 0
+    args = harness.parse_args(__doc__, argv, **{
+        "--images": {"type": int, "help": "JPEGs in the folder (default 2,000; 200 with --quick)"},
+        "--epochs": {"type": int, "help": "epochs per contender (default 4; 3 with --quick)"},
+        "--source-size": {"type": int, "default": SIZE,
+                          "help": f"pixel size of the JPEGs on disk (default {SIZE}: no resizing for anyone)"}})
+    n = args.images or (200 if args.quick else 2_000)
+    epochs = args.epochs or (3 if args.quick else 4)
+    result = {"machine": harness.machine(), "image_size": SIZE, "batch_size": BATCH, "epochs": epochs,
+              "contenders": {}}
+    with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
+        tmp = Path(tmp)
+        folder = datasets.jpeg_folder(tmp / "jpeg", n, args.source_size)
+        mb = datasets.warm_page_cache(folder) / 2**20
+        result.update(source_size=args.source_size, folder_mb=round(mb, 1))
+        print(f"input_throughput: {n} JPEGs of {args.source_size}x{args.source_size} ({mb:.1f} MB) read at "
+              f"{SIZE}x{SIZE}, batch {BATCH}, {epochs} epochs each", flush=True)
+        prep = harness.in_fresh_process(MODULE, "prepare", folder, tmp / "ours")
+        prep["one_off_seconds"] = round(prep["ingest_seconds"] + prep["preprocess_seconds"], 2)
+        result["ours_one_off"] = prep
+        print(f"  ours, one-off ingest + preprocess: {prep['one_off_seconds']} s, peak {prep['peak_rss_mb']} MB",
+              flush=True)
+        for name in CONTENDERS:
+            source = prep["dataset_dir"] if name.startswith("ours") else folder
+            r = harness.in_fresh_process(MODULE, name, source, epochs)
+            result["contenders"][name] = r
+            print(f"  {name}: first epoch {r['first_epoch_images_per_second']:,} images/s, steady "
+                  f"{r['steady_images_per_second']:,} images/s, peak {r['peak_rss_mb']} MB", flush=True)
+    c = result["contenders"]
+    # Like with like: augmenting baselines against ours with augmentation, the others against ours without.
+    result["ratios"] = {}
+    for b in BASELINES:
+        ours = c["ours" if b in AUGMENTING else "ours_no_augment"]
+        result["ratios"][b] = {
+            "against": ours["contender"],
+            "steady": round(ours["steady_images_per_second"] / c[b]["steady_images_per_second"], 2),
+            "first_epoch": round(ours["first_epoch_images_per_second"] / c[b]["first_epoch_images_per_second"], 2),
+            "break_even_epochs": break_even_epochs(prep["one_off_seconds"], n, ours["steady_images_per_second"],
+                                                   c[b]["steady_images_per_second"])}
+    rows = ["| pipeline | first epoch images/s | steady images/s | ours, like with like (steady) | ours pays back its "
+            "one-off cost after | setup | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, label in CONTENDERS.items():
+        r, ratio = c[name], result["ratios"].get(name)
+        times = (f"{ratio['steady']}x ({'with' if ratio['against'] == 'ours' else 'without'} augmentation)"
+                 if ratio else "")
+        pays = (f"{ratio['break_even_epochs']} epochs" if ratio and ratio["break_even_epochs"] is not None
+                else "never" if ratio else "")
+        rows.append(f"| {label} | {r['first_epoch_images_per_second']:,.0f} | {r['steady_images_per_second']:,.0f} "
+                    f"| {times} | {pays} | {r['setup_seconds']} s | {r['peak_rss_mb']:,.0f} MB |")
+    rows.append(f"| one-off: imgclf ingest + preprocess of the same {n:,} JPEGs | | "
+                f"{n / prep['one_off_seconds']:,.0f} | | | {prep['one_off_seconds']} s "
+                f"(ingest {prep['ingest_seconds']} s, preprocess {prep['preprocess_seconds']} s) "
+                f"| {prep['peak_rss_mb']:,.0f} MB |")
+    harness.save("input_throughput", args.out, result, "\n".join(rows),
+                 f"Input throughput, {n:,} JPEGs of {args.source_size} px ({mb:.1f} MB) read at {SIZE}x{SIZE}, "
+                 f"batch {BATCH}, steady = median of epochs 2-{epochs}", args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
