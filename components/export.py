@@ -148,9 +148,10 @@ def _tflite(model, dataset_dir: str, meta: dict, dest: Path) -> float:
     import numpy as np
     import tensorflow as tf
 
-    shape = [None, meta["image_size"], meta["image_size"], meta["channels"]]
-    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(shape, tf.float32))
-    dest.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn], model).convert())
+    # from_keras_model freezes the weights into the file. A concrete function of the model converts
+    # too, but keeps its weights as resource variables that the TFLite interpreter never initialises
+    # (NaN out, or a READ_VARIABLE failure without the XNNPACK delegate).
+    dest.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     interpreter = tf.lite.Interpreter(model_path=str(dest))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     worst, disagree = 0.0, 0
