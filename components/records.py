@@ -39,7 +39,8 @@ def shard_paths(dataset_dir: str, meta: dict, split: str) -> list[str]:
 
 
 def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, with_extras: bool = False, cache: bool = False, prefetch: bool = True):
+                 seed: int = 0, with_extras: bool = False, cache: bool = False, prefetch: bool = True,
+                 repeat: bool = False):
     """(pixels, label) batches, or (pixels, label, location, encoded) with `with_extras` (test only).
 
     Shards are read in parallel and parsed in parallel; pixels stay uint8 until the model's
@@ -72,6 +73,10 @@ def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuf
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(min(meta["splits"][split]["count"], 10_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        # Endless, reshuffled every pass: one iterator for the whole fit, so the pipeline keeps filling
+        # across epoch boundaries instead of restarting (and refilling the shuffle buffer) every epoch.
+        ds = ds.repeat()
     ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     # prefetch=False lets a caller add stages (one-hot labels, throughput stamps) before prefetching.
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds

@@ -45,6 +45,8 @@ class Throughput(keras.callbacks.Callback):
         self.stamps, self.images = stamps, images_per_epoch
 
     def on_train_begin(self, logs=None):
+        # A new fit() gets a new iterator: batches the last one prefetched but never used are not ours.
+        self.stamps.ready.clear()
         self.traced = False
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -164,7 +164,7 @@ def train(dataset_dir: str, model_dir: str, model: str = "baseline", epochs: int
         steps = -(-n_train // global_batch)
         stamps = throughput.InputStamps()
         train_ds = _input(records.make_dataset(dataset_dir, meta, "train", global_batch, shuffle=True, seed=seed,
-                                               prefetch=False), len(classes), stamps)
+                                               prefetch=False, repeat=True), len(classes), stamps)
         has_val = meta["splits"]["validation"]["count"] > 0
         val_ds = _input(records.make_dataset(dataset_dir, meta, "validation", global_batch, prefetch=False),
                         len(classes)) if has_val else None
@@ -197,7 +197,7 @@ def train(dataset_dir: str, model_dir: str, model: str = "baseline", epochs: int
             callbacks = [throughput.Throughput(stamps, n_train), stopper, saver, *extra]
             # shuffle=False: the tf.data pipeline already reshuffles every epoch.
             net.fit(train_ds, validation_data=val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
-                    class_weight=fit_cw, callbacks=callbacks, verbose=2, shuffle=False)
+                    steps_per_epoch=steps, class_weight=fit_cw, callbacks=callbacks, verbose=2, shuffle=False)
             state["best"] = saver.best
 
         if state["phase"] == 1:
