@@ -31,12 +31,11 @@ def devices() -> list[str]:
     """Devices as Keras sees them ("gpu:0", "cpu:0"), with the GPU model where the backend tells it."""
     import keras
 
-    found = list(keras.distribution.list_devices())
     if keras.backend.backend() == "jax":
         import jax
 
         return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
-    return found
+    return list(keras.distribution.list_devices())
 
 
 def _gpus(found: list[str]) -> list[str]:

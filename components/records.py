@@ -39,7 +39,7 @@ def shard_paths(dataset_dir: str, meta: dict, split: str) -> list[str]:
 
 
 def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, with_extras: bool = False, cache: bool = False, prefetch: bool = True,
+                 seed: int = 0, with_extras: bool = False, prefetch: bool = True,
                  repeat: bool = False):
     """(pixels, label) batches, or (pixels, label, location, encoded) with `with_extras` (test only).
 
@@ -69,8 +69,6 @@ def make_dataset(dataset_dir: str, meta: dict, split: str, batch_size: int, shuf
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) if not with_extras else None)
     # TFRecord files have unknown length; declaring it lets Keras size epochs and progress bars.
     ds = ds.apply(tf.data.experimental.assert_cardinality(meta["splits"][split]["count"]))
-    if cache:
-        ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(min(meta["splits"][split]["count"], 10_000), seed=seed, reshuffle_each_iteration=True)
     if repeat:

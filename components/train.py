@@ -143,7 +143,7 @@ def train(dataset_dir: str, model_dir: str, model: str = "baseline", epochs: int
         raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if model != "baseline" and model not in models.FAMILIES:
+    if model not in models.MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(models.MODELS)}")
     meta = records.load_metadata(dataset_dir)
     classes, n_train = meta["classes"], meta["splits"]["train"]["count"]
