@@ -115,6 +115,11 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
     return result
 
 
+def load_metrics(predictions_dir: str) -> dict:
+    """evaluate's metrics.json: {"metrics": {...}, "per_class": [...], ...}."""
+    return json.loads((Path(predictions_dir) / METRICS_FILE).read_text())
+
+
 def read_predictions(predictions_dir: str) -> list[dict]:
     with open(Path(predictions_dir) / PREDICTIONS_FILE, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

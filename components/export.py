@@ -155,10 +155,11 @@ def _tflite(model, dataset_dir: str, meta: dict, dest: Path) -> float:
     interpreter = tf.lite.Interpreter(model_path=str(dest))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     worst, disagree = 0.0, 0
+    size, channels = meta["image_size"], meta["channels"]
+    interpreter.resize_tensor_input(inp["index"], [1, size, size, channels])
+    interpreter.allocate_tensors()
     for pixels, _ in records.make_dataset(dataset_dir, meta, "test", 1):
         x = tf.cast(pixels, tf.float32).numpy()
-        interpreter.resize_tensor_input(inp["index"], x.shape)
-        interpreter.allocate_tensors()
         interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
         lite = interpreter.get_tensor(out["index"])

@@ -65,14 +65,13 @@ def gate(dataset_dir: str, predictions_dir: str, registry_uri: str = "", model_n
     challenger's `compare_metric` is strictly higher than the champion's on this test split and by at
     least `margin` (absolute, e.g. 0.01 = one point of accuracy).
     """
-    from components.evaluate import METRICS_FILE
+    from components.evaluate import load_metrics
 
     if compare_metric not in METRICS:
         raise ValueError(f"compare_metric must be one of {METRICS}, got {compare_metric!r}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    with open(f"{predictions_dir}/{METRICS_FILE}", encoding="utf-8") as f:
-        evaluated = json.load(f)
+    evaluated = load_metrics(predictions_dir)
     challenger = {k: float(evaluated["metrics"][k]) for k in METRICS}
     thresholds = {"min_accuracy": min_accuracy, "min_macro_f1": min_macro_f1, "margin": margin}
     reasons, ok = [], True

@@ -86,10 +86,13 @@ def predict(model: str, inputs: list[str], output: str = "", top_k: int = 3, bat
     fmt = Path(output).suffix.lstrip(".").lower() if output else ""
     if output and fmt not in FORMATS:
         raise ValueError(f"--output must end in .csv or .jsonl, got {output!r}")
+    from components.registry import resolve
+
     entries = list(_entries(inputs))
     if not entries:
         raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
-    with _local_model(model) as model_dir:
+    # `REGISTRY/NAME` means that model's current champion, for the CLI and the batch component alike.
+    with _local_model(resolve(model)) as model_dir:
         info_path = model_dir / EXPORT_INFO
         classes = json.loads(info_path.read_text())["classes"] if info_path.exists() else None
         serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]

@@ -6,10 +6,9 @@ preprocess's fingerprint and split sizes, the gate's reasons), never from the so
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from components import model_card, records, registry
-from components.evaluate import METRICS_FILE
+from components.evaluate import load_metrics
 from components.train import load_train_info
 
 
@@ -20,7 +19,7 @@ def publish(saved_model_dir: str, model_dir: str, dataset_dir: str, predictions_
         raise ValueError("publish needs a registry location (local folder, gs:// or s3://)")
     info = load_train_info(model_dir)
     meta = records.load_metadata(dataset_dir)
-    evaluated = json.loads((Path(predictions_dir) / METRICS_FILE).read_text())
+    evaluated = load_metrics(predictions_dir)
     record = {"source_run": source_run, "model": info["model"], "params": info["params"],
               "classes": info["classes"], "image_size": info["image_size"], "channels": info["channels"],
               "color_mode": info["color_mode"], "data_fingerprint": meta["data_fingerprint"],

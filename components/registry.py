@@ -73,23 +73,27 @@ def read_record(registry: str, model_name: str, version: int) -> dict:
     return json.loads(storage.read_text(storage.join(version_uri(registry, model_name, version), RECORD)))
 
 
-def champion(registry: str, model_name: str) -> dict | None:
-    """The champion's record (with `uri`), or None before the first publish."""
-    pointer = storage.join(model_uri(registry, model_name), CHAMPION_FILE)
+def _champion_version(model_location: str) -> int | None:
+    """The version the champion pointer under `<registry>/<name>` names; None without a pointer."""
+    pointer = storage.join(model_location, CHAMPION_FILE)
     if not storage.exists(pointer):
         return None
-    version = int(json.loads(storage.read_text(pointer))["version"])
+    return int(json.loads(storage.read_text(pointer))["version"])
+
+
+def champion(registry: str, model_name: str) -> dict | None:
+    """The champion's record (with `uri`), or None before the first publish."""
+    version = _champion_version(model_uri(registry, model_name))
+    if version is None:
+        return None
     record = read_record(registry, model_name, version)
     return {**record, "uri": version_uri(registry, model_name, version)}
 
 
 def resolve(location: str) -> str:
     """`REGISTRY/NAME` (a folder with a champion pointer) -> the champion version's folder; else unchanged."""
-    pointer = storage.join(location, CHAMPION_FILE)
-    if storage.exists(pointer):
-        version = int(json.loads(storage.read_text(pointer))["version"])
-        return storage.join(location, str(version))
-    return location
+    version = _champion_version(location)
+    return location if version is None else storage.join(location, str(version))
 
 
 def next_version(registry: str, model_name: str) -> int:

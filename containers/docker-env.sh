@@ -49,8 +49,8 @@ apt_install() {
 }
 
 cmd_up() {
-    command -v dockerd >/dev/null || apt_install docker.io
     if engine_answers; then return 0; fi
+    command -v dockerd >/dev/null || apt_install docker.io
     mkdir -p "$CACHE"
     say "starting dockerd (data root $DATA_ROOT, log $CACHE/dockerd.log)"
     rm -f "$CACHE/dockerd.pid"

@@ -1,7 +1,8 @@
 #!/bin/sh
-# `docker run IMAGE <step> --flag ...` runs one step (python -m components); anything else, such as
-# the command KFP or kfp.local's DockerRunner give the container, runs as given.
-case "${1:-}" in
-  ingest|preprocess|train|evaluate|export|""|-h|--help) exec python3 -m components "$@" ;;
-  *) exec "$@" ;;
+# `docker run IMAGE <step> --flag ...` runs one step (python -m components, which knows the steps);
+# a program the image has, such as the command KFP or kfp.local's DockerRunner give the container, runs
+# as given. Only a path counts: `export` is also a shell builtin.
+case "$(command -v "${1:-}" 2>/dev/null)" in
+  /*) exec "$@" ;;
+  *) exec python3 -m components "$@" ;;
 esac

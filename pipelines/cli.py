@@ -129,9 +129,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from components.predict import format_table, predict
 
-    from components.registry import resolve
-
-    result = predict(resolve(args.model), args.inputs, output=args.output, top_k=args.top_k, batch_size=args.batch_size,
+    result = predict(args.model, args.inputs, output=args.output, top_k=args.top_k, batch_size=args.batch_size,
                      keep_rows=not args.output)
     if not args.output:
         print(format_table(result.rows))

@@ -134,8 +134,10 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
             pages[name] = str(run_dir / name)
     saved_model = run_dir / "export" / "saved_model"
     accuracy = None
-    if (run_dir / "evaluate" / "predictions" / "metrics.json").is_file():
-        accuracy = json.loads((run_dir / "evaluate" / "predictions" / "metrics.json").read_text())["metrics"]["accuracy"]
+    if (run_dir / "evaluate" / "predictions").is_dir():
+        from components.evaluate import load_metrics
+
+        accuracy = load_metrics(str(run_dir / "evaluate" / "predictions"))["metrics"]["accuracy"]
     published = ""
     if outcome["decision"] == "publish":
         from components import registry

@@ -89,8 +89,7 @@ def test_each_step_by_hand_with_mounts_and_bucket_uris(image, stores, bucket, tm
 
     s3, _ = bucket
     src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
-    fs, _ = storage.filesystem(s3)
-    fs.put(str(src), f"{s3.removeprefix('s3://')}/src", recursive=True)
+    storage.upload_dir(str(src), f"{s3}/src")
     work = tmp_path / "work"
     work.mkdir()
     user = None
@@ -150,8 +149,7 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
 
     s3, _ = bucket
     src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
-    fs, _ = storage.filesystem(s3)
-    fs.put(str(src), f"{s3.removeprefix('s3://')}/src", recursive=True)
+    storage.upload_dir(str(src), f"{s3}/src")
     params = {"data": f"{s3}/src", "image_size": 28, "color_mode": "grayscale", "epochs": 2, "batch_size": 16,
               "width": 8, "depth": 2, "patience": 2, "val_fraction": 0.15, "test_fraction": 0.2, "seed": 1,
               "export_to": f"{s3}/registry/v1"}
@@ -167,7 +165,7 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     assert _containers_created(image, start) == len(result.step_seconds)
     assert 0.0 <= result.accuracy <= 1.0
     assert (Path(result.saved_model) / "saved_model.pb").is_file()
-    assert fs.exists(f"{s3.removeprefix('s3://')}/registry/v1/saved_model.pb")
+    assert storage.exists(f"{s3}/registry/v1/saved_model.pb")
     images = sorted(src.rglob("*.*"))[:6]
     answer = predict(f"{s3}/registry/v1", [str(p) for p in images], keep_rows=True)
     assert answer.predicted == len(images) and {row["class"] for row in answer.rows} <= set(TWO)
