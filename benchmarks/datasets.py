@@ -27,8 +27,8 @@ def warm_page_cache(folder: Path) -> int:
 def prepare(folder: Path, work: Path, image_size: int, color_mode: str = "rgb", val_fraction: float = 0.1,
             test_fraction: float = 0.1) -> dict:
     """Our one-off cost: ingest + preprocess the folder. Returns the TFRecord folder and the seconds of each."""
-    from components.ingest import ingest
-    from components.preprocess import preprocess
+    from components.ingest.step import ingest
+    from components.preprocess.step import preprocess
 
     t = time.perf_counter()
     ingest(str(folder), str(work / "ingested"))
@@ -45,9 +45,11 @@ def export_npz(dataset_dir: str, path: Path, limit: int) -> dict:
     real input for the GPU benchmark, which runs where there is no TensorFlow to read TFRecords."""
     import numpy as np
 
-    from components import records
+    from components.lib import records
 
-    meta = records.load_metadata(dataset_dir)
+    from components.contracts import RecordsMetadata
+
+    meta = RecordsMetadata.load(dataset_dir)
     xs, ys, n = [], [], 0
     for x, y in records.make_dataset(dataset_dir, meta, "train", 256):
         xs.append(x.numpy())
@@ -57,5 +59,5 @@ def export_npz(dataset_dir: str, path: Path, limit: int) -> dict:
             break
     x, y = np.concatenate(xs)[:limit], np.concatenate(ys)[:limit].astype("int32")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, pixels=x, labels=y, classes=np.array(meta["classes"]))
+    np.savez_compressed(path, pixels=x, labels=y, classes=np.array(meta.classes))
     return {"path": str(path), "images": len(y), "shape": list(x.shape[1:]), "bytes": path.stat().st_size}

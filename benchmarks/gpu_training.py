@@ -54,7 +54,7 @@ def run_one(model: str, precision: str, source: str, data, shape, classes: int, 
             images: int) -> dict:
     import keras
 
-    from components import accelerate, models, throughput
+    from components.train import accelerate, models, throughput
 
     keras.utils.set_random_seed(1)
     with accelerate.setup(precision, "none", "auto") as hw:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
-    from components import accelerate
+    from components.train import accelerate
 
     if keras.backend.backend() != "jax":
         raise SystemExit(f"gpu_training measures the JAX backend; KERAS_BACKEND is {keras.backend.backend()!r}")

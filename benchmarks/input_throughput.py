@@ -72,12 +72,15 @@ def _batches_ours(dataset_dir: str, augment: bool):
     import keras
     import tensorflow as tf
 
-    from components import models, records, train
+    from components.contracts import RecordsMetadata
+    from components.lib import records
+    from components.train import models
+    from components.train import step as train
 
-    meta = records.load_metadata(dataset_dir)
+    meta = RecordsMetadata.load(dataset_dir)
     ds = train._input(records.make_dataset(dataset_dir, meta, "train", BATCH, shuffle=True, seed=1, prefetch=False),
-                      len(meta["classes"]))
-    net = models.baseline((meta["image_size"], meta["image_size"], meta["channels"]), len(meta["classes"]),
+                      len(meta.classes))
+    net = models.baseline(meta.input.shape, len(meta.classes),
                           augment=augment, seed=1)
     rescale = next(layer for layer in net.layers if isinstance(layer, keras.layers.Rescaling))
     front_model = keras.Model(net.inputs, rescale.output)
@@ -86,7 +89,7 @@ def _batches_ours(dataset_dir: str, augment: bool):
     def epoch():
         for x, y in ds:
             yield front(x), y
-    return epoch, meta["splits"]["train"]["count"]
+    return epoch, meta.count("train")
 
 
 def measure_contender(name: str, source: str, epochs: int) -> dict:

@@ -58,25 +58,25 @@ def run_step(step: str, source: str, work: str, epochs: int) -> dict:
     t = time.perf_counter()
     quarantined = 0
     if step == "ingest":
-        from components.ingest import ingest
+        from components.ingest.step import ingest
         s = ingest(source, str(w / "ingested"))
         n, quarantined = s.images, s.quarantined
     elif step == "preprocess":
-        from components.preprocess import preprocess
+        from components.preprocess.step import preprocess
         s = preprocess(str(w / "ingested"), ds, image_size=28, color_mode="grayscale")
         n, quarantined = sum(s.counts.values()), s.quarantined
     elif step == "train":
-        from components.records import load_metadata
-        from components.train import train
+        from components.contracts import RecordsMetadata
+        from components.train.step import train
         r = train(ds, model, epochs=epochs, batch_size=64, patience=epochs)
-        n = r.epochs_run * load_metadata(ds)["splits"]["train"]["count"]
+        n = r.epochs_run * RecordsMetadata.load(ds).count("train")
     elif step == "evaluate":
-        from components.evaluate import evaluate
-        from components.records import load_metadata
+        from components.evaluate.step import evaluate
+        from components.contracts import RecordsMetadata
         evaluate(ds, model, str(w / "predictions"))
-        n = load_metadata(ds)["splits"]["test"]["count"]
+        n = RecordsMetadata.load(ds).count("test")
     else:
-        from components.export import export
+        from components.export.step import export
         n = export(model, ds, str(w / "predictions"), str(w / "saved_model")).checked_images
     return {"images": n, "quarantined": quarantined, "seconds": time.perf_counter() - t}
 

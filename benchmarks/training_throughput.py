@@ -25,9 +25,9 @@ GPU_INPUT_IMAGES = 512
 
 
 def measure(model: str, dataset_dir: str, model_dir: str, epochs: int) -> dict:
-    from components.train import train
+    from components.train.step import train
 
-    r = train(dataset_dir, model_dir, model=model, epochs=epochs, batch_size=BATCH, weights="none",
+    r = train(dataset_dir, model_dir, architecture=model, epochs=epochs, batch_size=BATCH, weights="none",
               patience=epochs, seed=1)
     return {"model": model, **asdict(r)}
 

@@ -1,33 +1,54 @@
 """`python -m components <step> --flag value ...`: run one step's function directly.
 
-This is the container entry point (`docker run IMAGE <step> ...`); flags come from the step's typed
-signature, and the step's summary is printed as JSON on the last line.
+This is the container entry point (`docker run IMAGE <step> ...`); the steps come from
+components/steps.py, their flags (with help, allowed values and defaults) from the step's signature
+and option declarations, and the step's summary is printed as JSON on the last line.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
+import typing
+
+# Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
+ENTRY_STEPS = ("ingest", "preprocess", "train", "evaluate", "export", "champion", "gate", "publish")
 
 
-def steps() -> dict:
-    from components import evaluate, export, gate, ingest, preprocess, publish, train
+def add_step_arguments(parser: argparse.ArgumentParser, fn) -> None:
+    """Flags for a step: its declared options with their help, then its own artifact paths."""
+    from components.lib.options import add_arguments
 
-    return {"ingest": ingest.ingest, "preprocess": preprocess.preprocess, "train": train.train,
-            "evaluate": evaluate.evaluate, "export": export.export, "gate": gate.gate, "publish": publish.publish}
+    cls = getattr(fn, "options", None)
+    declared = {o.name: o for o in cls.declared()} if cls else {}
+    add_arguments(parser, list(declared.values()))
+    hints = typing.get_type_hints(getattr(fn, "__wrapped__", fn))
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in declared:
+            continue
+        required = p.default is inspect.Parameter.empty
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=hints.get(name, str), required=required,
+                            default=None if required else p.default,
+                            help="(required)" if required else f"(default: {p.default!r})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli_args import add_signature_args, call_with_args
+    from components import steps
+    from components.lib.options import ParameterError
 
     parser = argparse.ArgumentParser(prog="python -m components", description="Run one imgclf step.")
     sub = parser.add_subparsers(dest="step", required=True)
-    for name, fn in steps().items():
-        add_signature_args(sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0]), fn)
-    args = parser.parse_args(argv)
-    fn = steps()[args.step]
-    result = call_with_args(fn, argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "step"}))
+    for name in ENTRY_STEPS:
+        add_step_arguments(sub.add_parser(name, help=steps.STEPS[name].help), steps.function(name))
+    args = vars(parser.parse_args(argv))
+    fn = steps.function(args.pop("step"))
+    try:
+        result = fn(**args)
+    except ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if dataclasses.is_dataclass(result):
         print(json.dumps(dataclasses.asdict(result), default=str))
     return 0

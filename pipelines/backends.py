@@ -31,6 +31,14 @@ def _version_name(package: str) -> str:
     return f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{digest}"
 
 
+def pipeline_name(package: str) -> str:
+    """The compiled pipeline's own name (imgclf-training, imgclf-predict): what its runs are called."""
+    import yaml
+
+    with open(package, encoding="utf-8") as f:
+        return next(yaml.safe_load_all(f))["pipelineInfo"]["name"]
+
+
 def without_cache(package: str, out_dir: str) -> str:
     """A copy of a compiled pipeline, written into `out_dir`, with caching off for every task (the
     platform document kept). Never beside `package`: that may be the user's file."""
@@ -159,7 +167,7 @@ class Vertex:
     def _job(self, package: str, params: dict, pipeline_root: str, no_cache: bool, labels: dict):
         if not pipeline_root.startswith("gs://"):
             raise ValueError(f"Vertex AI needs a gs:// pipeline root, got {pipeline_root!r}")
-        return self.aiplatform.PipelineJob(display_name="imgclf-training", template_path=package,
+        return self.aiplatform.PipelineJob(display_name=pipeline_name(package), template_path=package,
                                            pipeline_root=pipeline_root, parameter_values=params,
                                            enable_caching=False if no_cache else None, labels=labels or None)
 

@@ -2,8 +2,9 @@
 run, on this machine's Docker engine.
 
 Three things kfp 2.17.0 leaves to the caller, handled here:
-- Local inputs and outputs named by pipeline parameters (the data folder, `export_to`) are mounted at
-  the same absolute path, read-only for inputs; kfp mounts only the pipeline root.
+- Local inputs and outputs named by pipeline parameters (every option declared with a path role: the
+  data folder, `weights`, `registry`, `export_to`, `tensorboard_uri`, ...) are mounted at the same
+  absolute path, read-only for inputs; kfp mounts only the pipeline root.
 - Store settings and credentials reach the containers through the environment (never parameters):
   the variables components/storage.py reads are passed on as they are set here.
 - kfp runs containers with auto_remove, so a container that exits at once can be gone before its exit
@@ -16,13 +17,11 @@ import contextlib
 import os
 from pathlib import Path
 
-from components import storage
+from components.lib import storage
 
 # The variables components/storage.py (and the Google/AWS client libraries under it) read.
 STORE_ENV_PREFIXES = ("IMGCLF_", "AWS_", "GCSFS_")
 STORE_ENV_NAMES = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
-# Pipeline parameters that may name local paths: (name, the task writes there).
-PATH_PARAMS = {"data": False, "data_base_uri": False, "export_to": True}
 NETWORKS = ("auto", "none", "host", "bridge")
 
 
@@ -30,6 +29,14 @@ def store_environment() -> dict[str, str]:
     """The store variables set here; not AWS_CA_BUNDLE, a host path (the image has its own trust store)."""
     return {k: v for k, v in os.environ.items()
             if (k.startswith(STORE_ENV_PREFIXES) or k in STORE_ENV_NAMES) and k != "AWS_CA_BUNDLE"}
+
+
+def path_parameters(steps: tuple[str, ...] | None = None) -> list:
+    """Every pipeline parameter declared with a path role (Option.path "read" or "write")."""
+    from pipelines.declare import parameters
+    from pipelines.training import STEPS
+
+    return [o for o in parameters(steps or STEPS) if o.path]
 
 
 def _mount(path: str, read_only: bool):
@@ -64,9 +71,9 @@ def docker_runner(params: dict, image: str, network: str = "auto") -> tuple[obje
         client.close()
 
     params, mounts, remote = dict(params), [], False
-    for name, writes in PATH_PARAMS.items():
-        value = params.get(name) or ""
-        if not value:
+    for o in path_parameters():
+        name, writes, value = o.name, o.path == "write", params.get(o.name) or ""
+        if not value or value in o.keywords:
             continue
         if not storage.is_local(value):
             remote = True

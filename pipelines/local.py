@@ -135,12 +135,12 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     saved_model = run_dir / "export" / "saved_model"
     accuracy = None
     if (run_dir / "evaluate" / "predictions").is_dir():
-        from components.evaluate import load_metrics
+        from components.contracts import Evaluation
 
-        accuracy = load_metrics(str(run_dir / "evaluate" / "predictions"))["metrics"]["accuracy"]
+        accuracy = Evaluation.load(str(run_dir / "evaluate" / "predictions")).metrics["accuracy"]
     published = ""
     if outcome["decision"] == "publish":
-        from components import registry
+        from components.lib import registry
 
         champ = registry.champion(params["registry"], params.get("model_name", "imgclf"))
         published = f"{champ['model_name']} version {champ['version']} at {champ['uri']}"

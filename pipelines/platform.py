@@ -52,6 +52,10 @@ class Platform:
     def accelerator(self) -> str:
         return self.gpu_type or DEFAULT_GPU_TYPE.get(self.target, "")
 
+    def apply_all(self, tasks) -> None:
+        """Credentials and endpoints on every task of the pipeline being built (walked, not listed)."""
+        self.apply(*tasks)
+
     def apply(self, *tasks) -> None:
         if self.s3_secret:
             from kfp import kubernetes

@@ -3,22 +3,27 @@ a predictions file (CSV or JSON Lines) out. Schedule it like training."""
 from kfp import dsl
 from kfp.dsl import Dataset
 
-from components import kfp_wrappers as steps
+from components.kfp_glue import wrappers as steps
+from pipelines.declare import for_step, pipeline
 from pipelines.platform import LOCAL, Platform
 
 PIPELINE_NAME = "imgclf-predict"
+STEPS = ("predict",)
 
 
 def build_prediction_pipeline(platform: Platform = LOCAL):
-    @dsl.pipeline(name=PIPELINE_NAME, description="Classify a folder or bucket of images with an exported model.")
-    def prediction_pipeline(model: str, images: str, top_k: int = 3, output_format: str = "csv") -> Dataset:
-        task = steps.predict(model=model, images=images, top_k=top_k, output_format=output_format)
+    validate = steps.validate_component(STEPS)
+
+    def graph(p: dict) -> Dataset:
+        check = validate(pipeline_steps=",".join(STEPS), **p)
+        task = steps.predict(**for_step("predict", p)).after(check)
         # New images land under the same URI: a cached answer would be stale.
         task.set_caching_options(False)
-        platform.apply(task)
+        platform.apply_all(dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
         return task.outputs["predictions"]
 
-    return prediction_pipeline
+    return pipeline(PIPELINE_NAME, "Classify a folder or bucket of images with an exported model.", STEPS, graph,
+                    returns=Dataset)
 
 
 prediction_pipeline = build_prediction_pipeline()

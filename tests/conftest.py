@@ -61,11 +61,11 @@ def ten_class_folder(tmp_path) -> Path:
 def chain_factory(tmp_path_factory):
     """Run ingest -> preprocess -> train -> evaluate -> export once per class set and share the result:
     training is the slow part of the suite."""
-    from components.evaluate import evaluate
-    from components.export import export
-    from components.ingest import ingest
-    from components.preprocess import preprocess
-    from components.train import train
+    from components.evaluate.step import evaluate
+    from components.export.step import export
+    from components.ingest.step import ingest
+    from components.preprocess.step import preprocess
+    from components.train.step import train
 
     built = {}
 
@@ -96,7 +96,7 @@ STORE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-s
 def stores():
     """A real S3 API server and a GCS emulator on 127.0.0.1, configured through the environment exactly
     as a user configures MinIO or an emulator (so subprocesses such as kfp.local tasks see them too)."""
-    from components import storage
+    from components.lib import storage
     from tests import stores as st
 
     s3, gcs = st.moto_s3(), st.gcs_emulator()
@@ -122,7 +122,7 @@ _bucket_counter = iter(range(10_000))
 @pytest.fixture
 def bucket(stores):
     """A fresh bucket name in both stores: returns (s3_uri, gs_uri) of its root."""
-    from components import storage
+    from components.lib import storage
 
     name = f"bkt{next(_bucket_counter)}"
     for proto in ("s3", "gs"):

@@ -28,7 +28,7 @@ def script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def image() -> str:
     """Our CPU image, built from this tree; the engine is stopped again if this fixture started it."""
-    from components.kfp_wrappers import IMAGE
+    from components.kfp_glue.wrappers import IMAGE
 
     up = script("up")
     if up.returncode:
@@ -84,8 +84,8 @@ def test_image_runs_every_step_as_non_root_with_the_hosts_kfp(image):
 def test_each_step_by_hand_with_mounts_and_bucket_uris(image, stores, bucket, tmp_path):
     """The README's `docker run` commands, in order: the source and the published model in S3, the
     artifacts in between on a mounted folder, written by the image's non-root user."""
-    from components import storage
-    from components.predict import predict
+    from components.lib import storage
+    from components.predict.step import predict
 
     s3, _ = bucket
     src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
@@ -142,8 +142,8 @@ def _containers_created(image: str, since: float) -> int:
 def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path):
     """kfp.local's DockerRunner: every task in our image, the source and the model in S3 (endpoint and
     credentials from the environment), the pipeline root on local disk."""
-    from components.predict import predict
-    from components import storage
+    from components.predict.step import predict
+    from components.lib import storage
     from pipelines.docker_local import docker_runner
     from pipelines.local import run_local
 
@@ -160,7 +160,7 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
 
     # One container per task that ran: the five steps, the champion lookup, the gate, and the
     # not-published note (no registry is given, so nothing is published).
-    assert set(result.step_seconds) == {"ingest", "preprocess", "champion", "train", "evaluate", "export", "gate",
+    assert set(result.step_seconds) == {"validate", "ingest", "preprocess", "champion", "train", "evaluate", "export", "gate",
                                         "not-published"}
     assert _containers_created(image, start) == len(result.step_seconds)
     assert 0.0 <= result.accuracy <= 1.0

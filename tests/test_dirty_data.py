@@ -11,10 +11,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import records
-from components.ingest import DatasetError, ingest, read_manifest, read_quarantine
-from components.preprocess import preprocess
-from components.train import train
+from components.lib import records
+from components.contracts import DatasetError, RecordsMetadata, read_manifest, read_quarantine
+from components.ingest.step import ingest
+from components.preprocess.step import preprocess
+from components.train.step import train
 from tests.conftest import TWO, make_folder, sample_files, tree_digest
 
 
@@ -95,11 +96,11 @@ def test_dirty_folder_exact_counts_then_training_on_the_clean_rest(dirty, tmp_pa
     tr = train(str(tmp_path / "pp"), str(tmp_path / "model"), epochs=1, batch_size=8, width=8, depth=2)
     assert tr.epochs_run == 1
     # the awkward modes really were ingested (and converted in preprocess, see test_converted_pixels)
-    meta = records.load_metadata(str(tmp_path / "pp"))
+    meta = RecordsMetadata.load(str(tmp_path / "pp"))
     rows, _ = read_manifest(str(tmp_path / "ds"))
     modes = {r["mode"] for r in rows}
     assert {"CMYK", "P", "RGBA"} <= modes and any(m.startswith("I") for m in modes), modes
-    assert meta["channels"] == 3
+    assert meta.input.channels == 3
 
 
 def test_pre_split_copies_never_leak_and_near_duplicates_are_reported(tmp_path):
@@ -116,10 +117,10 @@ def test_pre_split_copies_never_leak_and_near_duplicates_are_reported(tmp_path):
     assert q[0]["location"].endswith("test/Bag/leaked-copy.png") and "kept out of test" in q[0]["detail"]
 
     p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, val_fraction=0.1)
-    meta = records.load_metadata(str(tmp_path / "pp"))
+    meta = RecordsMetadata.load(str(tmp_path / "pp"))
     assert p.near_duplicates >= 1
     assert any(n["location"].endswith("reencoded.jpg") and n["train_location"] == str(near_src)
-               for n in meta["near_duplicates"])
+               for n in meta.near_duplicates)
     # no test image has a byte-identical twin in train
     sha = {r["location"]: r["sha256"] for r in read_manifest(str(tmp_path / "ds"))[0]}
     split_sha = {}
@@ -130,7 +131,7 @@ def test_pre_split_copies_never_leak_and_near_duplicates_are_reported(tmp_path):
 
     p2 = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp2"), image_size=28, val_fraction=0.1,
                     drop_near_duplicates=True)
-    assert p2.counts["test"] == p.counts["test"] - sum(n["split"] == "test" for n in meta["near_duplicates"])
+    assert p2.counts["test"] == p.counts["test"] - sum(n["split"] == "test" for n in meta.near_duplicates)
 
 
 def test_animated_images_can_be_refused(tmp_path):
@@ -161,14 +162,14 @@ def test_converted_pixels_in_records(dirty, tmp_path):
     """Alpha becomes white and EXIF rotation is applied in what training sees."""
     ingest(str(dirty), str(tmp_path / "ds"))
     preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, val_fraction=0.15, test_fraction=0.25)
-    meta = records.load_metadata(str(tmp_path / "pp"))
+    meta = RecordsMetadata.load(str(tmp_path / "pp"))
     seen = {}
     for split in ("train", "validation", "test"):
         ds = records.make_dataset(str(tmp_path / "pp"), meta, split, 100, with_extras=True)
         for pixels, _, locs, _ in ds:
             for p, loc in zip(pixels.numpy(), locs.numpy()):
                 seen[os.path.basename(loc.decode())] = p
-    from components import images
+    from components.lib import images
     for name in ("alpha.png", "phone photo.jpg", "cmyk.jpg", "gray16.png"):
         raw = next(dirty.rglob(name)).read_bytes()
         np.testing.assert_array_equal(seen[name], images.tf_decode_resize(tf.constant(raw), 28, 3).numpy())

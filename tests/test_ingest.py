@@ -9,7 +9,8 @@ import os
 import pytest
 from PIL import Image
 
-from components.ingest import DatasetError, ingest, read_manifest, read_quarantine
+from components.contracts import DatasetError, read_manifest, read_quarantine
+from components.ingest.step import ingest
 from tests.conftest import TWO, make_folder, sample_files, tree_digest
 
 

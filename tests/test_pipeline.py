@@ -19,12 +19,13 @@ def test_compiled_yaml_loads_back(tmp_path):
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "imgclf-training"
     params = loaded.component_spec.inputs
-    for name in ["data", "image_size", "color_mode", "model", "epochs", "batch_size", "learning_rate",
+    for name in ["data", "image_size", "color_mode", "architecture", "epochs", "batch_size", "learning_rate",
                  "val_fraction", "test_fraction", "seed"]:
         assert name in params, name
     spec, _platform = yaml.safe_load_all(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"ingest", "preprocess", "champion", "condition-branches-1"}
+    assert set(tasks) == {"validate", "ingest", "preprocess", "champion", "condition-branches-1"}
+    assert tasks["ingest"]["dependentTasks"] == ["validate"]  # every parameter checked before any work
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
     assert tasks["champion"]["cachingOptions"] == {}  # reads the registry
     # dsl.If/dsl.Else: train only on new data; inside, publish only if the gate passed.
@@ -52,7 +53,7 @@ def test_compiled_yaml_loads_back(tmp_path):
 
 
 def test_whole_pipeline_runs_locally(tmp_path):
-    """`imgclf run --model mobilenet_v2 --weights FILE --fine-tune-layers 30`: transfer learning from a
+    """`imgclf run --architecture mobilenet_v2 --weights FILE --fine-tune-layers 30`: transfer learning from a
     weights file (as an air-gapped cluster has it), both phases, through all five steps."""
     import keras
 
@@ -61,7 +62,7 @@ def test_whole_pipeline_runs_locally(tmp_path):
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "28",
-         "--color-mode", "grayscale", "--model", "mobilenet_v2", "--weights", str(weights),
+         "--color-mode", "grayscale", "--architecture", "mobilenet_v2", "--weights", str(weights),
          "--fine-tune-layers", "30", "--fine-tune-epochs", "1", "--epochs", "1", "--batch-size", "16",
          "--val-fraction", "0.1", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=600)

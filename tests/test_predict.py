@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from components.evaluate import read_predictions
-from components.predict import predict
+from components.contracts import read_predictions
+from components.predict.step import predict
 from pipelines.cli import main
 
 
@@ -75,7 +75,7 @@ def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
     task, timings, _ = run_pipeline(prediction_pipeline, {"model": str(tmp / "saved_model"), "images": str(folder),
                                                           "output_format": "jsonl"}, str(tmp_path / "runs"))
     rows = [json.loads(x) for x in open(f"{task.output.path}/predictions.jsonl")]
-    assert len(rows) == len(list(folder.iterdir())) and set(timings) == {"predict"}
+    assert len(rows) == len(list(folder.iterdir())) and set(timings) == {"validate", "predict"}
     direct = predict(str(tmp / "saved_model"), [str(folder)], keep_rows=True)
     assert [r["class"] for r in rows] == [r["class"] for r in direct.rows]
     assert main(["compile", "--pipeline", "predict", "-o", str(tmp_path / "predict.yaml")]) == 0

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import images, records
-from components.ingest import DatasetError, ingest
-from components.preprocess import assign_splits, preprocess
+from components.lib import images, records
+from components.contracts import DatasetError, RecordsMetadata
+from components.ingest.step import ingest
+from components.preprocess.step import assign_splits, preprocess
 from tests.conftest import TWO, make_folder
 
 
@@ -25,12 +26,12 @@ def test_stratified_split_counts_and_pixels(ten_class_folder, tmp_path):
     s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=32, color_mode="grayscale",
                    val_fraction=0.1, test_fraction=0.2, seed=7, images_per_shard=50)
     assert s.counts == {"train": 140, "validation": 20, "test": 40}
-    meta = records.load_metadata(str(tmp_path / "pp"))
-    assert meta["channels"] == 1 and meta["image_size"] == 32 and len(meta["classes"]) == 10
+    meta = RecordsMetadata.load(str(tmp_path / "pp"))
+    assert meta.input.channels == 1 and meta.input.image_size == 32 and len(meta.classes) == 10
     # stratified: every class appears in every split in proportion (200 images, 20 per class)
     for split, per in (("train", 14), ("validation", 2), ("test", 4)):
-        assert set(meta["splits"][split]["per_class"].values()) == {per}, split
-    assert len(meta["splits"]["train"]["shards"]) == 3
+        assert set(meta.splits[split].per_class.values()) == {per}, split
+    assert len(meta.splits["train"].shards) == 3
     pixels, labels, locs, enc = _read_split(tmp_path / "pp", meta, "test")
     assert pixels.shape == (40, 32, 32, 1) and pixels.dtype == np.uint8
     assert Counter(labels.tolist()) == {k: 4 for k in range(10)}
@@ -45,7 +46,7 @@ def test_stratified_split_counts_and_pixels(ten_class_folder, tmp_path):
 
 def test_split_is_seeded(ten_class_folder, tmp_path):
     ingest(str(ten_class_folder), str(tmp_path / "ds"))
-    from components.ingest import read_manifest
+    from components.contracts import read_manifest
     rows, _ = read_manifest(str(tmp_path / "ds"))
     a = assign_splits(rows, 0.1, 0.1, seed=1)
     assert a == assign_splits(rows, 0.1, 0.1, seed=1)
@@ -62,10 +63,10 @@ def test_pre_split_folders_are_kept_and_validation_carved_from_train(tmp_path):
     s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, color_mode="rgb",
                    val_fraction=0.1, seed=3)
     assert s.counts == {"train": 36, "validation": 4, "test": 12}
-    meta = records.load_metadata(str(tmp_path / "pp"))
+    meta = RecordsMetadata.load(str(tmp_path / "pp"))
     _, _, locs, _ = _read_split(tmp_path / "pp", meta, "test")
     assert all("/test/" in loc for loc in locs)
-    assert meta["channels"] == 3
+    assert meta.input.channels == 3
 
 
 def test_impossible_split_is_a_clear_error_with_no_output(tmp_path):

@@ -10,11 +10,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from components import gate, registry
-from components.evaluate import evaluate, read_predictions
-from components.export import export
-from components.publish import publish
-from components.train import train
+from components.contracts import read_predictions
+from components.evaluate.step import evaluate
+from components.lib import registry
+from components.release import champion, gate
+from components.export.step import export
+from components.release.publish import publish
+from components.train.step import train
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +41,9 @@ def _accuracy(pred_dir) -> float:
 
 def _publish_if_passed(pp, reg, model, **kw):
     model_dir, pred, sm = model
-    g = gate.gate(str(pp), str(pred), str(reg), "fm", **kw)
-    version = publish(str(sm), str(model_dir), str(pp), str(pred), str(reg), "fm", g.summary(), "test-run") \
+    g = gate.gate(str(pp), str(pred), registry=str(reg), model_name="fm", **kw)
+    version = publish(str(sm), str(model_dir), str(pp), str(pred), registry=str(reg), model_name="fm",
+                      gate_summary=g.summary(), source_run="test-run") \
         if g.passed else None
     return g, version
 
@@ -78,25 +81,26 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     g4, _ = _publish_if_passed(pp, reg, m["better"])
     assert g4.decision == "refuse" and "+0.0000" in g4.reasons[-1]
     # Absolute thresholds refuse on their own, with the reason.
-    g5 = gate.gate(str(pp), str(m["better"][1]), "", "fm", min_accuracy=0.99)
+    g5 = gate.gate(str(pp), str(m["better"][1]), registry="", model_name="fm", min_accuracy=0.99)
     assert g5.decision == "refuse" and g5.reasons[0].startswith("FAIL: accuracy")
 
     # Unchanged data: the champion lookup skips training, unless told not to; warm start points at v2's Keras model.
-    assert registry.lookup(str(pp), str(reg), "fm").action == "skip"
-    again = registry.lookup(str(pp), str(reg), "fm", skip_unchanged=False, warm_start=True)
+    assert champion.lookup(str(pp), registry=str(reg), model_name="fm").action == "skip"
+    again = champion.lookup(str(pp), registry=str(reg), model_name="fm", skip_unchanged=False, warm_start=True)
     assert again.action == "train" and again.champion_version == 2
-    assert again.warm_start == str(reg / "fm" / "2" / registry.KERAS_DIR)
+    assert again.warm_start_from == str(reg / "fm" / "2" / registry.KERAS_DIR)
     assert (reg / "fm" / "2" / registry.KERAS_DIR / "model.keras").is_file()
     assert registry.resolve(str(reg / "fm")) == str(reg / "fm" / "2")
     # ... which the train step takes as it is: the new model starts from the champion's weights.
-    train(str(pp), str(tmp_path / "warm"), epochs=1, width=16, depth=2, batch_size=16, warm_start=again.warm_start)
-    assert f"train: warm start from {again.warm_start}" in capsys.readouterr().out
+    train(str(pp), str(tmp_path / "warm"), epochs=1, width=16, depth=2, batch_size=16,
+          warm_start_from=again.warm_start_from)
+    assert f"train: warm start from {again.warm_start_from}" in capsys.readouterr().out
 
 
 KILL = textwrap.dedent("""
     import os, signal, sys, shutil
-    from components import storage
-    from components.publish import publish
+    from components.lib import storage
+    from components.release.publish import publish
     calls = {"n": 0}
     def dying(real):
         def wrapper(*a, **kw):
@@ -115,7 +119,7 @@ KILL = textwrap.dedent("""
         def copytree(src, dst, *a, **kw):   # nested folders come back here with copy_function positional
             return real_copytree(src, dst, *a, **kw) if a else real_copytree(src, dst, **{**kw, "copy_function": copy2})
         shutil.copytree = copytree
-    publish(*sys.argv[3:7], sys.argv[2], "fm", "{}", "killed-run")
+    publish(*sys.argv[3:7], registry=sys.argv[2], model_name="fm", source_run="killed-run")
 """)
 
 
@@ -125,7 +129,7 @@ def test_publish_killed_midway_leaves_the_registry_readable_and_unchanged(models
     reg = str(tmp_path / "reg") if where == "local" else request.getfixturevalue("bucket")[0] + "/reg"
     model_dir, pred, sm = m["first"]
     args = [str(sm), str(model_dir), str(pp), str(pred)]
-    assert publish(*args, reg, "fm", "{}", "run-1") == 1
+    assert publish(*args, registry=reg, model_name="fm", source_run="run-1") == 1
     before = registry.champion(reg, "fm")
     proc = subprocess.run([sys.executable, "-c", KILL, where, reg, *args], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -133,7 +137,7 @@ def test_publish_killed_midway_leaves_the_registry_readable_and_unchanged(models
     assert registry.champion(reg, "fm") == before
     assert gate.score_saved_model(before["uri"], str(pp))["accuracy"] == pytest.approx(_accuracy(pred))
     # The next publish works; on a bucket it never reuses the number an interrupted copy touched.
-    v = publish(*args, reg, "fm", "{}", "run-3")
+    v = publish(*args, registry=reg, model_name="fm", source_run="run-3")
     assert registry.versions(reg, "fm") == [1, v] and registry.champion(reg, "fm")["version"] == v
     assert v == (2 if where == "local" else 3)
 
@@ -142,7 +146,7 @@ def test_published_model_answers_a_base64_rest_body_in_a_fresh_process(models, t
     pp, m = models
     model_dir, pred, sm = m["first"]
     reg = tmp_path / "reg"
-    publish(str(sm), str(model_dir), str(pp), str(pred), str(reg), "fm", "{}", "")
+    publish(str(sm), str(model_dir), str(pp), str(pred), registry=str(reg), model_name="fm")
     rows = read_predictions(str(pred))[:6]
     assert {r["location"].rsplit(".", 1)[1] for r in rows} == {"png", "jpg"}
     blobs = [open(r["location"], "rb").read() for r in rows]
@@ -150,7 +154,7 @@ def test_published_model_answers_a_base64_rest_body_in_a_fresh_process(models, t
                  {"signature_name": "serving_default",
                   "instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in blobs]},
                  {"inputs": {"image_bytes": [{"b64": base64.b64encode(b).decode()} for b in blobs]}}):
-        proc = subprocess.run([sys.executable, "-m", "components.serving_rest", str(reg / "fm" / "1")],
+        proc = subprocess.run([sys.executable, "-m", "components.export.serving_rest", str(reg / "fm" / "1")],
                               input=json.dumps(body), capture_output=True, text=True, check=True)
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
         got = [p["class_name"] for p in answer["predictions"]] if "predictions" in answer \
@@ -164,7 +168,7 @@ def test_warmup_file_parses_as_tf_serving_prediction_logs_and_runs(models):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from components.warmup import WARMUP_FILE
+    from components.export.warmup import WARMUP_FILE
 
     _, m = models
     sm = m["first"][2]

@@ -12,9 +12,10 @@ import zipfile
 
 import pytest
 
-from components import storage
-from components.ingest import DatasetError, ingest, read_manifest, read_quarantine
-from components.preprocess import preprocess
+from components.lib import storage
+from components.contracts import DatasetError, read_manifest, read_quarantine
+from components.ingest.step import ingest
+from components.preprocess.step import preprocess
 from tests import stores as st
 from tests.conftest import TWO, make_folder, sample_files
 
@@ -231,7 +232,7 @@ def test_imgclf_run_from_a_bucket_exports_to_a_bucket(bucket, tmp_path, proto):
     import subprocess
     import sys
 
-    from components.predict import predict
+    from components.predict.step import predict
 
     root = bucket[0] if proto == "s3" else bucket[1]
     storage.upload_dir(str(make_folder(tmp_path / "d", TWO, 15, jpeg_every=3)), f"{root}/images")
@@ -262,7 +263,7 @@ def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypa
     assert "AKIA-VISIBLE-IF-LEAKED" not in text and "very-secret-value-123" not in text
     pipeline, platform = yaml.safe_load_all(text)
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(execs) == 10  # every task, the registry's champion/gate/publish/skip/not-published included
+    assert len(execs) == 11  # every task: validate, and the registry's champion/gate/publish/skip/not-published included
     for spec in execs.values():
         (sec,) = spec["secretAsEnv"]
         assert sec["secretName"] == "mlpipeline-minio-artifact"

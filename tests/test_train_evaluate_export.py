@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from components.evaluate import read_predictions
-from components.export import ServingMismatch, export
-from components.train import load_history
+from components.contracts import read_predictions
+from components.export.step import ServingMismatch, export
+from components.contracts import load_history
 
 
 @pytest.fixture(params=["two", "ten"], ids=["two-class", "ten-class"])

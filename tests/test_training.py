@@ -15,8 +15,9 @@ import keras
 import numpy as np
 import pytest
 
-from components import accelerate, models
-from components.train import class_weights, load_history, load_model, load_train_info, train
+from components.train import accelerate, models
+from components.contracts import RecordsMetadata, TrainedModel, load_history, load_model
+from components.train.step import class_weights, train
 from tests.conftest import REPO, TEN, make_folder
 
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -25,8 +26,8 @@ QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """600 real Fashion-MNIST images (10 classes) preprocessed at 32 px grey."""
-    from components.ingest import ingest
-    from components.preprocess import preprocess
+    from components.ingest.step import ingest
+    from components.preprocess.step import preprocess
 
     tmp = tmp_path_factory.mktemp("records")
     ingest(str(make_folder(tmp / "src", TEN, 60, jpeg_every=3)), str(tmp / "ds"))
@@ -36,9 +37,9 @@ def records(tmp_path_factory):
 
 
 def real_batch(records_dir: Path, n: int = 8):
-    from components import records as rec
+    from components.lib import records as rec
 
-    meta = rec.load_metadata(str(records_dir))
+    meta = RecordsMetadata.load(str(records_dir))
     x, y = next(iter(rec.make_dataset(str(records_dir), meta, "train", n)))
     return np.asarray(x, "float32"), keras.utils.to_categorical(np.asarray(y), 10)
 
@@ -84,12 +85,12 @@ def test_pretrained_weights_file_frozen_base_then_fine_tuning(records, tmp_path,
     base, then fine-tune the top layers with BatchNormalization frozen."""
     import tensorflow as tf
 
-    from components import records as rec
-    from components import storage
+    from components.lib import records as rec
+    from components.lib import storage
 
     # Pretraining as a user would: the backbone from scratch on the sample. MobileNetV2's BatchNormalization
     # momentum (0.999) needs thousands of steps before its statistics mean anything; 0.9 needs a few dozen.
-    meta = rec.load_metadata(str(records))
+    meta = RecordsMetadata.load(str(records))
     pre = models.build("mobilenet_v2", (32, 32, 1), 10, weights=None, seed=0)
     for layer in models.backbone(pre).layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -105,10 +106,10 @@ def test_pretrained_weights_file_frozen_base_then_fine_tuning(records, tmp_path,
     storage.copy_file(str(tmp_path / "base.weights.h5"), f"{s3}/weights/base.weights.h5")
     shipped = [w.copy() for w in base.get_weights()]
 
-    r = train(str(records), str(tmp_path / "ft"), model="mobilenet_v2", weights=f"{s3}/weights/base.weights.h5",
+    r = train(str(records), str(tmp_path / "ft"), architecture="mobilenet_v2", weights=f"{s3}/weights/base.weights.h5",
               epochs=3, fine_tune_layers=30, fine_tune_epochs=2, batch_size=32, learning_rate=2e-3, patience=5,
               seed=3)
-    info, hist = load_train_info(str(tmp_path / "ft")), load_history(str(tmp_path / "ft"))
+    info, hist = TrainedModel.load(str(tmp_path / "ft")), load_history(str(tmp_path / "ft"))
     assert r.epochs_run == len(hist["loss"]) == 5  # 3 frozen + 2 fine-tuning
     # Cosine decay to 1 % within each phase (rates as at the end of each epoch); phase 2 starts at lr x 0.1.
     assert hist["learning_rate"][2] == pytest.approx(2e-3 * 0.01, rel=1e-3)
@@ -123,7 +124,7 @@ def test_pretrained_weights_file_frozen_base_then_fine_tuning(records, tmp_path,
     top = set(range(n - 60, n))  # the last 30 layers hold at most 60 weight tensors
     assert any(changed[i] for i in top), "fine-tuning changed nothing in the top layers"
     assert not any(c for i, c in enumerate(changed) if i not in top), "layers below the top 30 moved"
-    assert info["params"]["weights"].endswith("base.weights.h5")
+    assert info.params["weights"].endswith("base.weights.h5")
     # The pretrained features carry: the frozen-base head learns well past chance (0.1).
     assert max(fit.history["val_accuracy"]) > 0.3
     assert max(hist["val_accuracy"][:3]) > 0.3, hist["val_accuracy"]
@@ -148,7 +149,7 @@ def test_killed_training_resumes_from_last_epoch(records, tmp_path, bucket):
     """SIGKILL mid-run, start again with the same backup location (what a KFP retry does): it continues
     from the last saved epoch, the learning-rate schedule and history are continuous, and the model is
     as good as an uninterrupted run's."""
-    from components import storage
+    from components.lib import storage
 
     s3, _ = bucket
     backup = f"{s3}/runs/train/model.backup"
@@ -188,7 +189,7 @@ def test_two_replicas_with_the_global_batch_scaled(records, tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from components.train import train
+        from components.train.step import train
         r = train({str(records)!r}, {str(tmp_path / "m")!r}, epochs=2, batch_size=16, width=8, depth=2,
                   distribute="mirrored")
         print("REPLICAS", r.replicas)
@@ -196,15 +197,15 @@ def test_two_replicas_with_the_global_batch_scaled(records, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=QUIET, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "REPLICAS 2" in proc.stdout and "replicas 2" in proc.stdout
-    hw = load_train_info(str(tmp_path / "m"))["hardware"]
+    hw = TrainedModel.load(str(tmp_path / "m")).hardware
     assert hw["replicas"] == 2 and hw["global_batch"] == 32
 
 
 def test_train_on_jax_backend_then_serve_with_tensorflow(records, tmp_path):
     """Keras 3 only in the model and training code: the step trains under KERAS_BACKEND=jax, and the saved
     model evaluates and exports under TensorFlow."""
-    from components.evaluate import evaluate
-    from components.export import export
+    from components.evaluate.step import evaluate
+    from components.export.step import export
 
     proc = subprocess.run(
         [sys.executable, "-m", "components", "train", "--dataset-dir", str(records), "--model-dir",
@@ -212,8 +213,8 @@ def test_train_on_jax_backend_then_serve_with_tensorflow(records, tmp_path):
          "--label-smoothing", "0.1", "--lr-schedule", "plateau"],
         env={**QUIET, "KERAS_BACKEND": "jax"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    info = load_train_info(str(tmp_path / "m"))
-    assert info["hardware"]["backend"] == "jax" and "backend jax" in proc.stdout
+    info = TrainedModel.load(str(tmp_path / "m"))
+    assert info.hardware["backend"] == "jax" and "backend jax" in proc.stdout
     ev = evaluate(str(records), str(tmp_path / "m"), str(tmp_path / "pred"))
     assert ev.metrics["accuracy"] > 0.3  # 10 classes: well above chance after 3 epochs
     ex = export(str(tmp_path / "m"), str(records), str(tmp_path / "pred"), str(tmp_path / "sm"))

@@ -1,0 +1,1 @@
+"""Evaluate: the test split scored, predictions, metrics and the HTML report."""

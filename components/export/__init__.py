@@ -1,0 +1,1 @@
+"""Export: the raw-bytes SavedModel and the serving checks that prove it answers like evaluate."""

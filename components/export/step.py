@@ -1,0 +1,178 @@
+"""Export: a TensorFlow SavedModel whose `serving_default` takes a batch of encoded image bytes.
+
+Decoding and resizing inside the graph are `images.tf_decode_resize`, the very function preprocess
+used, so what a serving system answers is what evaluate measured. The step proves it: a fresh process
+loads the SavedModel with plain TensorFlow, feeds it every test image's original bytes, and the
+top-1 class must equal evaluate's for every image, or the step fails. The same process answers a base64
+REST body the way TF Serving's REST API passes it and replays the TF Serving warm-up requests written
+into `assets.extra/`, where `saved_model_cli show --all` output is kept too (TF Serving tolerates extra
+files only there).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.contracts import INPUT_KEY, ExportInfo, RecordsMetadata, TrainedModel, load_model, read_predictions
+from components.export import warmup
+from components.export.options import ExportOptions
+from components.lib import images, records, storage
+from components.lib.options import takes
+
+CLI_SHOW = "assets.extra/saved_model_cli.txt"
+TFLITE_FILE = "assets.extra/model.tflite"
+WARMUP_IMAGES = 3
+
+
+class ServingMismatch(RuntimeError):
+    """The exported SavedModel does not answer like the evaluated model: never publish it."""
+
+
+@dataclass
+class ExportResult:
+    saved_model_dir: str
+    checked_images: int
+    max_probability_diff: float
+    published_to: str = ""
+    rest_images: int = 0
+    warmup_requests: int = 0
+    tflite_max_diff: float | None = None
+
+
+def build_archive(model, classes: list[str], image_size: int, channels: int):
+    """A keras.export.ExportArchive with a raw-bytes `serving_default` returning a dict (named outputs)."""
+    import keras
+    import tensorflow as tf
+
+    names = tf.constant(classes)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(image_bytes):
+        pixels = tf.map_fn(lambda b: images.tf_decode_resize(b, image_size, channels), image_bytes,
+                           fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.uint8))
+        # training=False: otherwise the augmentation layers stay active at serving time.
+        probs = model(tf.cast(pixels, tf.float32), training=False)
+        top = tf.argmax(probs, axis=1)
+        return {"probabilities": probs, "class_index": top, "class_name": tf.gather(names, top)}
+
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    return archive
+
+
+@takes(ExportOptions)
+def export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_dir: str,
+           opts: ExportOptions) -> ExportResult:
+    """Write the SavedModel, verify it in a fresh process, then optionally publish it to `export_to`.
+
+    `tflite` also converts the model to TensorFlow Lite (pixels in, probabilities out: TFLite has no
+    image decoding) and fails unless it agrees with the Keras model on every test image.
+    """
+    info = TrainedModel.load(model_dir)
+    meta = RecordsMetadata.load(dataset_dir)
+    model = load_model(model_dir)
+    spec = info.input
+    with storage.atomic_dir(saved_model_dir) as out:
+        build_archive(model, spec.classes, spec.image_size, spec.channels).write_out(str(out), verbose=False)
+        ExportInfo(spec, info.architecture, info.data_fingerprint).save(out)
+        shards = meta.shard_paths(dataset_dir, "test")
+        warmup.write(str(out / warmup.WARMUP_FILE), INPUT_KEY, [_warmup_images(shards)])
+        (out / CLI_SHOW).write_text(saved_model_cli_show(str(out)))
+        tflite_diff = _tflite(model, dataset_dir, meta, out / TFLITE_FILE) if opts.tflite else None
+        checked = check_in_fresh_process(str(out), shards)
+        served = checked["answers"]
+        expected = {r["location"]: r for r in read_predictions(predictions_dir)}
+        mismatches, max_diff = [], 0.0
+        for s in served:
+            e = expected.get(s["location"])
+            if e is None:
+                mismatches.append(f"{s['location']}: not in evaluate's predictions")
+                continue
+            if s["class_name"] != e["predicted"]:
+                mismatches.append(f"{s['location']}: served {s['class_name']!r}, evaluated {e['predicted']!r}")
+            max_diff = max(max_diff, abs(s["probability"] - float(e["probability"])))
+        if len(served) != len(expected):
+            mismatches.append(f"served {len(served)} test images, evaluate predicted {len(expected)}")
+        if mismatches:
+            raise ServingMismatch(f"SavedModel disagrees with evaluate on {len(mismatches)} test image(s): "
+                                  + "; ".join(mismatches[:10]))
+    print(f"export: SavedModel at {saved_model_dir}; raw-bytes serving agrees with evaluate on all "
+          f"{len(served)} test images (max probability difference {max_diff:.2e}); a base64 REST body of "
+          f"{checked['rest_images']} images answers the same; {checked['warmup_requests']} warm-up request(s) "
+          "replayed" + (f"; TFLite agrees (max difference {tflite_diff:.2e})" if opts.tflite else ""), flush=True)
+    result = ExportResult(saved_model_dir, len(served), max_diff, rest_images=checked["rest_images"],
+                          warmup_requests=checked["warmup_requests"], tflite_max_diff=tflite_diff)
+    if opts.export_to:
+        result.published_to = storage.publish_dir(saved_model_dir, opts.export_to)
+        print(f"export: published to {opts.export_to}", flush=True)
+    return result
+
+
+def _warmup_images(shards: list[str]) -> list[bytes]:
+    """A few test images for the warm-up request, one of each encoding first (JPEG and PNG decode differently)."""
+    import tensorflow as tf
+
+    spec = {records.ENCODED: tf.io.FixedLenFeature([], tf.string)}
+    picked: dict[bytes, bytes] = {}
+    rest = []
+    for raw in tf.data.TFRecordDataset(shards).as_numpy_iterator():
+        data = tf.io.parse_single_example(raw, spec)[records.ENCODED].numpy()
+        if data[:4] not in picked:
+            picked[data[:4]] = data
+        elif len(rest) < WARMUP_IMAGES:
+            rest.append(data)
+    return (list(picked.values()) + rest)[:WARMUP_IMAGES]
+
+
+def saved_model_cli_show(saved_model_dir: str) -> str:
+    """`saved_model_cli show --all`: the signatures as TensorFlow's own tool reads them from disk."""
+    proc = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
+                           saved_model_dir, "--all"], capture_output=True, text=True)
+    if proc.returncode != 0 or "serving_default" not in proc.stdout:
+        raise ServingMismatch(f"saved_model_cli show failed on {saved_model_dir}:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _tflite(model, dataset_dir: str, meta: RecordsMetadata, dest: Path) -> float:
+    """Convert to TFLite and compare with Keras on every test image: the largest probability difference."""
+    import numpy as np
+    import tensorflow as tf
+
+    # from_keras_model freezes the weights into the file. A concrete function of the model converts
+    # too, but keeps its weights as resource variables that the TFLite interpreter never initialises
+    # (NaN out, or a READ_VARIABLE failure without the XNNPACK delegate).
+    dest.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interpreter = tf.lite.Interpreter(model_path=str(dest))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    worst, disagree = 0.0, 0
+    size, channels = meta.input.image_size, meta.input.channels
+    interpreter.resize_tensor_input(inp["index"], [1, size, size, channels])
+    interpreter.allocate_tensors()
+    for pixels, _ in records.make_dataset(dataset_dir, meta, "test", 1):
+        x = tf.cast(pixels, tf.float32).numpy()
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        lite = interpreter.get_tensor(out["index"])
+        keras_p = np.asarray(model(x, training=False))
+        worst = max(worst, float(np.abs(lite - keras_p).max()))
+        disagree += int(lite.argmax() != keras_p.argmax())
+    if disagree or worst > 1e-4:
+        raise ServingMismatch(f"TFLite model disagrees with Keras: top-1 differs on {disagree} test image(s), "
+                              f"max probability difference {worst:.2e}")
+    return worst
+
+
+def check_in_fresh_process(saved_model_dir: str, test_shards: list[str]) -> dict:
+    """Run `components.serving_check` in a new interpreter: nothing of the Keras model survives there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        answers = Path(tmp) / "answers.json"
+        proc = subprocess.run([sys.executable, "-m", "components.export.serving_check", str(answers), saved_model_dir,
+                               *test_shards], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ServingMismatch(f"checking {saved_model_dir} in a fresh process failed:\n{proc.stderr[-3000:]}")
+        return json.loads(answers.read_text())

@@ -1,0 +1,27 @@
+"""Ingest's options, declared once (see components/lib/options.py for what is derived from them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.lib.images import ANIMATED_POLICIES, PixelLimit
+from components.lib.options import option
+
+DEFAULT_MAX_DOWNLOAD = 4 * 2 ** 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestOptions(PixelLimit):
+    data: str = option(help="the source: a folder, gs://, s3:// or minio:// prefix, zip URL or path, or a "
+                            "CSV/Parquet table of path,label[,split]", path="read")
+    data_base_uri: str = option("", "for a CSV/Parquet table: what relative paths resolve against "
+                                    "(default: the table's folder)", path="read")
+    animated: str = option("first_frame", "animated images: use the first frame (what serving decodes) or "
+                                          "quarantine them", choices=ANIMATED_POLICIES)
+    min_images_per_class: int = option(10, "ingest fails if a class has fewer usable images", min=1)
+    max_imbalance: float = option(100.0, "ingest fails if the largest class has more than this many times "
+                                         "the images of the smallest", min=1)
+    max_quarantined_share: float = option(0.5, "ingest fails if more than this share of the files is "
+                                               "quarantined (a wrong source, most likely)", min=0, max=1)
+    workers: int = option(16, "threads reading and checking files", min=1, max=256, pipeline=False)
+    max_download_bytes: int = option(DEFAULT_MAX_DOWNLOAD, "largest zip archive downloaded or extracted",
+                                     min=1, pipeline=False)

@@ -1,0 +1,205 @@
+"""What ingest can read, turned into one stream of labelled items.
+
+- a folder or bucket prefix (local, gs://, s3://, minio://) in either Keras layout: one subfolder per
+  class, or pre-split train/ validation|val/ test/ folders holding class subfolders;
+- a `.zip` archive by URL (http/https), path or bucket URI, e.g. the classic cats_and_dogs_filtered.zip:
+  downloaded with progress and a size limit, extracted into the dataset artifact itself, refusing
+  entries that would escape it, links, and zip bombs;
+- a CSV or Parquet table of `path_or_uri,label[,split]` (Keras' flow_from_dataframe users), with
+  relative paths resolved against a base URI (default: the table's own folder).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import posixpath
+import stat
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from components.contracts import DatasetError
+from components.lib import storage
+from components.lib.progress import Progress
+from components.ingest.options import DEFAULT_MAX_DOWNLOAD
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+                 "valid": "validation", "test": "test", "testing": "test"}
+PATH_COLUMNS = ("path", "path_or_uri", "uri", "filename", "file", "image", "location")
+LABEL_COLUMNS = ("label", "class", "category")
+
+MAX_EXPANSION_RATIO = 200
+JUNK_DIRS = ("__MACOSX",)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to check. `location` is what the manifest records: a URI, an absolute path, or a
+    path relative to the dataset artifact (files extracted from an archive live inside it)."""
+    entry: storage.Entry
+    location: str
+    label: str
+    split: str
+    problem: str = ""
+
+
+@dataclass
+class Source:
+    kind: str
+    layout: str
+    items: list[Item]
+
+
+def resolve(source: str, output_dir: Path, base_uri: str = "",
+            max_download_bytes: int = DEFAULT_MAX_DOWNLOAD) -> Source:
+    lower = source.lower().split("?", 1)[0]
+    if lower.endswith(".zip"):
+        root = output_dir / "files"
+        extract_zip(_fetch_archive(source, output_dir, max_download_bytes), root, max_download_bytes)
+        top = _unwrap(root)
+        items = list(_folder_items(str(top), relative_to=output_dir))
+        return Source("zip", _layout_of(items), items)
+    if lower.endswith((".csv", ".parquet", ".pq")):
+        items = list(_table_items(source, base_uri))
+        return Source("table", "pre-split" if any(i.split for i in items) else "table", items)
+    items = list(_folder_items(source))
+    return Source("folder", _layout_of(items), items)
+
+
+def _layout_of(items: list[Item]) -> str:
+    return "pre-split" if any(i.split for i in items) else "class-per-subfolder"
+
+
+def _folder_items(root: str, relative_to: Path | None = None) -> Iterator[Item]:
+    entries = list(storage.walk_files(root))
+    if not entries:
+        raise DatasetError(f"{root}: no files found")
+    top = {e.rel.split("/")[0].lower() for e in entries if "/" in e.rel}
+    pre_split = bool(top) and top <= set(SPLIT_ALIASES) and "train" in {SPLIT_ALIASES[t] for t in top}
+    for e in entries:
+        parts = e.rel.split("/")
+        location = os.path.relpath(e.uri, relative_to) if relative_to else e.uri
+        if pre_split:
+            ok = len(parts) >= 3
+            label, split = (parts[1], SPLIT_ALIASES[parts[0].lower()]) if ok else ("", "")
+        else:
+            ok = len(parts) >= 2
+            label, split = (parts[0] if ok else ""), ""
+        yield Item(e, location, label, split, "" if ok else "not inside a class folder")
+
+
+def _table_items(table_uri: str, base_uri: str) -> Iterator[Item]:
+    rows = _read_table(table_uri)
+    if not rows:
+        raise DatasetError(f"{table_uri}: the table has no rows")
+    cols = {c.lower().strip(): c for c in rows[0]}
+    path_col = next((cols[c] for c in PATH_COLUMNS if c in cols), None)
+    label_col = next((cols[c] for c in LABEL_COLUMNS if c in cols), None)
+    split_col = cols.get("split")
+    if not path_col or not label_col:
+        raise DatasetError(f"{table_uri}: needs a header with a path column ({', '.join(PATH_COLUMNS)}) and a "
+                           f"label column ({', '.join(LABEL_COLUMNS)}); found {list(rows[0])}")
+    base = base_uri or (table_uri.rsplit("/", 1)[0] if "/" in table_uri else ".")
+    for n, row in enumerate(rows, start=2):
+        raw = str(row[path_col] or "").strip()
+        label = str(row[label_col] or "").strip()
+        split = str(row[split_col] or "").strip().lower() if split_col else ""
+        uri = raw if ("://" in raw or os.path.isabs(raw)) else storage.join(base, raw)
+        problem = ""
+        if not raw:
+            problem = f"row {n}: empty path"
+        elif not label:
+            problem = f"row {n}: empty label"
+        elif split and split not in SPLIT_ALIASES:
+            problem = f"row {n}: unknown split {split!r}"
+        yield Item(storage.Entry(raw, uri, 0), uri, label, SPLIT_ALIASES.get(split, ""), problem)
+
+
+def _read_table(uri: str) -> list[dict]:
+    data = storage.read_bytes(uri)
+    if uri.lower().endswith((".parquet", ".pq")):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:  # pragma: no cover - pyarrow is a dependency
+            raise DatasetError(f"{uri}: reading Parquet needs pyarrow") from None
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+def _fetch_archive(source: str, output_dir: Path, max_bytes: int) -> Path:
+    """Bring the archive to local scratch beside (not inside) the artifact, with progress."""
+    dest = output_dir.parent / f".{output_dir.name}.download.zip"
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=60) as resp, open(dest, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0)
+            if total > max_bytes:
+                raise DatasetError(f"{source}: {total:,} bytes is over the download limit of {max_bytes:,}")
+            progress = Progress("download", total or 0, unit="bytes", every_s=2)
+            while chunk := resp.read(1 << 20):
+                if progress.done + len(chunk) > max_bytes:
+                    raise DatasetError(f"{source}: more than the download limit of {max_bytes:,} bytes")
+                f.write(chunk)
+                progress.update(len(chunk))
+            progress.total = progress.done
+            progress.close()
+    else:
+        storage.download_file(source, str(dest))
+        if dest.stat().st_size > max_bytes:
+            raise DatasetError(f"{source}: over the download limit of {max_bytes:,} bytes")
+    return dest
+
+
+def extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: int = MAX_EXPANSION_RATIO) -> None:
+    """Extract after checking every entry first: the whole archive is refused if any entry is absolute,
+    climbs out with '..', is a link, or the archive expands absurdly (a zip bomb)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            total = 0
+            for info in infos:
+                name = info.filename
+                norm = posixpath.normpath(name.replace("\\", "/"))
+                if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+                    raise DatasetError(f"archive entry {name!r} has an absolute path; refusing the archive")
+                if norm == ".." or norm.startswith("../"):
+                    raise DatasetError(f"archive entry {name!r} points outside the extraction folder; "
+                                       "refusing the archive")
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DatasetError(f"archive entry {name!r} is a symbolic link; refusing the archive")
+                total += info.file_size
+                if info.file_size > 1 << 20 and info.file_size > max_ratio * max(info.compress_size, 1):
+                    raise DatasetError(f"archive entry {name!r} expands {info.file_size // max(info.compress_size, 1)}x "
+                                       f"(limit {max_ratio}x); refusing a possible zip bomb")
+            if total > max_bytes:
+                raise DatasetError(f"archive expands to {total:,} bytes, over the limit of {max_bytes:,}")
+            for info in infos:
+                if info.is_dir() or info.filename.split("/")[0] in JUNK_DIRS:
+                    continue
+                target = dest / posixpath.normpath(info.filename)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    written = 0
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > info.file_size:  # a lying header: stop before the disk fills
+                            raise DatasetError(f"archive entry {info.filename!r} is larger than it declares")
+                        out.write(chunk)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{archive.name}: not a valid zip archive ({e})") from None
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _unwrap(root: Path) -> Path:
+    """cats_and_dogs_filtered.zip holds one top folder around the layout: look inside it."""
+    while True:
+        children = [c for c in root.iterdir() if not c.name.startswith(".")]
+        if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_ALIASES:
+            grand = [g for g in children[0].iterdir() if g.is_dir()]
+            if grand:
+                root = children[0]
+                continue
+        return root

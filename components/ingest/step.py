@@ -1,0 +1,288 @@
+"""Ingest: list a labelled image source, fully decode every file once, and write a manifest.
+
+Sources (see `sources.py`): a folder or bucket prefix in either Keras layout, a zip archive, or a
+CSV/Parquet table. Bad input is never fatal and never silent: an unusable file goes to
+`quarantine.csv` with a reason; exact duplicates are collapsed (the same image under two labels is a
+label conflict, and a copy in a pre-split test folder of a training image is dropped: leakage); and
+whole-dataset problems (too few images in a class, extreme imbalance, mostly broken files) fail the
+step with one clear message. The user's source is only read.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import unicodedata
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from components.contracts import (CLASSES, DatasetError, INGEST_SUMMARY, MANIFEST, MANIFEST_FIELDS, QUARANTINE,
+                                  QUARANTINE_FIELDS)
+from components.ingest.options import IngestOptions
+from components.ingest.sources import Item, resolve
+from components.lib import images, storage
+from components.lib.options import takes
+from components.lib.progress import Progress
+
+__all__ = ["DatasetError", "IngestSummary", "ingest"]
+
+SPLIT_RANK = {"train": 0, "validation": 1, "test": 2, "": 3}
+# Not counted towards max_quarantined_share: OS litter, not damaged data.
+HARMLESS = {"hidden file"}
+
+
+@dataclass
+class IngestSummary:
+    data: str
+    layout: str
+    classes: list[str]
+    images: int
+    quarantined: int
+    per_class: dict[str, int]
+    per_split: dict[str, int] = field(default_factory=dict)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    workers: int = 0
+
+
+def label_problem(label: str) -> str:
+    """Why a folder or table label cannot name a class (it becomes a served `class_name`)."""
+    if not label or not label.strip():
+        return "empty class name"
+    if label != label.strip() or label in (".", "..") or label.startswith("."):
+        return f"invalid class name {label!r}: leading/trailing space or dot"
+    if len(label) > 100:
+        return f"invalid class name: {len(label)} characters (at most 100)"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") for ch in label):
+        return f"invalid class name {label!r}: control or invisible characters"
+    return ""
+
+
+def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str, str]:
+    """(manifest fields, reason, detail) for one item; path problems are found before any byte is
+    read, so a stray or hidden file is reported for what it is."""
+    if item.entry.skip_reason or item.problem:
+        return None, item.entry.skip_reason or item.problem, ""
+    if os.path.basename(item.entry.rel).startswith("."):
+        return None, "hidden file", ""
+    if problem := label_problem(item.label):
+        return None, "invalid class name", problem
+    try:
+        data = storage.read_bytes(item.entry.uri)
+    except FileNotFoundError as e:
+        return None, "missing", str(e)
+    except OSError as e:
+        return None, "unreadable", str(e)
+    try:
+        info = images.inspect(data, max_pixels=max_pixels, animated=animated)
+    except images.ImageRejected as e:
+        return None, e.reason, e.detail
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
+            "height": info.height, "mode": info.mode, "format": info.format, "frames": info.frames,
+            "dhash": info.dhash}, "", ""
+
+
+def _resolve_duplicates(groups: list[list[int]], labels: list[str], splits: list[str],
+                        locations: dict[int, str]) -> tuple[set[int], list[dict]]:
+    """For each group of rows with identical bytes: which rows to drop, and their quarantine entries."""
+    dropped, entries = set(), []
+    for group in groups:
+        group_labels = sorted({labels[i] for i in group})
+        if len(group_labels) > 1:
+            detail = f"the same image is labelled {', '.join(group_labels)} ({len(group)} copies)"
+            dropped.update(group)
+            entries += [{"location": locations[i], "label": labels[i], "reason": "label conflict", "detail": detail}
+                        for i in group]
+            continue
+        group = sorted(group, key=lambda i: (SPLIT_RANK[splits[i]], locations[i]))
+        keep = group[0]
+        for i in group[1:]:
+            leak = splits[i] != splits[keep]
+            dropped.add(i)
+            entries.append({"location": locations[i], "label": labels[i],
+                            "reason": "duplicate across splits" if leak else "exact duplicate",
+                            "detail": f"same bytes as {locations[keep]}"
+                                      + (f" ({splits[keep]}); kept out of {splits[i]}" if leak else "")})
+    return dropped, entries
+
+
+def _dataset_checks(source: str, per_class: Counter, files: int, damaged: int, min_images_per_class: int,
+                    max_imbalance: float, max_quarantined_share: float) -> list[str]:
+    problems = []
+    if len(per_class) < 2:
+        problems.append(f"found {len(per_class)} class(es) with usable images "
+                        f"({', '.join(sorted(per_class)) or 'none'}); a classifier needs at least 2 classes")
+    small = {c: n for c, n in sorted(per_class.items()) if n < min_images_per_class}
+    if small:
+        problems.append(f"{len(small)} class(es) have fewer than {min_images_per_class} usable images: "
+                        + ", ".join(f"{c} ({n})" for c, n in list(small.items())[:10])
+                        + " (add images, or lower min_images_per_class)")
+    if len(per_class) >= 2:
+        most, least = max(per_class.values()), min(per_class.values())
+        if most / least > max_imbalance:
+            big = max(per_class, key=per_class.get)
+            tiny = min(per_class, key=per_class.get)
+            problems.append(f"classes are imbalanced {most / least:.0f}x ({big}: {most}, {tiny}: {least}); "
+                            f"the limit is {max_imbalance:g}x (max_imbalance)")
+    if files and damaged / files > max_quarantined_share:
+        problems.append(f"{damaged} of {files} files ({damaged / files:.0%}) were quarantined, more than "
+                        f"max_quarantined_share={max_quarantined_share:.0%}: is this the right source?")
+    return [f"{source}: {p}" for p in problems]
+
+
+class _Checked:
+    """What the check phase keeps per admitted file: compact columns, never rows or pixels (memory
+    grows with per-file metadata only), plus the duplicate index and the quarantine tallies."""
+
+    def __init__(self):
+        self.first_of: dict[bytes, int] = {}
+        self.dup_groups: dict[bytes, list[int]] = {}
+        self.labels: list[str] = []
+        self.splits: list[str] = []
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+        self.samples: dict[str, list[tuple[int, str]]] = {}
+        self.reasons, self.notes, self.examples = Counter(), Counter(), defaultdict(list)
+        self.dropped: set[int] = set()
+        self.duplicates: list[dict] = []
+
+    def admit(self, item: Item, row: dict) -> None:
+        n = len(self.labels)
+        sha = bytes.fromhex(row["sha256"])
+        if sha in self.first_of:
+            self.dup_groups.setdefault(sha, [self.first_of[sha]]).append(n)
+        else:
+            self.first_of[sha] = n
+        self.labels.append(sys.intern(item.label))
+        self.splits.append(sys.intern(item.split))
+        self.widths.append(row["width"])
+        self.heights.append(row["height"])
+        if len(self.samples.setdefault(item.label, [])) < 12:  # spare ones, in case of duplicates
+            self.samples[item.label].append((n, item.location))
+        ext = os.path.splitext(item.entry.rel)[1].lower()
+        if images.EXTENSIONS.get(ext, row["format"]) != row["format"]:
+            self.notes[f"{row['format']} file named {ext}"] += 1
+        if row["frames"] > 1:
+            self.notes["animated, first frame used"] += 1
+
+    def kept(self) -> list[int]:
+        return [i for i in range(len(self.labels)) if i not in self.dropped]
+
+
+@takes(IngestOptions, leading=("data",))
+def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> IngestSummary:
+    """Write `manifest.csv`, `classes.json`, `quarantine.csv` and `summary.json` to `output_dir`
+    (and, with `report_html`, the ingest report).
+
+    Files are checked by a thread pool (object-store reads and PIL decoding release the GIL) in
+    bounded windows: memory holds the manifest rows, never more than a window of images.
+    """
+    with storage.atomic_dir(output_dir) as out:
+        src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes)
+        staged = out / f".{MANIFEST}.unfiltered"
+        checked, seconds = check_files(src.items, staged, out / QUARANTINE, opts)
+        check_dataset(opts, src, checked)
+        write_manifest(staged, out / MANIFEST, checked.dropped)
+        summary = summarize(opts, src.layout, checked, seconds)
+        (out / CLASSES).write_text(json.dumps(summary.classes, indent=1))
+        (out / INGEST_SUMMARY).write_text(json.dumps(asdict(summary), indent=1))
+        if report_html:
+            write_report(report_html, summary, checked, str(out))
+    print(f"ingest: {summary.images} images in {len(summary.classes)} classes ({src.layout}, {src.kind}); "
+          f"{summary.quarantined} quarantined {dict(checked.reasons) if checked.reasons else ''}".rstrip(), flush=True)
+    return summary
+
+
+def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: IngestOptions) -> tuple[_Checked, float]:
+    """Check every file (streamed: rows go to disk as they are checked), then resolve duplicates."""
+    progress = Progress("ingest", len(items), unit="files")
+    checked = _Checked()
+    with open(staged, "w", newline="", encoding="utf-8") as mf, \
+            open(quarantine_csv, "w", newline="", encoding="utf-8") as qf, \
+            ThreadPoolExecutor(max_workers=opts.workers) as pool:
+        manifest = csv.DictWriter(mf, MANIFEST_FIELDS)
+        quarantine = csv.DictWriter(qf, QUARANTINE_FIELDS)
+        manifest.writeheader()
+        quarantine.writeheader()
+
+        def quarantined(entry: dict) -> None:
+            quarantine.writerow(entry)
+            checked.reasons[entry["reason"]] += 1
+            if len(checked.examples[entry["reason"]]) < 3:
+                checked.examples[entry["reason"]].append(entry)
+
+        window = max(64, opts.workers * 8)
+        for start in range(0, len(items), window):
+            chunk = items[start:start + window]
+            for item, (row, reason, detail) in zip(
+                    chunk, pool.map(lambda i: _check(i, opts.max_pixels, opts.animated), chunk)):
+                progress.update()
+                if row is None:
+                    quarantined({"location": item.location, "label": item.label, "reason": reason, "detail": detail})
+                    continue
+                manifest.writerow({"location": item.location, "label": item.label, "split": item.split, **row})
+                checked.admit(item, row)
+        seconds = progress.close()
+        if checked.dup_groups:
+            mf.flush()
+            involved = {i for g in checked.dup_groups.values() for i in g}
+            with open(staged, newline="", encoding="utf-8") as f:
+                locations = {i: r["location"] for i, r in enumerate(csv.DictReader(f)) if i in involved}
+            checked.dropped, checked.duplicates = _resolve_duplicates(
+                list(checked.dup_groups.values()), checked.labels, checked.splits, locations)
+            for e in checked.duplicates:
+                quarantined(e)
+    checked.first_of.clear()
+    return checked, seconds
+
+
+def check_dataset(opts: IngestOptions, src, checked: _Checked) -> None:
+    """Whole-dataset problems fail the step with one message naming the classes and numbers."""
+    kept = checked.kept()
+    per_class = Counter(checked.labels[i] for i in kept)
+    per_split = Counter(checked.splits[i] for i in kept if checked.splits[i])
+    damaged = sum(n for r, n in checked.reasons.items() if r not in HARMLESS)
+    problems = _dataset_checks(opts.data, per_class, len(src.items) - checked.reasons["hidden file"], damaged,
+                               opts.min_images_per_class, opts.max_imbalance, opts.max_quarantined_share)
+    if src.layout == "pre-split" and kept and "train" not in per_split:
+        problems.append(f"{opts.data}: pre-split layout but no usable training images")
+    if problems:
+        raise DatasetError("dataset checks failed:\n  " + "\n  ".join(problems))
+
+
+def write_manifest(staged: Path, final: Path, dropped: set[int]) -> None:
+    """The manifest without the rows duplicate resolution dropped."""
+    if not dropped:
+        staged.rename(final)
+        return
+    with open(staged, newline="", encoding="utf-8") as src_f, open(final, "w", newline="", encoding="utf-8") as dst:
+        w = csv.DictWriter(dst, MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(r for i, r in enumerate(csv.DictReader(src_f)) if i not in dropped)
+    staged.unlink()
+
+
+def summarize(opts: IngestOptions, layout: str, checked: _Checked, seconds: float) -> IngestSummary:
+    kept = checked.kept()
+    per_class = Counter(checked.labels[i] for i in kept)
+    per_split = Counter(checked.splits[i] for i in kept if checked.splits[i])
+    return IngestSummary(data=opts.data, layout=layout, classes=sorted(per_class), images=len(kept),
+                         quarantined=sum(checked.reasons.values()), per_class=dict(sorted(per_class.items())),
+                         per_split=dict(sorted(per_split.items())),
+                         quarantine_reasons=dict(checked.reasons.most_common()),
+                         notes=dict(checked.notes.most_common()), seconds=round(seconds, 3), workers=opts.workers)
+
+
+def write_report(path: str, summary: IngestSummary, checked: _Checked, dataset_dir: str) -> None:
+    from components.ingest.report import write_report as render
+
+    kept = checked.kept()
+    by_class_split = Counter((checked.labels[i], checked.splits[i]) for i in kept)
+    shown = {c: [loc for i, loc in picks if i not in checked.dropped] for c, picks in checked.samples.items()}
+    render(path, summary, by_class_split, checked.examples, checked.duplicates[:50], shown,
+           [checked.widths[i] for i in kept], [checked.heights[i] for i in kept], dataset_dir)

@@ -1,0 +1,93 @@
+"""The KFP components: every component's artifacts and wiring declared here; its options come
+from the step's declaration (components/steps.py), its source is generated (generate.py) and its body
+forwards to bodies.py. No step logic here.
+
+`IMGCLF_IMAGE` names the image every task runs in; point it at your registry for KFP/Vertex.
+"""
+from __future__ import annotations
+
+import os
+
+from kfp import dsl
+
+from components import __version__
+from components.kfp_glue.generate import Artifact, ComponentSpec, Wired, build
+
+IMAGE = os.environ.get("IMGCLF_IMAGE", f"imgclf:{__version__}")
+_decorate = dsl.component(base_image=IMAGE, install_kfp_package=False)
+
+RECORDS = Artifact("records", "Input[Dataset]", "preprocess's TFRecords and metadata")
+MODEL = Artifact("model", "Input[Model]", "train's Keras model, history and train.json")
+PREDICTIONS = Artifact("predictions", "Input[Dataset]", "evaluate's predictions.csv and metrics.json")
+
+SPECS = [
+    ComponentSpec("ingest", "List and decode-check every image of a labelled folder, bucket, archive or table; "
+                            "write the manifest and the quarantine.", (
+        Artifact("dataset", "Output[Dataset]", "manifest.csv, classes.json, quarantine.csv, summary.json"),
+        Artifact("metrics", "Output[Metrics]", "images, classes and quarantined files by reason"),
+        Artifact("report", "Output[HTML]", "the ingest report")), ("ingest",)),
+    ComponentSpec("preprocess", "Seeded stratified split, decode + resize with the serving-time decoder, sharded "
+                                "TFRecords with metadata.", (
+        Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
+        Artifact("records", "Output[Dataset]", "TFRecord shards per split and metadata.json"),
+        Artifact("metrics", "Output[Metrics]", "images per split, quarantined, near-duplicates")), ("preprocess",)),
+    ComponentSpec("train", "Fit a Keras 3 model (baseline CNN or a transfer family), resumable after a retry; save "
+                           ".keras, history, TensorBoard logs and learning curves.", (
+        RECORDS, Artifact("model", "Output[Model]", "model.keras, history.json, train.json, tensorboard/"),
+        Artifact("metrics", "Output[Metrics]", "the training summary and per-epoch throughput"),
+        Artifact("curves", "Output[HTML]", "learning curves")), ("train",)),
+    ComponentSpec("evaluate", "Score the test split: metrics, confusion matrix, ROC, predictions and an HTML "
+                              "report.", (
+        RECORDS, MODEL, Artifact("predictions", "Output[Dataset]", "predictions.csv and metrics.json"),
+        Artifact("metrics", "Output[Metrics]", "accuracy, macro averages, F1 per class"),
+        Artifact("classification", "Output[ClassificationMetrics]", "confusion matrix (and ROC when binary)"),
+        Artifact("report", "Output[HTML]", "the evaluation report")),
+        returns="float", returns_help="test accuracy"),
+    ComponentSpec("export", "Write the raw-bytes SavedModel, verify it against evaluate in a fresh process, "
+                            "optionally publish it.", (
+        MODEL, RECORDS, PREDICTIONS, Artifact("saved_model", "Output[Model]", "the TensorFlow SavedModel")),
+        ("export",)),
+    ComponentSpec("champion", "Read the registry's champion; decide whether this run trains (not on the "
+                              "champion's own data).", (RECORDS,), ("champion",),
+                  returns="NamedTuple('Lookup', action=str, reason=str, champion_version=int, warm_start_from=str)",
+                  returns_help="action (train or skip), the reason, the champion's version, and the champion's "
+                               "model folder when warm starting"),
+    ComponentSpec("gate", "Thresholds, and the champion re-scored on this test split: publish, refuse, or no "
+                          "registry.", (
+        RECORDS, PREDICTIONS, Artifact("reasons", "Output[Markdown]", "the decision and its reasons"),
+        Artifact("metrics", "Output[Metrics]", "challenger and champion scores")), ("gate",),
+        returns="NamedTuple('Gate', decision=str, summary=str)",
+        returns_help="publish, refuse or no-registry, and the JSON summary"),
+    ComponentSpec("publish", "Copy the checked SavedModel into the registry as the next version and make it the "
+                             "champion.", (
+        Artifact("saved_model", "Input[Model]", "export's SavedModel"), MODEL, RECORDS, PREDICTIONS), ("publish",),
+        returns="int", returns_help="the published version"),
+    ComponentSpec("not_published", "The visible end of a run whose model is not published (refused by the gate, "
+                                   "or no registry).",
+                  wired=(Wired("summary", str, "the gate's JSON summary"),), returns="str",
+                  returns_help="the gate's decision"),
+    ComponentSpec("training_skipped", "The visible end of a run on unchanged data: why nothing was trained.",
+                  (Artifact("note", "Output[Markdown]", "why training was skipped"),),
+                  wired=(Wired("reason", str, "the champion lookup's reason"),
+                         Wired("champion_version", int, "the champion that stays")),
+                  returns="str", returns_help="the outcome JSON"),
+    ComponentSpec("predict", "Batch prediction: a folder or bucket of images in, one row per image (top-k) out.", (
+        Artifact("predictions", "Output[Dataset]", "predictions.csv or predictions.jsonl"),
+        Artifact("metrics", "Output[Metrics]", "images classified, failed, and counts per class")),
+        ("predict",)),
+]
+
+_built = {spec.name: build(spec, _decorate) for spec in SPECS}
+ingest, preprocess, train, evaluate, export = (_built[n] for n in ("ingest", "preprocess", "train", "evaluate",
+                                                                   "export"))
+champion, gate, publish = _built["champion"], _built["gate"], _built["publish"]
+not_published, training_skipped, predict = _built["not_published"], _built["training_skipped"], _built["predict"]
+
+
+def validate_component(steps: tuple[str, ...]):
+    """The first task of a pipeline made of `steps`: every pipeline parameter of theirs, checked."""
+    spec = ComponentSpec("validate", "Check every pipeline parameter (choices, ranges, finite numbers) in seconds, "
+                                     "before any work starts; a bad value fails here, and is not retried.",
+                         options=steps, wired=(Wired("pipeline_steps", str, "the steps whose options to check"),),
+                         returns="str", returns_help="ok")
+    return build(spec, _decorate)

@@ -1,0 +1,1 @@
+"""Predict: classify images through an exported SavedModel's own serving signature."""

@@ -1,0 +1,177 @@
+"""Predict: classify images with an exported SavedModel through its own raw-bytes serving signature.
+
+What we report is what a serving system would answer: bytes go to `serving_default` untouched. Files
+are first checked with ingest's decoding rules, so a broken file is named in the output instead of
+failing its whole batch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from components.contracts import INPUT_KEY, ExportInfo
+from components.lib import serving, storage
+from components.lib import images
+from components.lib.options import takes
+from components.lib.progress import Progress
+from components.predict.options import FORMATS, PredictOptions
+
+
+@dataclass
+class PredictResult:
+    predicted: int
+    failed: int
+    class_counts: dict[str, int]
+    output: str = ""
+    seconds: float = 0.0
+    rows: list[dict] = field(default_factory=list, repr=False)
+
+
+def _entries(inputs: list[str]) -> Iterator[storage.Entry]:
+    for item in inputs:
+        if storage.is_dir(item):
+            yield from storage.walk_files(item)
+        else:
+            yield storage.Entry(os.path.basename(item), item, 0)
+
+
+def _read(entry: storage.Entry, max_pixels: int) -> tuple[bytes | None, str]:
+    if entry.skip_reason:
+        return None, entry.skip_reason
+    try:
+        data = storage.read_bytes(entry.uri)
+        images.inspect(data, max_pixels=max_pixels)
+        return data, ""
+    except FileNotFoundError:
+        return None, "not found"
+    except OSError as e:
+        return None, f"unreadable: {e}"
+    except images.ImageRejected as e:
+        return None, str(e)
+
+
+@takes(PredictOptions, leading=("model",))
+def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_rows: bool = False) -> PredictResult:
+    """Classify every image in `inputs` (files, folders or URIs); write CSV/JSON Lines to `output`.
+
+    `output`'s extension picks the format (.csv or .jsonl). Rows stream to a local temporary file and
+    are moved (or uploaded) into place at the end, so a failed run leaves no partial predictions.
+    """
+    import tensorflow as tf
+
+    fmt = Path(output).suffix.lstrip(".").lower() if output else ""
+    if output and fmt not in FORMATS:
+        raise ValueError(f"--output must end in .csv or .jsonl, got {output!r}")
+    from components.lib.registry import resolve
+
+    model, top_k, batch_size, max_pixels = opts.model, opts.top_k, opts.batch_size, opts.max_pixels
+
+    entries = list(_entries(inputs))
+    if not entries:
+        raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
+    # `REGISTRY/NAME` means that model's current champion, for the CLI and the batch component alike.
+    with serving.local_model(resolve(model)) as model_dir:
+        info = ExportInfo.load(model_dir)
+        classes = info.input.classes if info else None
+        serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+        k = max(1, min(top_k, len(classes) if classes else 1))
+        counts, rows, failed = Counter(), [], 0
+        progress = Progress("predict", len(entries))
+        with tempfile.TemporaryDirectory(prefix="imgclf-predict-") as tmp, \
+                ThreadPoolExecutor(max_workers=8) as pool:
+            tmp_out = Path(tmp) / f"predictions.{fmt or 'jsonl'}"
+            with open(tmp_out, "w", newline="", encoding="utf-8") as f:
+                writer = _writer(f, fmt, classes)
+                for start in range(0, len(entries), batch_size):
+                    chunk = entries[start:start + batch_size]
+                    loaded = list(pool.map(lambda e: _read(e, max_pixels), chunk))
+                    good = [(e, d) for e, (d, err) in zip(chunk, loaded) if d is not None]
+                    answers = _serve_batch(serve, [d for _, d in good])
+                    by_uri = {e.uri: a for (e, _), a in zip(good, answers)}
+                    for e, (_, err) in zip(chunk, loaded):
+                        a = by_uri.get(e.uri)
+                        if a is not None and "error" in a:
+                            err, a = a["error"], None
+                        row = {"file": e.uri}
+                        if a is None:
+                            row["error"] = err
+                            failed += 1
+                        else:
+                            probs = a["probabilities"]
+                            order = np.argsort(-probs)[:k]
+                            row.update({"class": a["class_name"], "probability": float(probs.max()),
+                                        "top_k": [[classes[i] if classes else a["class_name"], float(probs[i])]
+                                                  for i in order],
+                                        "probabilities": probs})
+                            counts[a["class_name"]] += 1
+                        writer(row)
+                        if keep_rows:
+                            rows.append(row)
+                    progress.update(len(chunk))
+            seconds = progress.close()
+            if output:
+                storage.put_file(str(tmp_out), output)
+    result = PredictResult(sum(counts.values()), failed, dict(counts.most_common()), output, round(seconds, 2), rows)
+    print(f"predict: {result.predicted} images classified, {failed} failed"
+          + (f"; wrote {output}" if output else ""), flush=True)
+    return result
+
+
+def _serve_batch(serve, blobs: list[bytes]) -> list[dict]:
+    """Answer a batch; if TensorFlow rejects it, retry one by one so only the bad image fails."""
+    import tensorflow as tf
+
+    if not blobs:  # an empty batch crashes TF's CPU kernels
+        return []
+    try:
+        out = serve(**{INPUT_KEY: tf.constant(blobs)})
+    except tf.errors.InvalidArgumentError:
+        if len(blobs) == 1:
+            return [{"error": "TensorFlow cannot decode it"}]
+        return [a for b in blobs for a in _serve_batch(serve, [b])]
+    names = [n.decode("utf-8") for n in out["class_name"].numpy()]
+    return [{"class_name": n, "probabilities": p} for n, p in zip(names, out["probabilities"].numpy())]
+
+
+def _writer(f, fmt: str, classes: list[str] | None):
+    if fmt == "csv":
+        w = csv.writer(f)
+        w.writerow(["file", "class", "probability", "top_k", *[f"p_{c}" for c in classes or []], "error"])
+
+        def write(row):
+            if "error" in row:
+                w.writerow([row["file"], "", "", "", *[""] * len(classes or []), row["error"]])
+            else:
+                topk = ";".join(f"{c}:{p:.4f}" for c, p in row["top_k"])
+                w.writerow([row["file"], row["class"], f"{row['probability']:.6f}", topk,
+                            *[f"{p:.6f}" for p in (row["probabilities"] if classes else [])], ""])
+        return write
+
+    def write_jsonl(row):
+        out = {k: v for k, v in row.items() if k != "probabilities"}
+        if "probabilities" in row and classes:
+            out["probabilities"] = {c: round(float(p), 6) for c, p in zip(classes, row["probabilities"])}
+        f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    return write_jsonl
+
+
+def format_table(rows: list[dict]) -> str:
+    """A terminal table: file, class, probability, top-k (errors in place of a class)."""
+    lines = [("file", "class", "prob", "top-k")]
+    for r in rows:
+        if "error" in r:
+            lines.append((r["file"], "ERROR", "", r["error"]))
+        else:
+            lines.append((r["file"], r["class"], f"{r['probability']:.3f}",
+                          ", ".join(f"{c} {p:.2f}" for c, p in r["top_k"])))
+    width = [min(60, max(len(line[i]) for line in lines)) for i in range(3)]
+    return "\n".join(f"{a[-width[0]:]:<{width[0]}}  {b:<{width[1]}}  {c:>{width[2]}}  {d}" for a, b, c, d in lines)

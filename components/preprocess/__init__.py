@@ -1,0 +1,1 @@
+"""Preprocess: seeded stratified split, serving-time decode and resize, sharded TFRecords."""

@@ -1,0 +1,30 @@
+"""Preprocess's options, declared once (see components/lib/options.py for what is derived from them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.lib.images import COLOR_MODES
+from components.lib.options import Seeded, option
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessOptions(Seeded):
+    image_size: int = option(160, "images are resized to image_size x image_size pixels", min=8, max=1024)
+    color_mode: str = option("rgb", "colour channels the model sees", choices=tuple(COLOR_MODES))
+    val_fraction: float = option(0.1, "validation share when the source is not pre-split", min=0, max=0.9)
+    test_fraction: float = option(0.1, "test share when the source is not pre-split", min=0, max=0.9)
+    near_duplicate_bits: int = option(10, "validation/test images within this many bits (of 256) of a "
+                                           "training image's perceptual hash are near-duplicates; -1: no check",
+                                      min=-1, max=256)
+    drop_near_duplicates: bool = option(False, "leave validation/test near-duplicates of training images out "
+                                               "(they are always reported)")
+    images_per_shard: int = option(2048, "images per TFRecord shard", min=1, pipeline=False)
+    workers: int = option(4, "threads reading and decoding images", min=1, max=256, pipeline=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.val_fraction + self.test_fraction >= 1:
+            from components.lib.options import ParameterError
+
+            raise ParameterError(f"parameters val_fraction={self.val_fraction} and test_fraction="
+                                 f"{self.test_fraction}: together they must leave room for training (sum < 1)")

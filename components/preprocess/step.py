@@ -1,0 +1,198 @@
+"""Preprocess: seeded stratified split, decode + resize with the serving-time decoder, sharded TFRecords.
+
+Images stream through one at a time (bounded windows of a thread pool); only slim manifest rows are
+held in memory, so memory grows with per-image metadata, never with pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from components.contracts import DatasetError, InputSpec, RecordsMetadata, SplitInfo, load_manifest, location_uri
+from components.lib import images, records, storage
+from components.lib.options import takes
+from components.lib.progress import Progress
+from components.preprocess.options import PreprocessOptions
+
+
+@dataclass
+class PreprocessSummary:
+    classes: list[str]
+    counts: dict[str, int]
+    quarantined: int
+    fingerprint: str
+    data_fingerprint: str
+    seconds: float
+    near_duplicates: int = 0
+
+
+def data_fingerprint(rows: list[dict]) -> str:
+    """Content identity of a dataset: what caching and 'retrain only on new data' key on."""
+    h = hashlib.sha256()
+    for line in sorted(f"{r['sha256']}\t{r['label']}\t{r['split']}" for r in rows):
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+def _stratified(indices: list[int], labels: list[str], fraction: float, seed: int, what: str):
+    """Split `indices` into (rest, taken) with `fraction` taken, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    if fraction <= 0:
+        return indices, []
+    n_classes = len(set(labels))
+    n_take = math.ceil(fraction * len(indices))
+    if n_take < n_classes or len(indices) - n_take < n_classes:
+        raise DatasetError(
+            f"cannot carve a stratified {what} split of {fraction:.0%} from {len(indices)} images in "
+            f"{n_classes} classes: every class needs at least one image on each side; add images or "
+            "change the split fractions")
+    smallest = Counter(labels).most_common()[-1]
+    if smallest[1] < 2:
+        raise DatasetError(f"class {smallest[0]!r} has only {smallest[1]} image; a stratified split needs "
+                           "at least 2 per class")
+    rest, taken = train_test_split(indices, test_size=n_take, stratify=labels, random_state=seed)
+    return sorted(rest), sorted(taken)
+
+
+def assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Row indices per split: the source's own split where it has one, seeded stratified carving otherwise."""
+    given = defaultdict(list)
+    for i, r in enumerate(rows):
+        given[r["split"] or "unsplit"].append(i)
+    if "unsplit" in given:
+        if len(given) > 1:
+            raise DatasetError("manifest mixes pre-split and unsplit images")
+        pool = given.pop("unsplit")
+        rest, test = _stratified(pool, [rows[i]["label"] for i in pool], test_fraction, seed, "test")
+        val_share = val_fraction / (1 - test_fraction)
+        train, val = _stratified(rest, [rows[i]["label"] for i in rest], val_share, seed, "validation")
+        return {"train": train, "validation": val, "test": test}
+    train = given.get("train", [])
+    split = {"train": train, "validation": given.get("validation", []), "test": given.get("test", [])}
+    # A pre-split source without validation/ or test/ gets them carved from train, like Keras'
+    # validation_split: the user's explicit folders always win.
+    for name, fraction in (("test", test_fraction), ("validation", val_fraction)):
+        if not split[name] and fraction > 0:
+            split["train"], split[name] = _stratified(split["train"], [rows[i]["label"] for i in split["train"]],
+                                                      fraction, seed, name)
+    return split
+
+
+def near_duplicates(rows: list[dict], splits: dict[str, list[int]], max_distance: int) -> list[dict]:
+    """Validation/test images whose perceptual hash is within `max_distance` bits of a training image's.
+
+    Exact copies never get here (ingest keeps one per content); these are re-encodings, resizes and
+    light edits of the same picture, which inflate test scores when they straddle the split.
+    """
+    import numpy as np
+
+    if max_distance < 0 or not splits["train"]:
+        return []
+    def hashes(idx):
+        return np.frombuffer(b"".join(bytes.fromhex(rows[i]["dhash"]) for i in idx), dtype=np.uint64).reshape(len(idx), -1)
+
+    train = hashes(splits["train"])
+    found = []
+    for split in ("validation", "test"):
+        idx = splits[split]
+        for start in range(0, len(idx), 32):  # 32 x 56k train hashes x 32 bytes: about 60 MB at a time
+            chunk = idx[start:start + 32]
+            dist = np.bitwise_count(hashes(chunk)[:, None, :] ^ train[None, :, :]).sum(-1)
+            best = dist.argmin(1)
+            for i, b, d in zip(chunk, best, dist[np.arange(len(chunk)), best]):
+                if d <= max_distance:
+                    found.append({"location": rows[i]["location"], "split": split, "label": rows[i]["label"],
+                                  "train_location": rows[splits["train"][b]]["location"],
+                                  "train_label": rows[splits["train"][b]]["label"], "distance": int(d)})
+    return found
+
+
+@takes(PreprocessOptions)
+def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> PreprocessSummary:
+    """Write `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` to `output_dir`.
+
+    Near-duplicates of training images in validation/test (perceptual hash within
+    `near_duplicate_bits` bits; -1 turns the check off) are reported in the metadata, and left out
+    of their split with `drop_near_duplicates`.
+    """
+    rows, classes = load_manifest(dataset_dir)
+    spec = InputSpec(classes, opts.image_size, images.channels_for(opts.color_mode), opts.color_mode)
+    splits = assign_splits(rows, opts.val_fraction, opts.test_fraction, opts.seed)
+    near = near_duplicates(rows, splits, opts.near_duplicate_bits)
+    if near:
+        print(f"preprocess: {len(near)} validation/test image(s) are near-duplicates of training images"
+              + ("; leaving them out" if opts.drop_near_duplicates else " (reported; drop_near_duplicates=False)"),
+              flush=True)
+    if opts.drop_near_duplicates and near:
+        gone = {n["location"] for n in near}
+        for split in ("validation", "test"):
+            splits[split] = [i for i in splits[split] if rows[i]["location"] not in gone]
+    with storage.atomic_dir(output_dir) as out:
+        meta_splits, quarantined, seconds = write_shards(dataset_dir, rows, splits, spec, out, opts)
+        if meta_splits["train"].count == 0:
+            raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
+        data_fp = data_fingerprint(rows)
+        params = {k: v for k, v in opts.to_dict().items() if k not in ("workers",)}
+        fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
+        RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
+                        bool(opts.drop_near_duplicates and near)).save(out)
+    summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined),
+                                fp, data_fp, round(seconds, 3), len(near))
+    print(f"preprocess: {summary.counts} at {spec.image_size}x{spec.image_size}x{spec.channels}; "
+          f"{len(quarantined)} quarantined", flush=True)
+    return summary
+
+
+def write_shards(dataset_dir: str, rows: list, splits: dict[str, list[int]], spec: InputSpec, out,
+                 opts: PreprocessOptions) -> tuple[dict[str, SplitInfo], list[dict], float]:
+    """Decode, check and write every split's shards through a bounded thread-pool window."""
+    import tensorflow as tf
+
+    class_index = {c: i for i, c in enumerate(spec.classes)}
+    decode = images.decoder(spec.image_size, spec.channels)
+
+    def load(i: int):
+        row = rows[i]
+        try:
+            data = storage.read_bytes(location_uri(dataset_dir, row["location"]))
+        except OSError as e:
+            return i, None, None, f"unreadable since ingest: {e}"
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            return i, None, None, "changed since ingest (sha256 differs)"
+        try:
+            return i, data, decode(tf.constant(data)).numpy().tobytes(), ""
+        except tf.errors.OpError as e:
+            return i, None, None, f"TensorFlow cannot decode it: {e.message.splitlines()[0]}"
+
+    progress = Progress("preprocess", sum(len(v) for v in splits.values()))
+    meta_splits, quarantined = {}, []
+    per_shard = opts.images_per_shard
+    with ThreadPoolExecutor(max_workers=opts.workers) as pool:
+        for split, idx in splits.items():
+            n_shards = max(1, math.ceil(len(idx) / per_shard))
+            names = [f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord" for s in range(n_shards)]
+            per_class, written = Counter(), 0
+            for s, name in enumerate(names):
+                with tf.io.TFRecordWriter(str(out / name)) as writer:
+                    for i, data, pixels, problem in pool.map(load, idx[s * per_shard:(s + 1) * per_shard]):
+                        progress.update()
+                        row = rows[i]
+                        if problem:
+                            quarantined.append({"location": row["location"], "label": row["label"],
+                                                "reason": problem})
+                            continue
+                        writer.write(records.serialize(pixels, class_index[row["label"]], row["location"],
+                                                       encoded=data if split == "test" else None))
+                        per_class[row["label"]] += 1
+                        written += 1
+            meta_splits[split] = SplitInfo(written, names if written else [],
+                                           {c: per_class.get(c, 0) for c in spec.classes})
+            if not written:
+                for name in names:
+                    (out / name).unlink()
+    return meta_splits, quarantined, progress.close()

@@ -1,0 +1,52 @@
+"""A model card per published version: what it was trained on, how well it does, what it is for.
+
+Rendered from the version's record, so the card can never disagree with the registry's own data.
+"""
+from __future__ import annotations
+
+
+def render(record: dict) -> str:
+    from components.contracts import InputSpec
+
+    spec = InputSpec.from_dict(record)
+    m, gate = record["metrics"], record.get("gate", {})
+    counts = record.get("split_counts", {})
+    per_class = "\n".join(f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+                          f"{r['support']} |" for r in record.get("per_class", []))
+    champ = gate.get("champion") or {}
+    compared = (f"It beat champion v{champ['version']} re-scored on the same test images "
+                f"(accuracy {champ['accuracy']:.4f}, macro F1 {champ['macro_f1']:.4f})."
+                if "accuracy" in champ else "It was the first version of this model.")
+    params = ", ".join(f"{k}={v}" for k, v in record.get("params", {}).items())
+    return f"""# Model card: {record['model_name']} version {record['version']}
+
+Published {record['created']} by run `{record.get('source_run') or '-'}`.
+
+## Intended use
+Classifies a single image into one of {len(spec.classes)} classes: {', '.join(spec.classes)}.
+Send encoded JPEG/PNG/GIF/BMP bytes to the `serving_default` signature (input `image_bytes`, or
+`{{"instances": [{{"b64": "..."}}]}}` over TF Serving's REST API); it answers `probabilities`, `class_index`
+and `class_name`. Images are decoded, converted to {spec.color_mode} and resized to
+{spec.image_size}x{spec.image_size} inside the model. Not meant for images unlike the
+training data (other domains, other classes): it always answers one of the classes above, so check
+`probabilities` before acting on a low-confidence answer.
+
+## Data
+- data fingerprint `{record['data_fingerprint']}` (content hash of the images, labels and splits)
+- split sizes: train {counts.get('train', '?')}, validation {counts.get('validation', '?')}, test {counts.get('test', '?')}
+
+## Model
+`{record.get('architecture', record.get('model'))}`; {params}
+
+## Metrics on the test split ({m.get('test_images', '?')} images)
+accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, macro precision {m.get('macro_precision', 0):.4f},
+macro recall {m.get('macro_recall', 0):.4f}{f", ROC AUC {m['roc_auc']:.4f}" if 'roc_auc' in m else ''}.
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+## Gate
+{compared}
+{chr(10).join(f"- {r}" for r in gate.get('reasons', []))}
+"""

@@ -1,0 +1,61 @@
+"""Every step, registered once: its function and its options class, by name. The container entry point
+(`python -m components <step>`), `imgclf step`, the KFP glue and the pipelines' parameter lists all
+read this table; nothing is imported until a step is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from components.lib.options import Options
+
+
+@dataclass(frozen=True)
+class Step:
+    function: str
+    """"module:name" of the step's plain function."""
+    options: str = ""
+    """"module:Class" of its options ("" for a step without options)."""
+    help: str = ""
+
+
+STEPS = {
+    "ingest": Step("components.ingest.step:ingest", "components.ingest.options:IngestOptions",
+                   "list and decode-check every image of a source; write the manifest and quarantine"),
+    "preprocess": Step("components.preprocess.step:preprocess", "components.preprocess.options:PreprocessOptions",
+                       "seeded stratified split, serving-time decode + resize, sharded TFRecords"),
+    "train": Step("components.train.step:train", "components.train.options:TrainOptions",
+                  "fit a Keras 3 model on the TFRecords, resumable; save .keras, history and curves"),
+    "evaluate": Step("components.evaluate.step:evaluate", "",
+                     "score the test split: metrics, confusion matrix, ROC, predictions, HTML report"),
+    "export": Step("components.export.step:export", "components.export.options:ExportOptions",
+                   "write the raw-bytes SavedModel and prove it answers like evaluate"),
+    "champion": Step("components.release.champion:lookup", "components.release.options:ChampionOptions",
+                     "read the registry's champion; decide whether this run trains"),
+    "gate": Step("components.release.gate:gate", "components.release.options:GateOptions",
+                 "thresholds and the champion re-scored on this test split: publish or refuse"),
+    "publish": Step("components.release.publish:publish", "components.release.options:PublishOptions",
+                    "copy the checked SavedModel into the registry as the next version"),
+    "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
+                    "classify a folder or bucket of images through a SavedModel's serving signature"),
+}
+
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def function(step: str):
+    return _load(STEPS[step].function)
+
+
+def options(step: str) -> type[Options] | None:
+    ref = STEPS[step].options
+    return _load(ref) if ref else None
+
+
+def pipeline_options(steps: str | list[str]) -> list[type[Options]]:
+    """The options classes of the named steps ("ingest,preprocess,..." or a list)."""
+    names = steps.split(",") if isinstance(steps, str) else steps
+    return [cls for cls in (options(n) for n in names) if cls is not None]

@@ -1,0 +1,108 @@
+"""Preemption-safe training: the whole training state goes to the artifact store after every epoch, and a
+restarted task (KFP's retry, a preempted spot VM) carries on from the last finished epoch.
+
+The state is a full `.keras` checkpoint (weights, optimizer slots and step counter, so the learning-rate
+schedule continues where it was), the best weights so far, and `state.json` with the phase, the epoch,
+the history and EarlyStopping's counters. `state.json` is written last and names the checkpoint it
+belongs to, so a task killed mid-upload resumes from the previous complete epoch.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+
+from components.lib import storage
+
+STATE, BEST = "state.json", "best.weights.h5"
+
+
+class Backup:
+    """Local working copy of the state, mirrored to `uri` (local path or bucket) when one is given."""
+
+    def __init__(self, uri: str = ""):
+        self.uri = uri.rstrip("/")
+        self.local = Path(tempfile.mkdtemp(prefix="imgclf-backup-"))
+        self.state: dict | None = None
+
+    def restore(self) -> dict | None:
+        """The last complete state, with its files staged locally; None when there is nothing to resume."""
+        if not self.uri or not storage.exists(storage.join(self.uri, STATE)):
+            return None
+        state = json.loads(storage.read_bytes(storage.join(self.uri, STATE)))
+        for name in (state["checkpoint"], BEST):
+            storage.download_file(storage.join(self.uri, name), str(self.local / name))
+        self.state = state
+        return state
+
+    @property
+    def checkpoint_file(self) -> str:
+        return str(self.local / self.state["checkpoint"])
+
+    @property
+    def best_file(self) -> str:
+        return str(self.local / BEST)
+
+    def save(self, model: keras.Model, state: dict, improved: bool) -> None:
+        name = f"checkpoint-{state['epoch']:04d}.keras"
+        model.save(self.local / name)
+        if improved:
+            model.save_weights(self.local / BEST)
+        state = {**state, "checkpoint": name}
+        if self.uri:
+            storage.copy_file(str(self.local / name), storage.join(self.uri, name))
+            if improved:
+                storage.copy_file(str(self.local / BEST), storage.join(self.uri, BEST))
+            storage.write_text(storage.join(self.uri, STATE), json.dumps(state))
+        old = self.state and self.state.get("checkpoint")
+        self.state = state
+        if old and old != name:
+            (self.local / old).unlink(missing_ok=True)
+            if self.uri:
+                storage.remove(storage.join(self.uri, old))
+
+    def clear(self) -> None:
+        """After success: a later attempt must train afresh, not resume a finished run."""
+        if self.uri:
+            storage.remove(self.uri, recursive=True)
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Keeps the run's history across restarts and saves the state after every epoch."""
+
+    def __init__(self, backup: Backup, phase: int, history: dict[str, list[float]], monitor: str,
+                 best: float | None, stopper: ResumableEarlyStopping, extra_state: dict | None = None):
+        super().__init__()
+        self.backup, self.phase, self.history, self.monitor = backup, phase, history, monitor
+        self.best, self.stopper, self.extra_state = best, stopper, extra_state or {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+        value = logs.get(self.monitor)
+        improved = value is not None and (self.best is None or value < self.best)
+        if improved:
+            self.best = float(value)
+        self.backup.save(self.model, {
+            **self.extra_state, "phase": self.phase, "epoch": epoch + 1, "history": self.history, "best": self.best,
+            "wait": self.stopper.wait, "best_epoch": self.stopper.best_epoch}, improved)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose patience counter survives a restart. Best weights are kept by `Checkpoint`."""
+
+    def __init__(self, monitor: str, patience: int, resume: dict | None = None):
+        super().__init__(monitor=monitor, patience=patience, mode="min", verbose=1)
+        self.resume = resume
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resume and self.resume.get("best") is not None:
+            self.best, self.wait = self.resume["best"], self.resume["wait"]
+            self.best_epoch = self.resume["best_epoch"]

@@ -1,0 +1,127 @@
+"""Keras 3 model builders. Only `keras.*` APIs here, so the same code trains on the TensorFlow and JAX
+backends. Augmentation and pixel scaling live inside the model: they run on the accelerator, are
+inactive at inference, and the served model takes raw uint8-range pixels exactly like training.
+
+Two kinds of model: `baseline`, the small CNN of the classic tutorials, and the transfer-learning
+families of `keras.applications` (a pretrained backbone named "backbone" under a new head).
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from components.lib.layers import FAMILIES, FamilyPreprocess, RandomFlipRotateZoom
+from components.train.options import ARCHITECTURES
+
+
+def augmentation(flip: str = "horizontal", rotation: float = 0.02, zoom: float = 0.05,
+                 seed: int | None = None) -> keras.Sequential:
+    """Flip, ±7° rotation and ±5 % zoom, only active when training."""
+    return keras.Sequential([RandomFlipRotateZoom(flip, rotation, zoom, seed=seed)], name="augmentation")
+
+
+def baseline(input_shape: tuple[int, int, int], num_classes: int, width: int = 32, depth: int = 3,
+             dropout: float = 0.3, augment: bool = True, seed: int | None = None) -> keras.Model:
+    """The small CNN of the classic Keras tutorials: `depth` blocks of conv-pool, doubling the
+    filters from `width`, then a dense head with dropout."""
+    if depth < 1 or width < 1:
+        raise ValueError(f"baseline needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+    if min(input_shape[:2]) < 2 ** depth:
+        raise ValueError(f"image_size {input_shape[0]} is too small for depth {depth} "
+                         f"(each block halves it; need at least {2 ** depth} pixels)")
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = augmentation(seed=seed)(inputs) if augment else inputs
+    x = layers.Rescaling(1.0 / 255)(x)
+    for i in range(depth):
+        filters = width * 2 ** i
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(dropout / 2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(width * 4, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    # float32 output keeps softmax stable under mixed precision.
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="baseline")
+
+
+def transfer(input_shape: tuple[int, int, int], num_classes: int, family: str = "mobilenet_v2",
+             weights: str | None = "imagenet", dropout: float = 0.2, augment: bool = True,
+             seed: int | None = None) -> keras.Model:
+    """A keras.applications backbone under a new pooling + dropout + softmax head.
+
+    `weights`: "imagenet" (Keras downloads them), a local weights file of the backbone without its top
+    (air-gapped clusters), or None to train from scratch. With weights the backbone starts frozen and
+    is called with training=False, so its BatchNormalization layers stay in inference mode even when
+    `unfreeze_top` later makes some of them trainable (the classic fine-tuning recipe).
+    """
+    fam = FAMILIES[family]
+    size, channels = input_shape[0], input_shape[2]
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = augmentation(seed=seed)(inputs) if augment else inputs
+    if channels == 1:
+        # ImageNet backbones expect three channels; grey images become grey RGB.
+        x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    if size < fam.min_size:
+        x = layers.Resizing(fam.min_size, fam.min_size, name="upsize")(x)
+        size = fam.min_size
+    x = FamilyPreprocess(family, name="preprocess_input")(x)
+    builder = getattr(keras.applications, fam.constructor)
+    base = builder(include_top=False, weights="imagenet" if weights == "imagenet" else None,
+                   input_shape=(size, size, 3))
+    if weights not in (None, "imagenet"):
+        try:
+            base.load_weights(weights)
+        except Exception as e:  # noqa: BLE001 - Keras raises several types for a mismatched file
+            raise ValueError(f"weights file {weights} does not fit {family} without its top "
+                             f"({type(e).__name__}: {e})") from None
+    pretrained = weights is not None
+    base.trainable = not pretrained
+    x = base(x, training=False) if pretrained else base(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=family)
+
+
+def is_transfer(name: str) -> bool:
+    return name in FAMILIES
+
+
+def backbone(model: keras.Model) -> keras.Model:
+    """The pretrained base inside a transfer model (keras.applications names it per family)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "augmentation"]
+    if len(nested) != 1:
+        raise ValueError(f"model {model.name!r} has no single backbone to fine-tune")
+    return nested[0]
+
+
+def unfreeze_top(model: keras.Model, n: int) -> int:
+    """Make the backbone's top `n` layers trainable, keeping every BatchNormalization layer frozen
+    (fine-tuning its statistics on a small dataset wrecks the pretrained features). Returns how many
+    layers became trainable."""
+    base = backbone(model)
+    base.trainable = True
+    opened = 0
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= len(base.layers) - n and not isinstance(layer, layers.BatchNormalization)
+        opened += layer.trainable
+    return opened
+
+
+MODELS = ["baseline", *FAMILIES]
+assert tuple(MODELS) == ARCHITECTURES, "train/options.py ARCHITECTURES must list the builders here"
+
+
+def build(name: str, input_shape: tuple[int, int, int], num_classes: int, *, weights: str | None = None,
+          width: int = 32, depth: int = 3, dropout: float = 0.3, augment: bool = True,
+          seed: int | None = None) -> keras.Model:
+    if name == "baseline":
+        if weights is not None:
+            raise ValueError("weights apply to the transfer-learning families; baseline trains from scratch "
+                             "(to start from an earlier model's weights use warm_start)")
+        return baseline(input_shape, num_classes, width=width, depth=depth, dropout=dropout, augment=augment,
+                        seed=seed)
+    if name in FAMILIES:
+        return transfer(input_shape, num_classes, name, weights=weights, dropout=dropout, augment=augment, seed=seed)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

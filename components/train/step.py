@@ -1,0 +1,334 @@
+"""Train: fit a Keras 3 model on preprocess's TFRecords, keep the best epoch, save `.keras` + history.
+
+Transfer-learning families train in two phases, as in the classic tutorials: a new head on the frozen
+pretrained backbone, then (with `fine_tune_layers`) the backbone's top layers at a lower learning
+rate. The training state goes to `backup_uri` after every epoch, so a retried task resumes.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from components.contracts import (HISTORY_FILE, MODEL_FILE, TENSORBOARD_DIR, RecordsMetadata, TrainedModel)
+from components.lib import records, reports, storage
+from components.lib.options import takes
+from components.train.options import TrainOptions
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    train_accuracy: float
+    seconds: float
+    images_per_second: float
+    first_epoch_images_per_second: float
+    epoch_seconds: float
+    input_wait_share: float
+    replicas: int
+    resumed_from_epoch: int
+
+
+def class_weights(spec: str, classes: list[str], counts: dict[str, int]) -> dict[int, float] | None:
+    """auto: weight each class by total / (classes x its count), so every class weighs the same in the
+    loss (1.0 everywhere on balanced data); none; or explicit "name=weight,..." (others 1.0)."""
+    spec = spec.strip()
+    if spec == "none":
+        return None
+    if spec == "auto":
+        total = sum(counts.values())
+        return {i: round(total / (len(classes) * max(1, counts.get(c, 0))), 4) for i, c in enumerate(classes)}
+    weights = {i: 1.0 for i in range(len(classes))}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in classes:
+            raise ValueError(f"class_weight: {item!r} is not name=weight for a class of {classes}")
+        weights[classes.index(name)] = float(value)
+    return weights
+
+
+def _schedule(kind: str, learning_rate: float, steps: int):
+    import keras
+
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps), alpha=0.01)
+    return learning_rate
+
+
+def _compile(net, lr, kind: str, steps: int, label_smoothing: float, jit_compile):
+    import keras
+
+    net.compile(optimizer=keras.optimizers.Adam(_schedule(kind, lr, steps)),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def _local(uri: str, tmp: str) -> str:
+    """TensorFlow and Keras read local files only: stage a bucket object first."""
+    if storage.is_local(uri):
+        return storage.local_path(uri)
+    dest = str(Path(tmp) / Path(uri.rstrip("/")).name)
+    storage.download_file(uri, dest)
+    return dest
+
+
+def warm_start_from(net, source: str, tmp: str) -> int:
+    """Copy weights layer by layer (same name, same shapes) from an earlier model: a champion with the
+    same classes gives everything; with other classes all but the head."""
+    import keras
+
+    from components.lib import layers  # noqa: F401 - registers the custom layers the file may hold
+
+    if not source.endswith(".keras"):
+        source = storage.join(source, MODEL_FILE)
+    old = keras.saving.load_model(_local(source, tmp), compile=False)
+    copied = 0
+    for layer in net.layers:
+        try:
+            match = old.get_layer(layer.name)
+        except ValueError:
+            continue
+        w_old, w_new = match.get_weights(), layer.get_weights()
+        if w_new and len(w_old) == len(w_new) and all(a.shape == b.shape for a, b in zip(w_old, w_new)):
+            layer.set_weights(w_old)
+            copied += 1
+    if not copied:
+        raise ValueError(f"warm_start_from {source}: no layer of that model fits this one ({net.name})")
+    return copied
+
+
+class _SyncDir:
+    """Mirror a local folder (TensorBoard logs) to a store after each epoch, so runs can be watched live."""
+
+    def __init__(self, local: Path, uri: str):
+        self.local, self.uri, self.sizes = local, uri, {}
+
+    def __call__(self, *_):
+        for f in self.local.rglob("*"):
+            if f.is_file() and self.sizes.get(f) != f.stat().st_size:
+                storage.copy_file(str(f), storage.join(self.uri, f.relative_to(self.local).as_posix()))
+                self.sizes[f] = f.stat().st_size
+
+
+@dataclass
+class _Session:
+    """What the phases of one training share: the data, the model, the hardware and the saved state."""
+    opts: TrainOptions
+    meta: RecordsMetadata
+    hw: object
+    train_ds: object
+    val_ds: object
+    stamps: object
+    steps: int
+    monitor: str
+    backup: object
+    resume: dict | None
+    state: dict
+    extra_callbacks: list
+    net: object = None
+
+    @property
+    def history(self) -> dict:
+        return self.state["history"]
+
+
+@takes(TrainOptions)
+def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: str = "",
+          curves_html: str = "") -> TrainResult:
+    """Fit with EarlyStopping on validation loss and keep the best epoch's weights.
+
+    `backup_uri` receives the training state after every epoch (a retried task resumes from it);
+    `curves_html`, if given, receives a learning-curve page (the KFP HTML artifact).
+    """
+    import keras
+
+    from components.train import accelerate, checkpoint, models
+
+    meta = RecordsMetadata.load(dataset_dir)
+    keras.utils.set_random_seed(opts.seed)
+    tmp = tempfile.mkdtemp(prefix="imgclf-train-")
+    backup = checkpoint.Backup(backup_uri)
+    resume = backup.restore()
+    weights = opts.weights if opts.weights != "auto" else "imagenet" if models.is_transfer(opts.architecture) else "none"
+    weights_arg = None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
+    cw = class_weights(opts.class_weight, meta.classes, meta.splits["train"].per_class)
+
+    with accelerate.setup(opts.precision, opts.distribute, opts.jit_compile) as hw:
+        run = make_session(dataset_dir, meta, opts, hw, backup, resume, Path(tmp) / TENSORBOARD_DIR)
+        run.net = resume_model(run) if resume else build_model(run, weights_arg, tmp)
+        print(f"train: {opts.architecture} on {meta.count('train')} images {meta.input.shape}, "
+              f"{len(meta.classes)} classes, {run.net.count_params():,} parameters "
+              f"({_trainable(run.net):,} trainable), weights {weights}; {hw.describe()}; "
+              f"global batch {opts.batch_size * hw.replicas}", flush=True)
+        fit_cw = cw if cw and len(set(cw.values())) > 1 else None  # all equal: skip the per-batch lookup
+        start = time.perf_counter()
+        if run.state["phase"] == 1:
+            fit(run, 1, opts.epochs, run.state["epoch"], resume, fit_cw)
+            run.state["phase1_epochs"] = len(run.history.get("loss", []))
+        if models.is_transfer(opts.architecture) and weights_arg is not None and opts.fine_tune_layers > 0:
+            fine_tune(run, fit_cw)
+        seconds = time.perf_counter() - start
+        run.net.load_weights(backup.best_file)
+
+    result = summarize(run, seconds)
+    save_model(model_dir, run, weights, cw, result, Path(tmp) / TENSORBOARD_DIR)
+    backup.clear()
+    shutil.rmtree(tmp, ignore_errors=True)
+    if curves_html:
+        storage.atomic_write_text(curves_html, reports.page(f"Training: {opts.architecture}", [
+            ("Learning curves", reports.img(reports.fig_to_data_uri(reports.learning_curves(run.history)))),
+            ("Summary", reports.table(["", "value"], [[k, v] for k, v in asdict(result).items()]))]))
+    print(f"train: {result.epochs_run} epochs in {result.seconds:.1f}s; steady {result.images_per_second:.0f} "
+          f"images/s (first epoch {result.first_epoch_images_per_second:.0f}), input wait "
+          f"{result.input_wait_share:.1%} of step time; best epoch {result.best_epoch}: "
+          f"val_accuracy {result.best_val_accuracy:.4f}", flush=True)
+    return result
+
+
+def _trainable(net) -> int:
+    import numpy as np
+
+    return sum(int(np.prod(w.shape)) for w in net.trainable_weights)
+
+
+def make_session(dataset_dir: str, meta: RecordsMetadata, opts: TrainOptions, hw, backup, resume,
+                 tb_local: Path) -> _Session:
+    """The input pipelines (one endless, reshuffled training iterator) and the state to continue."""
+    from components.train import throughput
+
+    global_batch = opts.batch_size * hw.replicas
+    stamps = throughput.InputStamps()
+    train_ds = _input(records.make_dataset(dataset_dir, meta, "train", global_batch, shuffle=True, seed=opts.seed,
+                                           prefetch=False, repeat=True), len(meta.classes), stamps)
+    has_val = meta.count("validation") > 0
+    val_ds = _input(records.make_dataset(dataset_dir, meta, "validation", global_batch, prefetch=False),
+                    len(meta.classes)) if has_val else None
+    monitor = "val_loss" if has_val else "loss"
+    state = resume or {"phase": 1, "epoch": 0, "history": {}, "best": None, "wait": 0, "best_epoch": 0,
+                       "phase1_epochs": None}
+    extra = _extra_callbacks(tb_local, opts.tensorboard_uri, opts.lr_schedule, monitor, opts.patience)
+    return _Session(opts, meta, hw, train_ds, val_ds, stamps, -(-meta.count("train") // global_batch), monitor,
+                    backup, resume, state, extra)
+
+
+def build_model(run: _Session, weights, tmp: str):
+    """A new model (optionally warm-started from an earlier one's weights), compiled for phase 1."""
+    from components.train import models
+
+    o = run.opts
+    net = models.build(o.architecture, run.meta.input.shape, len(run.meta.classes), weights=weights, width=o.width,
+                       depth=o.depth, dropout=o.dropout, augment=o.augment, seed=o.seed)
+    if o.warm_start_from:
+        print(f"train: warm start from {o.warm_start_from}: {warm_start_from(net, o.warm_start_from, tmp)} layers "
+              "copied", flush=True)
+    _compile(net, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+    return net
+
+
+def resume_model(run: _Session):
+    """The model, optimizer state and step counter of the last finished epoch of an earlier attempt."""
+    import keras
+
+    print(f"train: resuming from epoch {run.resume['epoch']} (phase {run.resume['phase']}) saved at "
+          f"{run.backup.uri}", flush=True)
+    return keras.saving.load_model(run.backup.checkpoint_file)
+
+
+def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight) -> None:
+    """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup."""
+    from components.train import checkpoint, throughput
+
+    stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
+    saver = checkpoint.Checkpoint(run.backup, phase, run.history, run.monitor, run.state["best"], stopper,
+                                  {"phase1_epochs": run.state.get("phase1_epochs")})
+    callbacks = [throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver, *run.extra_callbacks]
+    # shuffle=False: the tf.data pipeline already reshuffles every epoch.
+    run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
+                steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2, shuffle=False)
+    run.state["best"] = saver.best
+
+
+def fine_tune(run: _Session, class_weight) -> None:
+    """Phase 2: from phase 1's best weights, the backbone's top layers (BatchNormalization frozen) at
+    learning_rate x fine_tune_lr_factor."""
+    from components.train import models
+
+    o, resume = run.opts, run.resume
+    phase1 = run.state["phase1_epochs"]
+    resumed_in_phase2 = bool(resume and resume["phase"] == 2 and resume["epoch"] > phase1)
+    if not resumed_in_phase2:
+        run.net.load_weights(run.backup.best_file)
+        opened = models.unfreeze_top(run.net, o.fine_tune_layers)
+        lr = o.learning_rate * o.fine_tune_lr_factor
+        _compile(run.net, lr, o.lr_schedule, o.fine_tune_epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+        print(f"train: fine-tuning the top {o.fine_tune_layers} backbone layers ({opened} trainable, "
+              f"BatchNormalization frozen) at learning rate {lr:g}", flush=True)
+    fit(run, 2, phase1 + o.fine_tune_epochs, resume["epoch"] if resumed_in_phase2 else phase1,
+        resume if resumed_in_phase2 else None, class_weight)
+
+
+def summarize(run: _Session, seconds: float) -> TrainResult:
+    from components.train import throughput
+
+    history = run.history
+    losses = history[run.monitor]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    speed = throughput.summary(history)
+    return TrainResult(
+        epochs_run=len(losses), best_epoch=best + 1, best_val_loss=losses[best],
+        best_val_accuracy=history.get("val_accuracy", history["accuracy"])[best],
+        train_accuracy=history["accuracy"][best], seconds=round(seconds, 2),
+        images_per_second=speed["images_per_second"],
+        first_epoch_images_per_second=speed["first_epoch_images_per_second"],
+        epoch_seconds=speed["epoch_seconds"], input_wait_share=speed["input_wait_share"],
+        replicas=run.hw.replicas, resumed_from_epoch=run.resume["epoch"] if run.resume else 0)
+
+
+def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainResult, tb_local: Path) -> None:
+    """model.keras, history.json, tensorboard/ and train.json (every option as given) in one atomic step."""
+    hw = run.hw
+    with storage.atomic_dir(model_dir) as out:
+        run.net.save(out / MODEL_FILE)
+        (out / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
+        if tb_local.exists():
+            shutil.copytree(tb_local, out / TENSORBOARD_DIR)
+        params = {**run.opts.to_dict(), "weights": weights, "class_weight": cw}
+        hardware = {"backend": hw.backend, "devices": hw.devices, "precision": hw.precision, "replicas": hw.replicas,
+                    "global_batch": run.opts.batch_size * hw.replicas, "jit_compile": str(hw.jit_compile)}
+        TrainedModel(run.opts.architecture, run.meta.input, run.meta.data_fingerprint, run.meta.fingerprint, params,
+                     hardware, asdict(result)).save(out)
+
+
+def _input(ds, num_classes: int, stamps=None):
+    """One-hot labels (label smoothing needs them), the throughput stamp, then prefetch."""
+    import tensorflow as tf
+
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    if stamps is not None:
+        ds = stamps.attach(ds)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _extra_callbacks(tb_local: Path, tensorboard_uri: str, lr_schedule: str, monitor: str, patience: int) -> list:
+    import keras
+
+    extra = []
+    if lr_schedule == "plateau":
+        extra.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.2, patience=max(1, patience // 2),
+                                                       verbose=1))
+    try:
+        import tensorboard  # noqa: F401
+        import tensorflow  # noqa: F401 - Keras' TensorBoard writer needs both, whatever the backend
+    except ImportError:
+        print("train: TensorFlow/TensorBoard not installed; no TensorBoard logs", flush=True)
+        return extra
+    extra.append(keras.callbacks.TensorBoard(log_dir=str(tb_local), write_graph=False))
+    if tensorboard_uri:
+        extra.append(keras.callbacks.LambdaCallback(on_epoch_end=_SyncDir(tb_local, tensorboard_uri)))
+    return extra
