@@ -15,7 +15,7 @@ REGISTRY ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-docker images push compile test bench bench-gpu sample-data fashion-mnist-full clean
+.PHONY: help install run run-docker images push compile test test-fast docs bench bench-gpu sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,8 +53,14 @@ run-docker: install ## the same run as `make run`, every task in our CPU image v
 compile: install ## compile the pipeline to build/imgclf-training.yaml
 	$(BIN)/imgclf compile -o build/imgclf-training.yaml
 
-test: install ## run the test suite
+test: install ## run the whole test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install ## the inner loop: every test not marked slow (no whole-pipeline, container or long training runs)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+docs: install ## regenerate the README's parameter tables from the option declarations
+	$(BIN)/python -m pipelines.docs
 
 bench: install ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
 	@test -d /usr/share/datasets/fashion-mnist || { echo "installing dataset-fashion-mnist"; \

@@ -165,7 +165,7 @@ history, so give the build a credential-free mirror URL (PIP_$(echo "$setting" |
     say "built $tag in $((SECONDS - start)) s: $((bytes / 1000000)) MB"
 }
 
-default_tag() {  # the names the components use (IMGCLF_IMAGE, IMGCLF_GPU_IMAGE; components/kfp_wrappers.py)
+default_tag() {  # the names the components use (IMGCLF_IMAGE, IMGCLF_GPU_IMAGE; components/kfp_glue/wrappers.py)
     if [ "$1" = gpu ]; then echo "${IMGCLF_GPU_IMAGE:-imgclf-gpu:$VERSION}"; else echo "${IMGCLF_IMAGE:-imgclf:$VERSION}"; fi
 }
 

@@ -77,7 +77,7 @@ def test_image_runs_every_step_as_non_root_with_the_hosts_kfp(image):
     usage = docker_run(image)  # no arguments: the step list
     assert all(step in usage for step in STEPS)
     helps = docker_run(image, "sh", "-c", "for s in " + " ".join(STEPS) + "; do imgclf-entrypoint $s --help; done")
-    for flag in ("--source", "--image-size", "--epochs", "--predictions-dir", "--export-to"):
+    for flag in ("--data", "--image-size", "--epochs", "--predictions-dir", "--export-to"):
         assert flag in helps
 
 
@@ -99,7 +99,7 @@ def test_each_step_by_hand_with_mounts_and_bucket_uris(image, stores, bucket, tm
         user = f"{os.getuid()}:{os.getgid()}"
     store_env = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IMGCLF_S3_ENDPOINT_URL")
 
-    ing = summary(docker_run(image, "ingest", "--source", f"{s3}/src", "--output-dir", "/work/dataset",
+    ing = summary(docker_run(image, "ingest", "--data", f"{s3}/src", "--output-dir", "/work/dataset",
                              "--report-html", "/work/ingest.html", work=work, network="host", env=store_env,
                              user=user))
     assert ing["images"] == 48 and ing["classes"] == sorted(TWO)
@@ -140,8 +140,10 @@ def _containers_created(image: str, since: float) -> int:
 
 
 def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path):
-    """kfp.local's DockerRunner: every task in our image, the source and the model in S3 (endpoint and
-    credentials from the environment), the pipeline root on local disk."""
+    """kfp.local's DockerRunner: every task in our image, the source and an exported copy in S3 (endpoint
+    and credentials from the environment), the pipeline root and the model registry on local disk: the
+    published version must be found on the host (the registry is a declared path parameter, mounted)."""
+    from components.lib import registry
     from components.predict.step import predict
     from components.lib import storage
     from pipelines.docker_local import docker_runner
@@ -152,16 +154,19 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     storage.upload_dir(str(src), f"{s3}/src")
     params = {"data": f"{s3}/src", "image_size": 28, "color_mode": "grayscale", "epochs": 2, "batch_size": 16,
               "width": 8, "depth": 2, "patience": 2, "val_fraction": 0.15, "test_fraction": 0.2, "seed": 1,
-              "export_to": f"{s3}/registry/v1"}
+              "export_to": f"{s3}/registry/v1", "registry": str(tmp_path / "registry"), "model_name": "fm"}
     runner, params = docker_runner(params, image)
     assert runner.container_run_args["network_mode"] == "host"  # the source is in a bucket
     start = time.time() - 1
     result = run_local(params, pipeline_root=str(tmp_path / "root"), runner=runner)
 
-    # One container per task that ran: the five steps, the champion lookup, the gate, and the
-    # not-published note (no registry is given, so nothing is published).
-    assert set(result.step_seconds) == {"validate", "ingest", "preprocess", "champion", "train", "evaluate", "export", "gate",
-                                        "not-published"}
+    # One container per task that ran: validate, the five steps, the champion lookup, the gate and publish.
+    assert set(result.step_seconds) == {"validate", "ingest", "preprocess", "champion", "train", "evaluate",
+                                        "export", "gate", "publish"}
+    assert result.decision == "publish"
+    assert registry.versions(str(tmp_path / "registry"), "fm") == [1]
+    assert (tmp_path / "registry" / "fm" / "1" / "saved_model.pb").is_file()
+    assert registry.champion(str(tmp_path / "registry"), "fm")["version"] == 1
     assert _containers_created(image, start) == len(result.step_seconds)
     assert 0.0 <= result.accuracy <= 1.0
     assert (Path(result.saved_model) / "saved_model.pb").is_file()

@@ -64,6 +64,7 @@ def test_cli_prints_a_table_and_exits_nonzero_when_nothing_could_be_read(exporte
     assert "saved_model.pb missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
     from kfp import components
     from pipelines.local import run_pipeline

@@ -10,6 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
+# Trains three models for the champion/challenger flow: the full suite only.
+pytestmark = pytest.mark.slow
+
 from components.contracts import read_predictions
 from components.evaluate.step import evaluate
 from components.lib import registry
@@ -202,7 +205,6 @@ def _run(data, reg, root, *extra):
     return out[out.index("=== imgclf run finished"):]
 
 
-@pytest.mark.slow
 def test_retraining_runs_publish_skip_and_refuse_through_kfp_local_on_s3(bucket, tmp_path):
     from tests.conftest import TEN, make_folder
 

@@ -227,6 +227,7 @@ def test_publish_to_a_bucket_is_all_or_nothing(bucket, tmp_path, endpoint, store
     assert not storage.exists(f"{bucket[0]}/models/m/2/saved_model.pb")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", ["s3", "gs"])
 def test_imgclf_run_from_a_bucket_exports_to_a_bucket(bucket, tmp_path, proto):
     import subprocess

@@ -76,6 +76,7 @@ def test_saved_model_answers_raw_png_and_jpeg_like_evaluate(chain):
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_model_takes_any_size_and_mode(chain, tmp_path):
     from PIL import Image
     tmp, classes, _, _, _ = chain
@@ -90,6 +91,7 @@ def test_saved_model_takes_any_size_and_mode(chain, tmp_path):
     assert a == b and all(c in classes for c in a["class_name"])
 
 
+@pytest.mark.slow
 def test_export_refuses_a_model_that_disagrees_with_evaluate(chain, tmp_path):
     tmp, classes, _, _, _ = chain
     rows = read_predictions(str(tmp / "pred"))

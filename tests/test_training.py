@@ -44,6 +44,7 @@ def real_batch(records_dir: Path, n: int = 8):
     return np.asarray(x, "float32"), keras.utils.to_categorical(np.asarray(y), 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(models.FAMILIES))
 def test_every_family_builds_and_trains_a_step(family, records):
     x, y = real_batch(records)
@@ -80,6 +81,7 @@ def load_model_file(path):
     return keras.saving.load_model(path)
 
 
+@pytest.mark.slow
 def test_pretrained_weights_file_frozen_base_then_fine_tuning(records, tmp_path, bucket):
     """Pretrain a small backbone on the sample, ship its weights through a bucket, load them as a frozen
     base, then fine-tune the top layers with BatchNormalization frozen."""
@@ -122,8 +124,13 @@ def test_pretrained_weights_file_frozen_base_then_fine_tuning(records, tmp_path,
     assert not any(c for c, b in zip(changed, is_bn) if b), "BatchNormalization weights or statistics moved"
     n = len(changed)
     top = set(range(n - 60, n))  # the last 30 layers hold at most 60 weight tensors
-    assert any(changed[i] for i in top), "fine-tuning changed nothing in the top layers"
     assert not any(c for i, c in enumerate(changed) if i not in top), "layers below the top 30 moved"
+    # The saved model holds the best epoch's weights. Only when that epoch is a fine-tuning one must the
+    # top layers differ from the shipped backbone; a phase-1 best keeps the frozen base as shipped.
+    if r.best_epoch > 3:
+        assert any(changed[i] for i in top), "fine-tuning changed nothing in the top layers"
+    else:
+        assert not any(changed), "the best epoch was a frozen-base one, yet the backbone moved"
     assert info.params["weights"].endswith("base.weights.h5")
     # The pretrained features carry: the frozen-base head learns well past chance (0.1).
     assert max(fit.history["val_accuracy"]) > 0.3
@@ -145,6 +152,7 @@ def _train_cmd(records_dir, out, backup, *extra):
             "--backup-uri", backup, *extra]
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_epoch(records, tmp_path, bucket):
     """SIGKILL mid-run, start again with the same backup location (what a KFP retry does): it continues
     from the last saved epoch, the learning-rate schedule and history are continuous, and the model is
@@ -183,6 +191,7 @@ def test_killed_training_resumes_from_last_epoch(records, tmp_path, bucket):
     assert resumed["best_val_accuracy"] >= whole.best_val_accuracy - 0.08, (resumed, whole)
 
 
+@pytest.mark.slow
 def test_two_replicas_with_the_global_batch_scaled(records, tmp_path):
     """MirroredStrategy over two logical CPUs exercises the multi-device path a multi-GPU node takes."""
     script = textwrap.dedent(f"""
@@ -201,6 +210,7 @@ def test_two_replicas_with_the_global_batch_scaled(records, tmp_path):
     assert hw["replicas"] == 2 and hw["global_batch"] == 32
 
 
+@pytest.mark.slow
 def test_train_on_jax_backend_then_serve_with_tensorflow(records, tmp_path):
     """Keras 3 only in the model and training code: the step trains under KERAS_BACKEND=jax, and the saved
     model evaluates and exports under TensorFlow."""
@@ -248,6 +258,7 @@ def test_precision_and_devices_are_chosen_from_the_hardware():
     assert keras.config.dtype_policy().name == "float32"  # restored afterwards
 
 
+@pytest.mark.slow
 def test_throughput_is_measured_per_epoch(records, tmp_path):
     r = train(str(records), str(tmp_path / "m"), epochs=3, batch_size=32, width=8, depth=2,
               tensorboard_uri=str(tmp_path / "tb"))

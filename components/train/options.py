@@ -58,7 +58,7 @@ class TrainOptions(Seeded):
                                         min=0, min_exclusive=True, max=1)
     label_smoothing: float = option(0.0, "categorical cross-entropy label smoothing", min=0, max=0.99)
     class_weight: str = option("auto", "auto (every class weighs the same, from the training counts), none, "
-                                       "or name=weight,...", check=class_weight_problem)
+                                       "or comma-separated name=weight pairs", check=class_weight_problem)
     precision: str = option("auto", "auto (mixed_float16 on NVIDIA GPUs, float32 on CPU) or a Keras dtype "
                                     "policy", choices=PRECISIONS)
     distribute: str = option("auto", "auto (replicate over all GPUs when there are 2 or more), mirrored "
