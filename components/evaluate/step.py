@@ -13,11 +13,8 @@ MAX_GRID = 24
 
 
 @dataclass
-class EvalResult:
-    classes: list[str]
-    metrics: dict[str, float]
-    per_class: list[dict]
-    confusion_matrix: list[list[int]]
+class EvalResult(Evaluation):
+    """What metrics.json holds, plus the ROC curve for KFP's widget."""
     # Binary problems only: (fpr, tpr, thresholds) of the positive class, for KFP's ROC widget.
     roc: tuple[list[float], list[float], list[float]] | None = None
 
