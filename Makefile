@@ -15,7 +15,7 @@ REGISTRY ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-docker images push compile test test-fast docs bench bench-gpu sample-data fashion-mnist-full clean
+.PHONY: help install system-packages run run-docker images push compile test test-fast docs bench bench-gpu sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +53,23 @@ run-docker: install ## the same run as `make run`, every task in our CPU image v
 compile: install ## compile the pipeline to build/imgclf-training.yaml
 	$(BIN)/imgclf compile -o build/imgclf-training.yaml
 
-test: install ## run the whole test suite (what CI runs)
+# Debian packages the tests need beyond what containers/docker-env.sh installs for the container tests:
+# Fashion-MNIST for the benchmark tests. Waits for apt's lock; stops at the first step that fails.
+DEBIAN_PACKAGES := dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3
+
+system-packages: ## install the Debian packages the tests need (dataset-fashion-mnist) if missing
+	@set -e; missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing from Debian"; \
+		n=0; until $(APT) update -qq >/dev/null; do n=$$((n + 1)); [ $$n -lt 60 ] || \
+			{ echo "apt-get update failed 60 times"; exit 1; }; echo "apt-get update failed; retrying in 10 s"; sleep 10; done; \
+		DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq --no-install-recommends $$missing >/dev/null; \
+		for p in $$missing; do dpkg -s $$p >/dev/null 2>&1 || { echo "$$p is still not installed"; exit 1; }; done; \
+	fi
+
+test: install system-packages ## run the whole test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install ## the inner loop: every test not marked slow (no whole-pipeline, container or long training runs)
@@ -62,9 +78,7 @@ test-fast: install ## the inner loop: every test not marked slow (no whole-pipel
 docs: install ## regenerate the README's parameter tables from the option declarations
 	$(BIN)/python -m pipelines.docs
 
-bench: install ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
-	@test -d /usr/share/datasets/fashion-mnist || { echo "installing dataset-fashion-mnist"; \
-		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+bench: install system-packages ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
 	$(BIN)/python -m benchmarks.input_throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.training_throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.steps_scaling $(BENCH_ARGS)
@@ -75,11 +89,11 @@ bench: install ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_direct
 bench-gpu: ## GPU training images/s on KERAS_BACKEND=jax (needs jax[cuda], keras; real input from make bench)
 	KERAS_BACKEND=jax $(PYTHON) -m benchmarks.gpu_training $(BENCH_ARGS)
 
-sample-data: install ## regenerate data/fashion-mnist-sample from Debian's dataset-fashion-mnist (500 per class)
+sample-data: install system-packages ## regenerate data/fashion-mnist-sample from Debian's dataset-fashion-mnist (500 per class)
 	rm -rf $(SAMPLE)
 	$(BIN)/imgclf sample-data --out $(SAMPLE) --per-class 500 --seed 42
 
-fashion-mnist-full: install ## write all 70,000 Fashion-MNIST images to build/fashion-mnist-full
+fashion-mnist-full: install system-packages ## write all 70,000 Fashion-MNIST images to build/fashion-mnist-full
 	$(BIN)/imgclf sample-data --out build/fashion-mnist-full --per-class 0
 
 clean: ## remove local runs and build outputs (keeps .venv)

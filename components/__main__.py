@@ -13,10 +13,6 @@ import json
 import sys
 import typing
 
-# Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
-ENTRY_STEPS = ("ingest", "preprocess", "train", "evaluate", "export", "champion", "gate", "publish")
-
-
 def add_step_arguments(parser: argparse.ArgumentParser, fn) -> None:
     """Flags for a step: its declared options with their help, then its own artifact paths."""
     from components.lib.options import add_arguments
@@ -40,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m components", description="Run one imgclf step.")
     sub = parser.add_subparsers(dest="step", required=True)
-    for name in ENTRY_STEPS:
+    for name in (n for n, s in steps.STEPS.items() if s.entry):
         add_step_arguments(sub.add_parser(name, help=steps.STEPS[name].help), steps.function(name))
     args = vars(parser.parse_args(argv))
     fn = steps.function(args.pop("step"))

@@ -163,7 +163,8 @@ class TrainedModel:
     data_fingerprint: str
     fingerprint: str
     params: dict
-    """Every train option as given (TrainOptions.to_dict()), plus the class weights actually used."""
+    """Every train option (TrainOptions.to_dict()), with `weights` and `class_weight` as resolved: the
+    weights actually loaded (auto -> imagenet or none) and the class weights per class index."""
     hardware: dict
     result: dict
 
@@ -179,15 +180,6 @@ class TrainedModel:
 
 def load_history(model_dir: str) -> dict[str, list[float]]:
     return _read_json(Path(model_dir) / HISTORY_FILE, "a train output")
-
-
-def load_model(model_dir: str):
-    """The trained Keras model; the custom layers it may hold are registered first."""
-    import keras
-
-    from components.lib import layers  # noqa: F401 - registers the serializable custom layers
-
-    return keras.saving.load_model(Path(model_dir) / MODEL_FILE)
 
 
 # --- evaluate's Dataset ------------------------------------------------------------------------------

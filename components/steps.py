@@ -17,6 +17,8 @@ class Step:
     options: str = ""
     """"module:Class" of its options ("" for a step without options)."""
     help: str = ""
+    entry: bool = True
+    """A subcommand of the container entry point (`python -m components <step>`)."""
 
 
 STEPS = {
@@ -36,8 +38,9 @@ STEPS = {
                  "thresholds and the champion re-scored on this test split: publish or refuse"),
     "publish": Step("components.release.publish:publish", "components.release.options:PublishOptions",
                     "copy the checked SavedModel into the registry as the next version"),
+    # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
     "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
-                    "classify a folder or bucket of images through a SavedModel's serving signature"),
+                    "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),
 }
 
 

@@ -42,15 +42,26 @@ as_root() {
         die "'$*' needs root"; fi
 }
 
+# Another process (unattended upgrades, a parallel job) may hold apt's locks: wait for them rather than
+# fail, and stop at the first step that fails, naming it (callers may run with set -e off).
+APT=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 apt_install() {
     say "installing $* from Debian"
-    as_root apt-get update -qq >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    local tries=0
+    until as_root "${APT[@]}" update -qq >/dev/null; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 60 ] || die "apt-get update failed 60 times (installing $*)"
+        say "apt-get update failed (its lock may be held); retrying in 10 s"
+        sleep 10
+    done
+    as_root env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends "$@" >/dev/null \
+        || die "apt-get install $* failed"
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || die "$p is still not installed"; done
 }
 
 cmd_up() {
     if engine_answers; then return 0; fi
-    command -v dockerd >/dev/null || apt_install docker.io
+    command -v dockerd >/dev/null || apt_install docker.io || die "docker.io could not be installed"
     mkdir -p "$CACHE"
     say "starting dockerd (data root $DATA_ROOT, log $CACHE/dockerd.log)"
     rm -f "$CACHE/dockerd.pid"
@@ -98,19 +109,24 @@ have_or_pull() { docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1
 local_base() {
     if docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then echo "$LOCAL_BASE"; return; fi
     local tar=$CACHE/${LOCAL_BASE/:/-}.tar start=$SECONDS
+    # Explicit checks: this runs inside $(...) under ||, where set -e is off.
     if [ ! -s "$tar" ]; then
-        command -v mmdebstrap >/dev/null || apt_install mmdebstrap
+        command -v mmdebstrap >/dev/null || apt_install mmdebstrap || die "mmdebstrap could not be installed"
         mkdir -p "$CACHE"
         say "making $LOCAL_BASE with mmdebstrap from $MIRROR (about a minute)"
         as_root mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
             "$SUITE" "${tar%.tar}.partial.tar" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
-            "deb ${MIRROR%/debian}/debian-security $SUITE-security main" >&2
-        mv "${tar%.tar}.partial.tar" "$tar"
+            "deb ${MIRROR%/debian}/debian-security $SUITE-security main" >&2 \
+            || { rm -f "${tar%.tar}.partial.tar"; die "mmdebstrap could not make $LOCAL_BASE"; }
+        [ -s "${tar%.tar}.partial.tar" ] || die "mmdebstrap wrote no ${tar%.tar}.partial.tar"
+        mv "${tar%.tar}.partial.tar" "$tar" || die "could not move the base tarball to $tar"
     fi
     docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tar" "$LOCAL_BASE" >/dev/null
+        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tar" "$LOCAL_BASE" >/dev/null \
+        || die "docker import of $tar failed"
+    docker image inspect "$LOCAL_BASE" >/dev/null 2>&1 || die "$LOCAL_BASE is not on the engine after the import"
     say "imported $LOCAL_BASE from $tar in $((SECONDS - start)) s"
     echo "$LOCAL_BASE"
 }

@@ -6,13 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PIPELINES = {"training": "pipelines.training", "predict": "pipelines.prediction"}
-
-
-def _pipeline_steps(pipeline: str) -> tuple[str, ...]:
-    import importlib
-
-    return importlib.import_module(PIPELINES[pipeline]).STEPS
+from pipelines.declare import PIPELINES, steps_of  # noqa: E402 - light: no TensorFlow, kfp.dsl only
 
 
 def check_parameters(values: dict, pipeline: str = "training", check_paths: bool = False) -> dict:
@@ -20,7 +14,8 @@ def check_parameters(values: dict, pipeline: str = "training", check_paths: bool
     from components import steps
     from components.lib.options import validate
 
-    return validate(values, *steps.pipeline_options(list(_pipeline_steps(pipeline))), check_paths=check_paths)
+    return validate(values, *steps.pipeline_options(list(steps_of(pipeline))), check_paths=check_paths,
+                    pipeline_only=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

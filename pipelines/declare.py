@@ -8,20 +8,29 @@ import inspect
 
 from kfp import dsl
 
-from components import steps as registry
+from components import steps as step_table
 from components.kfp_glue.generate import option_help
 from components.lib.options import Option, union
+
+# Every pipeline, by the name the CLI, the docs and the tests use: the module defines STEPS and build_*.
+PIPELINES = {"training": "pipelines.training", "predict": "pipelines.prediction"}
+
+
+def steps_of(pipeline: str) -> tuple[str, ...]:
+    import importlib
+
+    return importlib.import_module(PIPELINES[pipeline]).STEPS
 
 
 def parameters(steps: tuple[str, ...]) -> list[Option]:
     """The pipeline parameters of `steps`, required ones first (a Python signature needs that order)."""
-    found = union(*registry.pipeline_options(list(steps)), pipeline_only=True)
+    found = union(*step_table.pipeline_options(list(steps)), pipeline_only=True)
     return [o for o in found if o.required] + [o for o in found if not o.required]
 
 
 def for_step(step: str, values: dict) -> dict:
     """The pipeline parameter values (channels at compile time) that are `step`'s options."""
-    cls = registry.options(step)
+    cls = step_table.options(step)
     return cls.pick(values, pipeline_only=True) if cls else {}
 
 

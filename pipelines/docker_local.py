@@ -6,7 +6,7 @@ Three things kfp 2.17.0 leaves to the caller, handled here:
   data folder, `weights`, `registry`, `export_to`, `tensorboard_uri`, ...) are mounted at the same
   absolute path, read-only for inputs; kfp mounts only the pipeline root.
 - Store settings and credentials reach the containers through the environment (never parameters):
-  the variables components/storage.py reads are passed on as they are set here.
+  the variables components/lib/storage.py reads are passed on as they are set here.
 - kfp runs containers with auto_remove, so a container that exits at once can be gone before its exit
   code is read, and kfp then reports success (kubeflow/pipelines#13332). `exit_codes_kept` swaps in
   the same container run without auto_remove, reading the code before removing the container.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from components.lib import storage
 
-# The variables components/storage.py (and the Google/AWS client libraries under it) read.
+# The variables components/lib/storage.py (and the Google/AWS client libraries under it) read.
 STORE_ENV_PREFIXES = ("IMGCLF_", "AWS_", "GCSFS_")
 STORE_ENV_NAMES = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
 NETWORKS = ("auto", "none", "host", "bridge")

@@ -9,10 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.declare import parameters
+from pipelines.declare import PIPELINES, parameters, steps_of
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TABLES = {"training": "pipelines.training", "predict": "pipelines.prediction"}
 
 
 def _cell(text: str) -> str:
@@ -20,14 +19,12 @@ def _cell(text: str) -> str:
 
 
 def table(pipeline: str) -> str:
-    import importlib
+    from components import steps as step_table
 
-    from components import steps as registry
-
-    steps = importlib.import_module(TABLES[pipeline]).STEPS
+    steps = steps_of(pipeline)
     owner = {}
     for step in steps:
-        for o in (registry.options(step).declared() if registry.options(step) else []):
+        for o in (step_table.options(step).declared() if step_table.options(step) else []):
             owner.setdefault(o.name, []).append(step)
     rows = ["| parameter | steps | default | allowed | meaning |", "|---|---|---|---|---|"]
     for o in parameters(steps):
@@ -42,7 +39,7 @@ def markers(pipeline: str) -> tuple[str, str]:
 
 
 def render(text: str) -> str:
-    for pipeline in TABLES:
+    for pipeline in PIPELINES:
         start, end = markers(pipeline)
         if start not in text or end not in text:
             raise ValueError(f"README.md lacks the markers for the {pipeline} parameter table: {start} ... {end}")
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     README.write_text(new, encoding="utf-8")
-    print(f"README.md: parameter tables of {', '.join(TABLES)} written")
+    print(f"README.md: parameter tables of {', '.join(PIPELINES)} written")
     return 0
 
 

@@ -142,7 +142,10 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     if outcome["decision"] == "publish":
         from components.lib import registry
 
-        champ = registry.champion(params["registry"], params.get("model_name", "imgclf"))
+        from components.release.options import RegistryTarget
+
+        target = RegistryTarget(**RegistryTarget.pick(params))
+        champ = registry.champion(target.registry, target.model_name)
         published = f"{champ['model_name']} version {champ['version']} at {champ['uri']}"
     return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), ingest_report=pages["ingest_report.html"],
                     outcome=outcome, saved_model=str(saved_model) if saved_model.is_dir() else "",

@@ -154,6 +154,13 @@ def test_vertex_submit_wait_and_schedules(vertex_api, capsys):
     train = job["pipelineSpec"]["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert train["resources"]["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
     assert "secretAsEnv" not in json.dumps(job) and "AWS_SECRET" not in json.dumps(job)
+    assert job["displayName"] == "imgclf-training"
+    # A batch-prediction job is named after its own pipeline.
+    assert main(["submit", *base, "--pipeline", "predict", "--pipeline-root", "gs://bucket/root",
+                 "model=gs://bucket/models/fm", "images=gs://bucket/incoming"]) == 0
+    predict_job = [r["body"] for r in vertex_api.requests if r["method"] == "POST"][-1]
+    assert predict_job["displayName"] == "imgclf-predict"
+    capsys.readouterr()
 
     vertex_api.final_state = "PIPELINE_STATE_FAILED"
     assert main(["submit", *base, "--pipeline-root", "gs://bucket/root", "--wait", "data=gs://bucket/img"]) == 1

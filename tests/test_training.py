@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from components.train import accelerate, models
-from components.contracts import RecordsMetadata, TrainedModel, load_history, load_model
+from components.contracts import RecordsMetadata, TrainedModel, load_history
+from components.lib.layers import load_model
 from components.train.step import class_weights, train
 from tests.conftest import REPO, TEN, make_folder
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, TrainedModel, load_history, load_model
+from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, TrainedModel, load_history
 from components.lib import records, reports, storage
 
 MAX_GRID = 24
@@ -44,6 +44,8 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
              batch_size: int = 64) -> EvalResult:
     """Predict every test image; write `predictions.csv` + `metrics.json`, and the HTML report."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    from components.lib.layers import load_model  # Keras: only when the step runs
 
     meta = RecordsMetadata.load(dataset_dir)
     info = TrainedModel.load(model_dir)

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.contracts import INPUT_KEY, ExportInfo, RecordsMetadata, TrainedModel, load_model, read_predictions
+from components.contracts import INPUT_KEY, ExportInfo, RecordsMetadata, TrainedModel, read_predictions
 from components.export import warmup
 from components.export.options import ExportOptions
 from components.lib import images, records, storage
@@ -73,6 +73,8 @@ def export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_d
     `tflite` also converts the model to TensorFlow Lite (pixels in, probabilities out: TFLite has no
     image decoding) and fails unless it agrees with the Keras model on every test image.
     """
+    from components.lib.layers import load_model  # Keras: only when the step runs
+
     info = TrainedModel.load(model_dir)
     meta = RecordsMetadata.load(dataset_dir)
     model = load_model(model_dir)

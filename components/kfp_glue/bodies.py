@@ -16,7 +16,7 @@ def validate(**params) -> str:
     from components.steps import pipeline_options
 
     groups = pipeline_options(params.pop("pipeline_steps"))
-    check(params, *groups)
+    check(params, *groups, pipeline_only=True)
     print(f"validate: {len(params)} parameters accepted", flush=True)
     return "ok"
 
@@ -109,7 +109,9 @@ def gate(records, predictions, reasons, metrics, **options):
     metrics.log_metric("passed", int(r.decision != "refuse"))
     for k, v in r.challenger.items():
         metrics.log_metric(f"challenger {k}", v)
-    for k in ("accuracy", "macro_f1"):
+    from components.release.options import COMPARE_METRICS
+
+    for k in COMPARE_METRICS:
         if k in r.champion:
             metrics.log_metric(f"champion v{r.champion['version']} {k}", r.champion[k])
     return namedtuple("Gate", "decision summary")(r.decision, r.summary())

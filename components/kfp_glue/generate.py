@@ -38,17 +38,19 @@ class ComponentSpec:
     doc: str
     artifacts: tuple[Artifact, ...] = ()
     options: tuple[str, ...] = ()
-    """The steps (components/steps.py) whose options become inputs: one for a step's component; all of a
-    pipeline's for its validate task, which then takes only their pipeline parameters."""
+    """The steps (components/steps.py) whose options become inputs: one for a step's component, all of a
+    pipeline's for its validate task."""
     wired: tuple[Wired, ...] = ()
     returns: str = ""
     """The return annotation as source text ("float", "NamedTuple('Gate', decision=str, summary=str)")."""
     returns_help: str = ""
+    pipeline_only: bool = False
+    """Only the options' pipeline parameters (the validate task); a step's component takes them all."""
 
     def declared(self) -> list[Option]:
         from components.steps import pipeline_options
 
-        return union(*pipeline_options(list(self.options)), pipeline_only=len(self.options) > 1)
+        return union(*pipeline_options(list(self.options)), pipeline_only=self.pipeline_only)
 
 
 def _one_line(text: str) -> str:
@@ -87,7 +89,7 @@ def source(spec: ComponentSpec, body: str = "components.kfp_glue.bodies") -> str
 def build(spec: ComponentSpec, decorator, body: str = "components.kfp_glue.bodies"):
     """The KFP component: the generated function, compiled where `inspect.getsource` finds its text."""
     text = source(spec, body)
-    filename = f"<imgclf-component {spec.name}>"
+    filename = f"<imgclf-component {spec.name} of {','.join(spec.options) or 'no options'}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
     namespace: dict = {"__name__": "components.kfp_glue.wrappers"}
     exec(compile("from kfp.dsl import *\nfrom typing import *\n", filename, "exec", dont_inherit=True), namespace)  # what KFP puts above it in the container

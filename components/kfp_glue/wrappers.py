@@ -88,6 +88,7 @@ def validate_component(steps: tuple[str, ...]):
     """The first task of a pipeline made of `steps`: every pipeline parameter of theirs, checked."""
     spec = ComponentSpec("validate", "Check every pipeline parameter (choices, ranges, finite numbers) in seconds, "
                                      "before any work starts; a bad value fails here, and is not retried.",
-                         options=steps, wired=(Wired("pipeline_steps", str, "the steps whose options to check"),),
+                         options=steps, pipeline_only=True,
+                         wired=(Wired("pipeline_steps", str, "the steps whose options to check"),),
                          returns="str", returns_help="ok")
     return build(spec, _decorate)

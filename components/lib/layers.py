@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 from keras import layers
+
+from components.contracts import MODEL_FILE
+
+
+def load_model(model_dir: str) -> keras.Model:
+    """The trained Keras model of a train output; importing this module registered its custom layers."""
+    return keras.saving.load_model(Path(model_dir) / MODEL_FILE)
 
 FLIPS = {"": (False, False), "horizontal": (True, False), "vertical": (False, True),
          "horizontal_and_vertical": (True, True)}

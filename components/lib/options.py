@@ -50,7 +50,9 @@ class Option:
     keywords: tuple = ()
     """Values of a path option that name no path (weights: auto, imagenet, none)."""
     pipeline: bool = True
-    """False for inputs the pipeline wires itself (another task's output), not a user parameter."""
+    """False: not a pipeline parameter. Either a step-level setting (thread counts, shard size: the step's
+    CLI and component take it, the pipeline leaves its default) or an input the pipeline wires from
+    another task's output (`warm_start_from`, `gate_summary`)."""
     check: Callable[[Any], str] | None = None
     """Extra syntax check: returns what is wrong, or ""."""
 
@@ -181,13 +183,14 @@ def union(*groups: type[Options], pipeline_only: bool = True) -> list[Option]:
     return list(seen.values())
 
 
-def validate(values: dict, *groups: type[Options], check_paths: bool = False) -> dict:
+def validate(values: dict, *groups: type[Options], check_paths: bool = False, pipeline_only: bool = False) -> dict:
     """Every group constructed from `values` (defaults for the rest): the first bad value is refused.
 
-    Unknown names are refused too, naming what is accepted. `check_paths` also requires local paths
-    an option reads to exist (not on a cluster, where a local path means the container's).
+    Unknown names are refused too, naming what is accepted (with `pipeline_only`, only the pipeline
+    parameters). `check_paths` also requires local paths an option reads to exist (not on a cluster,
+    where a local path means the container's).
     """
-    known = {o.name for group in groups for o in group.declared()}
+    known = {o.name for group in groups for o in group.declared() if o.pipeline or not pipeline_only}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
@@ -246,7 +249,10 @@ def takes(cls: type[Options], leading: tuple[str, ...] = ()):
         def step(*args, opts: Options | None = None, **kwargs):
             if len(args) > len(order):
                 raise TypeError(f"{fn.__name__}() takes {len(order)} positional arguments, got {len(args)}")
-            kwargs.update(zip(order, args))
+            for name, value in zip(order, args):
+                if name in kwargs:
+                    raise TypeError(f"{fn.__name__}() got multiple values for argument {name!r}")
+                kwargs[name] = value
             given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
             if opts is None:
                 opts = cls(**given)

@@ -49,10 +49,16 @@ class RegistryError(ValueError):
     """The registry location or model name cannot be used; the message says which and why."""
 
 
+def model_name_problem(name: str) -> str:
+    """Why `name` cannot be a model's folder in the registry ("" if it can)."""
+    if not name or "/" in name or name.startswith(".") or name.isdigit():
+        return "use a plain folder name (no '/', no leading dot, not a number)"
+    return ""
+
+
 def model_uri(registry: str, model_name: str) -> str:
-    if not model_name or "/" in model_name or model_name.startswith(".") or model_name.isdigit():
-        raise RegistryError(f"model name {model_name!r}: use a plain folder name (no '/', no leading dot, "
-                            "not a number)")
+    if problem := model_name_problem(model_name):
+        raise RegistryError(f"model name {model_name!r}: {problem}")
     return storage.join(registry, model_name)
 
 

@@ -137,7 +137,8 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
         if meta_splits["train"].count == 0:
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
         data_fp = data_fingerprint(rows)
-        params = {k: v for k, v in opts.to_dict().items() if k not in ("workers",)}
+        # What changes the records' content (the pipeline parameters), not how they were written.
+        params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline}
         fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
         RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
                         bool(opts.drop_near_duplicates and near)).save(out)

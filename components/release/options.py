@@ -5,14 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.lib.options import Options, option
+from components.lib.registry import model_name_problem
 
 COMPARE_METRICS = ("accuracy", "macro_f1")
-
-
-def model_name_problem(name: str) -> str:
-    if not name or "/" in name or name.startswith(".") or name.isdigit():
-        return "use a plain folder name (no '/', no leading dot, not a number)"
-    return ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -109,8 +109,8 @@ def unfreeze_top(model: keras.Model, n: int) -> int:
     return opened
 
 
-MODELS = ["baseline", *FAMILIES]
-assert tuple(MODELS) == ARCHITECTURES, "train/options.py ARCHITECTURES must list the builders here"
+MODELS = list(ARCHITECTURES)
+assert set(MODELS) == {"baseline", *FAMILIES}, "train/options.py ARCHITECTURES must name exactly the builders here"
 
 
 def build(name: str, input_shape: tuple[int, int, int], num_classes: int, *, weights: str | None = None,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from components.lib.options import Seeded, option
 
-# The model builders in components/train/models.py: a test holds the two equal.
+# The networks components/train/models.py builds (it checks, on import, that it builds exactly these).
 ARCHITECTURES = ("baseline", "mobilenet_v2", "efficientnet_v2_b0", "inception_v3", "resnet50_v2", "vgg16")
 LR_SCHEDULES = ("cosine", "constant", "plateau")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
