@@ -113,3 +113,68 @@ class FlakyProxy:
     def stop(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+class OutageProxy:
+    """TCP proxy to `upstream` that serves `requests` HTTP requests, then goes down for good: every open
+    connection is cut and new ones are refused, as when a store's endpoint disappears mid-run."""
+
+    def __init__(self, upstream_port: int, requests: int):
+        self.upstream, self.budget = upstream_port, requests
+        self.seen = 0
+        self.down = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.down.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _cut_everything(self) -> None:
+        self.down.set()
+        with self.lock:
+            for s in [self.sock, *self.sockets]:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def _handle(self, client: socket.socket) -> None:
+        if self.down.is_set():
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        with self.lock:
+            self.sockets += [client, upstream]
+
+        def pump(src, dst, count_requests: bool):
+            try:
+                while data := src.recv(65536):
+                    if count_requests:
+                        with self.lock:
+                            self.seen += data.count(b" HTTP/1.1\r\n")
+                            over = self.seen > self.budget
+                        if over:
+                            self._cut_everything()
+                            return
+                    dst.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=pump, args=(client, upstream, True), daemon=True).start()
+        pump(upstream, client, False)
+
+    def stop(self) -> None:
+        self._cut_everything()

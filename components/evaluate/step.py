@@ -66,6 +66,10 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
         probs.append(p)
         locations.extend(loc.decode("utf-8") for loc in locs.numpy())
     y, p = np.concatenate(ys), np.concatenate(probs).astype(np.float64)
+    if not np.isfinite(p).all():
+        raise ValueError(f"{model_dir}: the model answers non-finite probabilities for "
+                         f"{int((~np.isfinite(p)).any(1).sum())} of {len(p)} test images; it diverged and is not "
+                         "evaluated")
     pred = p.argmax(1)
     labels_idx = list(range(len(classes)))
     prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels_idx, zero_division=0)

@@ -77,6 +77,8 @@ def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str
     except FileNotFoundError as e:
         return None, "missing", str(e)
     except OSError as e:
+        if storage.is_store_failure(e, item.entry.uri):
+            raise
         return None, "unreadable", str(e)
     try:
         info = images.inspect(data, max_pixels=max_pixels, animated=animated)

@@ -29,6 +29,7 @@ One publisher per model name at a time (schedules run with max_concurrency 1).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -116,6 +117,9 @@ def publish(saved_model_dir: str, model_dir: str, registry: str, model_name: str
     """
     if not (Path(saved_model_dir) / "saved_model.pb").exists():
         raise FileNotFoundError(f"{saved_model_dir}: no saved_model.pb; pass the export step's output")
+    bad = {k: v for k, v in record.get("metrics", {}).items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise RegistryError(f"refusing to publish {model_name}: non-finite metrics {bad}")
     version = next_version(registry, model_name)
     dest = version_uri(registry, model_name, version)
     record = {"schema_version": SCHEMA_VERSION, "model_name": model_name, "version": version,

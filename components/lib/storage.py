@@ -43,6 +43,12 @@ class StorageError(OSError):
     """A store could not be used; the message names the URI and the cause."""
 
 
+def is_store_failure(e: BaseException, uri: str) -> bool:
+    """A failure of the store itself (unreachable after the retries, access denied), not of one object:
+    it must end the step naming the URI, never be quarantined as one bad file among many."""
+    return isinstance(e, StorageError) or (isinstance(e, PermissionError) and not is_local(uri))
+
+
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 

@@ -54,6 +54,8 @@ def _read(entry: storage.Entry, max_pixels: int) -> tuple[bytes | None, str]:
     except FileNotFoundError:
         return None, "not found"
     except OSError as e:
+        if storage.is_store_failure(e, entry.uri):
+            raise
         return None, f"unreadable: {e}"
     except images.ImageRejected as e:
         return None, str(e)

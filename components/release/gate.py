@@ -12,6 +12,7 @@ pipeline branches on it (`dsl.If`), with the reasons as a Markdown page.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from components.contracts import Evaluation, InputSpec, RecordsMetadata
@@ -71,7 +72,7 @@ def gate(dataset_dir: str, predictions_dir: str, opts: GateOptions, *, decision_
     thresholds = {"min_accuracy": min_accuracy, "min_macro_f1": min_macro_f1, "margin": margin}
     reasons, ok = [], True
     for metric, floor in (("accuracy", min_accuracy), ("macro_f1", min_macro_f1)):
-        good = challenger[metric] >= floor
+        good = math.isfinite(challenger[metric]) and challenger[metric] >= floor  # NaN never passes
         ok &= good
         reasons.append(f"{'PASS' if good else 'FAIL'}: {metric} {challenger[metric]:.4f} "
                        f"{'>=' if good else '<'} required {floor:.4f}")

@@ -19,6 +19,26 @@ from components.lib.options import takes
 from components.train.options import TrainOptions
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops, and no model is saved."""
+
+
+def _finite_loss_guard():
+    """Stops a fit at the end of the first epoch whose loss is not finite, before it is backed up or kept:
+    a NaN model must never reach evaluate, the gate or the registry."""
+    import math
+
+    import keras
+
+    class FiniteLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            bad = {k: v for k, v in (logs or {}).items() if k.endswith("loss") and not math.isfinite(float(v))}
+            if bad:
+                raise TrainingDiverged(f"train: {', '.join(f'{k} {v}' for k, v in bad.items())} at epoch {epoch + 1}: "
+                                       "the model diverged; lower learning_rate (or check the data). Nothing was saved.")
+    return FiniteLoss()
+
+
 @dataclass
 class TrainResult:
     epochs_run: int
@@ -247,7 +267,8 @@ def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resume
     stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
     saver = checkpoint.Checkpoint(run.backup, phase, run.history, run.monitor, run.state["best"], stopper,
                                   {"phase1_epochs": run.state.get("phase1_epochs")})
-    callbacks = [throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver, *run.extra_callbacks]
+    callbacks = [_finite_loss_guard(), throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver,
+                 *run.extra_callbacks]
     # shuffle=False: the tf.data pipeline already reshuffles every epoch.
     run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
                 steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2, shuffle=False)
