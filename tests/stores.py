@@ -58,6 +58,15 @@ def gcs_emulator() -> Server:
                    "--in-memory"], port, "/")
 
 
+def _listening_socket() -> tuple[socket.socket, int, str]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    return sock, port, f"http://127.0.0.1:{port}"
+
+
 class FlakyProxy:
     """TCP proxy to `upstream` that cuts the first `drops` connections after `cut_after` response bytes:
     a connection dropped mid-transfer, as a real network does."""
@@ -65,12 +74,7 @@ class FlakyProxy:
     def __init__(self, upstream_port: int, drops: int, cut_after: int = 200):
         self.upstream, self.drops, self.cut_after = upstream_port, drops, cut_after
         self.dropped = 0
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.sock, self.port, self.url = _listening_socket()
         self._stop = False
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -125,12 +129,7 @@ class OutageProxy:
         self.down = threading.Event()
         self.lock = threading.Lock()
         self.sockets: list[socket.socket] = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.sock, self.port, self.url = _listening_socket()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
