@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -13,15 +14,45 @@ from pathlib import Path
 from pipelines.training import training_pipeline
 
 
-class PipelineFailed(RuntimeError):
-    """A task failed; kfp.local already streamed its log (with the step's own error) above."""
+# The last line of a task's log that states its error: a Python exception line ("ValueError: ..."), or
+# our steps' own "error: ..." lines.
+_ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:Error|Exception|Diverged|Mismatch|Rejected|Exit)\b.*|error: .+)$")
 
-    def __init__(self, kfp_message: str):
+
+class PipelineFailed(RuntimeError):
+    """A task failed: names the step (not the KFP group around it) and its own error line."""
+
+    def __init__(self, kfp_message: str, log_tail: list[str] | None = None):
         plain = re.sub(r"\x1b\[[0-9;]*m", "", kfp_message)
-        failed = re.findall(r"'([^']+)'", plain)
-        step = failed[-1] if failed else "?"
-        super().__init__(f"the pipeline failed in step '{step}'; its log above shows the cause")
-        self.step = step
+        # kfp.local: "Inner task failed: 'train' inside 'condition-branches-1'": the first name is the task.
+        inner = plain.split("Inner task failed:", 1)[-1]
+        failed = re.findall(r"'([^']+)'", inner)
+        self.step = failed[0] if failed else "?"
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", x) for x in (log_tail or [])]
+        self.cause = next((x.strip() for x in reversed(lines) if _ERROR_LINE.match(x)), "")
+        super().__init__(f"the pipeline failed in step '{self.step}'"
+                         + (f": {self.cause}" if self.cause else "; its log above shows the cause"))
+
+
+class _Tail:
+    """stdout, with the last lines kept: kfp.local prints each task's log there, whatever the runner."""
+
+    def __init__(self, stream, keep: int = 400):
+        import collections
+
+        self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *done, self._partial = (self._partial + text).split("\n")
+        self.lines.extend(done)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 @dataclass
@@ -102,13 +133,14 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     timings: dict[str, float] = {}
     start = time.perf_counter()
     in_docker = exit_codes_kept() if isinstance(runner, local.DockerRunner) else contextlib.nullcontext()
-    with _timed_tasks(timings), in_docker, warnings.catch_warnings():
+    tail = _Tail(sys.stdout)
+    with _timed_tasks(timings), in_docker, warnings.catch_warnings(), contextlib.redirect_stdout(tail):
         # kfp warns when an image name lacks "python"; ours has Python, and SubprocessRunner ignores it.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
             task = pipeline(**params)
         except RuntimeError as e:
-            raise PipelineFailed(str(e)) from None
+            raise PipelineFailed(str(e), list(tail.lines)) from None
     return task, timings, time.perf_counter() - start
 
 

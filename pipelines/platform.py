@@ -68,6 +68,13 @@ class Platform:
             for task in tasks:
                 task.set_env_variable("IMGCLF_S3_ENDPOINT_URL", self.s3_endpoint)
 
+    def apply_retry(self, task) -> None:
+        """Preemptible GPU nodes and flaky nodes: on a cluster the train task is retried, and the attempt
+        resumes from the last saved epoch. Parameter errors never get there (the validate task refused
+        them). Locally nothing preempts a task: a retry would only delay a failure by minutes of backoff."""
+        if self.target != "local":
+            task.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="3600s")
+
     def apply_gpu(self, task) -> None:
         """Request GPUs for a task (train): the accelerator, the GPU image, and on KFP the toleration
         GPU node pools carry plus an optional node selector."""

@@ -40,9 +40,7 @@ def build_training_pipeline(platform: Platform = LOCAL):
         look.set_caching_options(False)  # reads the registry, which other runs change
         with dsl.If(look.outputs["action"] == "train", name="train-new-data"):
             fit = steps.train(records=records, warm_start_from=look.outputs["warm_start_from"], **for_step("train", p))
-            # Preemptible GPU nodes and flaky nodes: retry; the attempt resumes from the last saved epoch.
-            # Deterministic parameter errors never get here: the validate task refused them.
-            fit.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="3600s")
+            platform.apply_retry(fit)
             ev = steps.evaluate(records=records, model=fit.outputs["model"])
             exp = steps.export(model=fit.outputs["model"], records=records, predictions=ev.outputs["predictions"],
                                **for_step("export", p))

@@ -143,3 +143,19 @@ def test_compile_rejects_backend_mismatches(tmp_path, capsys):
     assert "Kubernetes resource names" in capsys.readouterr().err
     assert main(["compile", "--target", "vertex", "--s3-secret", "x", "-o", str(tmp_path / "z")]) == 1
     assert "workload identity" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failure_inside_a_branch_names_the_step_and_its_error_line(tmp_path):
+    """Before: "the pipeline failed in step 'condition-branches-1'" (a KFP group name)."""
+    from pipelines.local import PipelineFailed, run_pipeline
+    from pipelines.training import training_pipeline
+
+    data = make_folder(tmp_path / "data", TEN[:3], 12)
+    (tmp_path / "w.weights.h5").write_bytes(b"not an HDF5 file")
+    with pytest.raises(PipelineFailed) as failed:
+        run_pipeline(training_pipeline, {"data": str(data), "image_size": 32, "architecture": "mobilenet_v2",
+                                         "weights": str(tmp_path / "w.weights.h5"), "epochs": 1},
+                     str(tmp_path / "runs"))
+    assert failed.value.step == "train"
+    assert str(failed.value).startswith("the pipeline failed in step 'train': ValueError: weights file")
