@@ -107,3 +107,105 @@ def test_every_shard_and_the_first_batches_hold_most_classes(ten_class_folder, t
         ds = records.make_dataset(str(tmp_path / "pp"), meta, "train", 32, shuffle=True, seed=seed)
         first = next(iter(ds))[1].numpy()
         assert len(set(first.tolist())) >= 7, Counter(first.tolist())
+
+
+def _seed_images(folder) -> list[bytes]:
+    """Real images in every format ingest admits, an animated GIF among them."""
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import sample_files
+
+    out = []
+    for i, path in enumerate(sample_files("Bag", 8) + sample_files("Coat", 4)):
+        img = Image.open(path).convert("RGB" if i % 2 else "L").resize((40, 40))
+        for fmt in ("PNG", "JPEG", "BMP", "GIF"):
+            buf = io.BytesIO()
+            img.save(buf, format=fmt)
+            out.append(buf.getvalue())
+    frames = [Image.open(p).convert("P") for p in sample_files("Sandal", 3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    out.append(buf.getvalue())
+    return out
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    kind = rng.randrange(5)
+    if kind == 0:  # truncated anywhere
+        return data[:rng.randrange(len(data))]
+    b = bytearray(data)
+    if kind == 1:  # a few flipped bytes
+        for _ in range(rng.randint(1, 20)):
+            b[rng.randrange(len(b))] ^= rng.randrange(1, 256)
+    elif kind == 2:  # the header rewritten
+        for j in range(min(len(b), rng.randint(2, 40))):
+            b[j] = rng.randrange(256)
+    elif kind == 3:  # a chunk cut out of the middle
+        a = rng.randrange(len(b))
+        del b[a:a + rng.randint(1, 200)]
+    else:  # junk appended, or the file emptied
+        return data + bytes(rng.randrange(256) for _ in range(rng.randint(1, 500))) if rng.random() < 0.9 else b""
+    return bytes(b)
+
+
+def test_ingest_and_preprocess_never_raise_on_mutated_real_images(tmp_path):
+    """300 seeded mutations (truncations, byte flips, header edits, cut chunks, junk) of real PNG, JPEG,
+    BMP, GIF and animated GIF files: every file ends up in the manifest or the quarantine with a cause,
+    and preprocess decodes or quarantines each admitted one with TensorFlow's own reason."""
+    from components.contracts import read_manifest, read_quarantine
+
+    rng = random.Random(19)
+    seeds = _seed_images(tmp_path)
+    src = make_folder(tmp_path / "src", ["Bag", "Coat"], 15)  # enough clean images for the dataset checks
+    for n in range(300):
+        data = _mutate(rng.choice(seeds), rng)
+        (src / ("Bag", "Coat")[n % 2] / f"m{n:03d}.{rng.choice(['png', 'jpg', 'gif', 'bmp'])}").write_bytes(data)
+    s = ingest(str(src), str(tmp_path / "ds"), max_quarantined_share=1.0, max_imbalance=1000)
+    rows, _ = read_manifest(str(tmp_path / "ds"))
+    quarantine = read_quarantine(str(tmp_path / "ds"))
+    assert len(rows) + len(quarantine) == 330 and s.images == len(rows)  # nothing lost silently
+    assert all(q["reason"] and (q["detail"] or q["reason"] in ("hidden file",)) for q in quarantine)
+    p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, val_fraction=0.1, test_fraction=0.1)
+    meta = RecordsMetadata.load(str(tmp_path / "pp"))
+    assert sum(p.counts.values()) + p.quarantined == len(rows)
+    for q in meta.quarantined:
+        assert q["reason"].startswith("TensorFlow cannot decode it: ") and "Graph execution" not in q["reason"], q
+
+
+def test_table_rows_ingest_cannot_read_are_quarantined_with_their_cause(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = make_folder(tmp_path / "imgs", ["Bag", "Coat"], 12)
+    paths = [str(p) for p in sorted(src.rglob("*.png"))]
+    bad = ["ftp://127.0.0.1:9/a.png", "bad\x00name.png", "nosuchscheme://x/y.png", str(tmp_path / "gone.png")]
+    pq.write_table(pa.table({"path": paths + bad, "label": [p.split("/")[-2] for p in paths] + ["Bag"] * 4}),
+                   tmp_path / "labels.parquet")
+    s = ingest(str(tmp_path / "labels.parquet"), str(tmp_path / "ds"))
+    assert s.images == 24 and s.quarantined == 4
+    from components.contracts import read_quarantine
+
+    reasons = {q["location"]: (q["reason"], q["detail"]) for q in read_quarantine(str(tmp_path / "ds"))}
+    assert reasons[str(tmp_path / "gone.png")][0] == "missing"
+    assert reasons[str(tmp_path / "bad\x00name.png")] == ("unreadable", "ValueError: embedded null byte")
+    for uri in bad[0], bad[2]:
+        assert reasons[uri][0].startswith("row ") and "unsupported URI scheme" in reasons[uri][0], reasons[uri]
+
+
+def test_a_table_given_by_a_relative_path_records_locations_every_later_step_resolves(tmp_path, monkeypatch):
+    """Before: `--data data/labels.csv` stored working-folder-relative locations, which preprocess
+    resolved against the dataset artifact: every image was lost."""
+    from components.contracts import read_manifest
+
+    src = make_folder(tmp_path / "work" / "data", ["Bag", "Coat"], 12)
+    lines = ["path,label"] + [f"{p.relative_to(src)},{p.parent.name}" for p in sorted(src.rglob("*.png"))]
+    (src / "labels.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path / "work")
+    ingest("data/labels.csv", str(tmp_path / "ds"))
+    rows, _ = read_manifest(str(tmp_path / "ds"))
+    assert rows and all(r["location"].startswith(str(src)) for r in rows)
+    monkeypatch.chdir(tmp_path)  # the next step runs elsewhere (another task, another container)
+    p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28)
+    assert sum(p.counts.values()) == 24 and p.quarantined == 0

@@ -30,6 +30,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
                  "valid": "validation", "test": "test", "testing": "test"}
 PATH_COLUMNS = ("path", "path_or_uri", "uri", "filename", "file", "image", "location")
 LABEL_COLUMNS = ("label", "class", "category")
+# What a table row may point at (storage.py's stores, plus plain web URLs).
+TABLE_SCHEMES = ("s3", "s3a", "minio", "gs", "gcs", "file", "http", "https")
 
 MAX_EXPANSION_RATIO = 200
 JUNK_DIRS = ("__MACOSX",)
@@ -103,6 +105,9 @@ def _table_items(table_uri: str, base_uri: str) -> Iterator[Item]:
         raise DatasetError(f"{table_uri}: needs a header with a path column ({', '.join(PATH_COLUMNS)}) and a "
                            f"label column ({', '.join(LABEL_COLUMNS)}); found {list(rows[0])}")
     base = base_uri or (table_uri.rsplit("/", 1)[0] if "/" in table_uri else ".")
+    if storage.is_local(base):
+        # Locations must resolve the same in every later step and container, whatever its working folder.
+        base = os.path.abspath(storage.local_path(base))
     for n, row in enumerate(rows, start=2):
         raw = str(row[path_col] or "").strip()
         label = str(row[label_col] or "").strip()
@@ -115,6 +120,8 @@ def _table_items(table_uri: str, base_uri: str) -> Iterator[Item]:
             problem = f"row {n}: empty label"
         elif split and split not in SPLIT_ALIASES:
             problem = f"row {n}: unknown split {split!r}"
+        elif "://" in raw and raw.split("://", 1)[0].lower() not in TABLE_SCHEMES:
+            problem = f"row {n}: unsupported URI scheme {raw.split('://', 1)[0]!r} (use {', '.join(TABLE_SCHEMES)})"
         yield Item(storage.Entry(raw, uri, 0), uri, label, SPLIT_ALIASES.get(split, ""), problem)
 
 

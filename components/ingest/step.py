@@ -72,18 +72,23 @@ def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str
         return None, "hidden file", ""
     if problem := label_problem(item.label):
         return None, "invalid class name", problem
+    # One guard per item: whatever fails for this file (its URI, the read, the image library anywhere in
+    # opening, counting frames or hashing) becomes its quarantine entry with the real cause; only a
+    # failure of the store itself ends the step.
     try:
         data = storage.read_bytes(item.entry.uri)
     except FileNotFoundError as e:
         return None, "missing", str(e)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - see above
         if storage.is_store_failure(e, item.entry.uri):
             raise
-        return None, "unreadable", str(e)
+        return None, "unreadable", f"{type(e).__name__}: {e}"
     try:
         info = images.inspect(data, max_pixels=max_pixels, animated=animated)
     except images.ImageRejected as e:
         return None, e.reason, e.detail
+    except Exception as e:  # noqa: BLE001 - see above
+        return None, "truncated or corrupt", f"{type(e).__name__}: {e}"
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
             "height": info.height, "mode": info.mode, "format": info.format, "frames": info.frames,
             "dhash": info.dhash}, "", ""

@@ -212,6 +212,17 @@ def tf_decode_resize(image_bytes, image_size: int, channels: int):
     return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
 
 
+def decode_error_cause(e: BaseException) -> str:
+    """The line of a TensorFlow decode error that says what is wrong ("Invalid PNG data, size 657"), not
+    the "Graph execution error:" and node trace around it."""
+    text = getattr(e, "message", None) or str(e)
+    for line in text.splitlines():
+        line = line.split("[[", 1)[0].strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node", "File ")):
+            return line
+    return f"{type(e).__name__}: {text.strip()[:200]}"
+
+
 def decoder(image_size: int, channels: int):
     """A traced tf.function of `tf_decode_resize` for eager per-image use (preprocess, predict)."""
     import tensorflow as tf

@@ -136,9 +136,9 @@ def _serve_batch(serve, blobs: list[bytes]) -> list[dict]:
         return []
     try:
         out = serve(**{INPUT_KEY: tf.constant(blobs)})
-    except tf.errors.InvalidArgumentError:
+    except tf.errors.InvalidArgumentError as e:
         if len(blobs) == 1:
-            return [{"error": "TensorFlow cannot decode it"}]
+            return [{"error": f"TensorFlow cannot decode it: {images.decode_error_cause(e)}"}]
         return [a for b in blobs for a in _serve_batch(serve, [b])]
     names = [n.decode("utf-8") for n in out["class_name"].numpy()]
     return [{"class_name": n, "probabilities": p} for n, p in zip(names, out["probabilities"].numpy())]

@@ -172,7 +172,7 @@ def write_shards(dataset_dir: str, rows: list, splits: dict[str, list[int]], spe
         row = rows[i]
         try:
             data = storage.read_bytes(location_uri(dataset_dir, row["location"]))
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - one image's failure is its quarantine entry, a store's ends the step
             if storage.is_store_failure(e, row["location"]):
                 raise
             return i, None, None, f"unreadable since ingest: {e}"
@@ -180,8 +180,8 @@ def write_shards(dataset_dir: str, rows: list, splits: dict[str, list[int]], spe
             return i, None, None, "changed since ingest (sha256 differs)"
         try:
             return i, data, decode(tf.constant(data)).numpy().tobytes(), ""
-        except tf.errors.OpError as e:
-            return i, None, None, f"TensorFlow cannot decode it: {e.message.splitlines()[0]}"
+        except Exception as e:  # noqa: BLE001 - as above
+            return i, None, None, f"TensorFlow cannot decode it: {images.decode_error_cause(e)}"
 
     progress = Progress("preprocess", sum(len(v) for v in splits.values()))
     meta_splits, quarantined = {}, []
