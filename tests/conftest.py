@@ -129,3 +129,20 @@ def bucket(stores):
         fs, _ = storage.filesystem(f"{proto}://{name}")
         fs.mkdir(name)
     return f"s3://{name}", f"gs://{name}"
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve a folder over HTTP on 127.0.0.1, as a dataset download URL would be."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -209,3 +209,74 @@ def test_a_table_given_by_a_relative_path_records_locations_every_later_step_res
     monkeypatch.chdir(tmp_path)  # the next step runs elsewhere (another task, another container)
     p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28)
     assert sum(p.counts.values()) == 24 and p.quarantined == 0
+
+
+def _zip(entries: dict[str, bytes], compression=None) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression or zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _image_entries(tmp_path) -> dict[str, bytes]:
+    src = make_folder(tmp_path / "zsrc", ["Bag", "Coat"], 12)
+    return {str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*.png"))}
+
+
+def test_archive_faults_name_the_url_and_leave_nothing_partial(tmp_path, http_dir):
+    from components.contracts import DatasetError
+
+    root, url = http_dir
+    entries = _image_entries(tmp_path)
+    good = _zip(entries)
+    (root / "good.zip").write_bytes(good)
+    (root / "not.zip").write_bytes(b"<html>a login page, not an archive</html>")
+    damaged = bytearray(good)
+    first = next(iter(entries))
+    at = damaged.index(first.encode()) + len(first) + 20  # inside the first entry's compressed stream
+    damaged[at:at + 40] = bytes(40)
+    (root / "damaged.zip").write_bytes(bytes(damaged))
+    (root / "bomb.zip").write_bytes(_zip({**entries, **{f"Bag/zeros{i}.png": bytes(1 << 20) for i in range(40)}}))
+    cases = [("missing.zip", DatasetError, rf"{url}/missing.zip: HTTP 404"),
+             ("not.zip", DatasetError, rf"{url}/not.zip: not a valid zip archive"),
+             ("damaged.zip", DatasetError, rf"{url}/damaged.zip: entry '.*' is damaged"),
+             ("bomb.zip", DatasetError, rf"{url}/bomb.zip: expands \d+x as a whole")]
+    for name, error, message in cases:
+        with pytest.raises(error, match=message):
+            ingest(f"{url}/{name}", str(tmp_path / "ds"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["www", "zsrc"], name  # no artifact, no download
+    with pytest.raises(DatasetError, match="over the download limit"):
+        ingest(f"{url}/good.zip", str(tmp_path / "ds"), max_download_bytes=len(good) // 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["www", "zsrc"]
+
+
+def test_a_download_dropped_midway_is_retried(tmp_path, http_dir):
+    root, url = http_dir
+    port = int(url.rsplit(":", 1)[1])
+    (root / "good.zip").write_bytes(_zip(_image_entries(tmp_path)))
+    flaky = st.FlakyProxy(port, drops=1, cut_after=2000)
+    try:
+        assert ingest(f"{flaky.url}/good.zip", str(tmp_path / "ds")).images == 24
+    finally:
+        flaky.stop()
+    assert flaky.dropped == 1
+
+
+def test_tables_in_other_encodings_or_damaged_name_the_file(tmp_path):
+    from components.contracts import DatasetError
+
+    src = make_folder(tmp_path / "imgs", ["Bag", "Coat"], 12)
+    text = "path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(src.rglob("*.png")))
+    (tmp_path / "utf16.csv").write_bytes(text.encode("utf-16"))  # spreadsheet "Unicode text": BOM + UTF-16
+    assert ingest(str(tmp_path / "utf16.csv"), str(tmp_path / "a")).images == 24
+    (tmp_path / "latin1.csv").write_bytes((text + "caf\xe9.png,Bag\n").encode("latin-1"))
+    with pytest.raises(DatasetError, match=rf"{tmp_path / 'latin1.csv'}: not UTF-8 text"):
+        ingest(str(tmp_path / "latin1.csv"), str(tmp_path / "b"))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1" + bytes(100) + b"PAR1")
+    with pytest.raises(DatasetError, match=rf"{tmp_path / 'broken.parquet'}: not a readable Parquet file"):
+        ingest(str(tmp_path / "broken.parquet"), str(tmp_path / "c"))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

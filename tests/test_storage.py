@@ -3,11 +3,8 @@ over HTTP, CSV/Parquet tables, and faults (missing bucket, denied access, endpoi
 connections)."""
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import os
-import threading
 import zipfile
 
 import pytest
@@ -55,19 +52,6 @@ def _zip_of(folder, wrap: str = "") -> bytes:
                 zf.write(path, f"{wrap}{path.relative_to(folder).as_posix()}")
         zf.writestr("__MACOSX/._junk", b"\0")
     return buf.getvalue()
-
-
-@pytest.fixture
-def http_dir(tmp_path):
-    """Serve a folder over HTTP on 127.0.0.1, as a dataset download URL would be."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_zip_url_like_cats_and_dogs_filtered(tmp_path, http_dir):

@@ -15,8 +15,10 @@ import io
 import os
 import posixpath
 import stat
+import time
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +36,7 @@ LABEL_COLUMNS = ("label", "class", "category")
 TABLE_SCHEMES = ("s3", "s3a", "minio", "gs", "gcs", "file", "http", "https")
 
 MAX_EXPANSION_RATIO = 200
+MAX_ENTRIES = 2_000_000
 JUNK_DIRS = ("__MACOSX",)
 
 
@@ -60,7 +63,7 @@ def resolve(source: str, output_dir: Path, base_uri: str = "",
     lower = source.lower().split("?", 1)[0]
     if lower.endswith(".zip"):
         root = output_dir / "files"
-        extract_zip(_fetch_archive(source, output_dir, max_download_bytes), root, max_download_bytes)
+        extract_zip(_fetch_archive(source, output_dir, max_download_bytes), root, max_download_bytes, source=source)
         top = _unwrap(root)
         items = list(_folder_items(str(top), relative_to=output_dir))
         return Source("zip", _layout_of(items), items)
@@ -125,46 +128,100 @@ def _table_items(table_uri: str, base_uri: str) -> Iterator[Item]:
         yield Item(storage.Entry(raw, uri, 0), uri, label, SPLIT_ALIASES.get(split, ""), problem)
 
 
+def _decode_text(uri: str, data: bytes) -> str:
+    """UTF-8 (with or without a BOM), or UTF-16 with its BOM, as spreadsheet "Unicode text" exports write."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{uri}: not valid UTF-16 text ({e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{uri}: not UTF-8 text ({e}); save the table as CSV UTF-8 (or UTF-16 with a BOM)") \
+            from None
+
+
 def _read_table(uri: str) -> list[dict]:
     data = storage.read_bytes(uri)
     if uri.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
         try:
-            import pyarrow.parquet as pq
-        except ImportError:  # pragma: no cover - pyarrow is a dependency
-            raise DatasetError(f"{uri}: reading Parquet needs pyarrow") from None
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+            return pq.read_table(io.BytesIO(data)).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DatasetError(f"{uri}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    text = _decode_text(uri, data)
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise DatasetError(f"{uri}: not a readable CSV table ({e})") from None
+
+
+DOWNLOAD_ATTEMPTS = 3
+
+
+def _download(source: str, dest: Path, max_bytes: int) -> None:
+    """One HTTP(S) download attempt; a short body (the connection dropped) is an error, not an archive."""
+    with urllib.request.urlopen(source, timeout=60) as resp, open(dest, "wb") as f:
+        total = int(resp.headers.get("Content-Length") or 0)
+        if total > max_bytes:
+            raise DatasetError(f"{source}: {total:,} bytes is over the download limit of {max_bytes:,}")
+        progress = Progress("download", total or 0, unit="bytes", every_s=2)
+        while chunk := resp.read(1 << 20):
+            if progress.done + len(chunk) > max_bytes:
+                raise DatasetError(f"{source}: more than the download limit of {max_bytes:,} bytes")
+            f.write(chunk)
+            progress.update(len(chunk))
+        if total and progress.done < total:
+            raise ConnectionError(f"the connection dropped after {progress.done:,} of {total:,} bytes")
+        progress.total = progress.done
+        progress.close()
 
 
 def _fetch_archive(source: str, output_dir: Path, max_bytes: int) -> Path:
-    """Bring the archive to local scratch beside (not inside) the artifact, with progress."""
+    """Bring the archive to local scratch beside (not inside) the artifact, with progress. A dropped
+    transfer is retried; HTTP errors and time-outs name the URL; nothing partial stays on failure."""
+    import http.client
+    import urllib.error
+
     dest = output_dir.parent / f".{output_dir.name}.download.zip"
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=60) as resp, open(dest, "wb") as f:
-            total = int(resp.headers.get("Content-Length") or 0)
-            if total > max_bytes:
-                raise DatasetError(f"{source}: {total:,} bytes is over the download limit of {max_bytes:,}")
-            progress = Progress("download", total or 0, unit="bytes", every_s=2)
-            while chunk := resp.read(1 << 20):
-                if progress.done + len(chunk) > max_bytes:
-                    raise DatasetError(f"{source}: more than the download limit of {max_bytes:,} bytes")
-                f.write(chunk)
-                progress.update(len(chunk))
-            progress.total = progress.done
-            progress.close()
-    else:
-        storage.download_file(source, str(dest))
-        if dest.stat().st_size > max_bytes:
-            raise DatasetError(f"{source}: over the download limit of {max_bytes:,} bytes")
-    return dest
+    try:
+        if not source.startswith(("http://", "https://")):
+            storage.download_file(source, str(dest))
+            if dest.stat().st_size > max_bytes:
+                raise DatasetError(f"{source}: over the download limit of {max_bytes:,} bytes")
+            return dest
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                _download(source, dest, max_bytes)
+                return dest
+            except urllib.error.HTTPError as e:
+                if e.code < 500 or attempt == DOWNLOAD_ATTEMPTS:
+                    raise DatasetError(f"{source}: HTTP {e.code} {e.reason}") from None
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise storage.StorageError(f"{source}: download failed after {attempt} attempts: "
+                                               f"{getattr(e, 'reason', e)}") from None
+            print(f"download: attempt {attempt} of {source} failed; retrying", flush=True)
+            time.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
 
 
-def extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: int = MAX_EXPANSION_RATIO) -> None:
+def extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: int = MAX_EXPANSION_RATIO,
+                source: str = "") -> None:
     """Extract after checking every entry first: the whole archive is refused if any entry is absolute,
-    climbs out with '..', is a link, or the archive expands absurdly (a zip bomb)."""
+    climbs out with '..', is a link, or the archive (any entry, or all of them together) expands absurdly
+    (a zip bomb), before a byte is written. Errors name `source` (the URL or path the user gave)."""
+    source = source or str(archive)
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
+            if len(infos) > MAX_ENTRIES:
+                raise DatasetError(f"{source}: {len(infos):,} entries (limit {MAX_ENTRIES:,}); refusing the archive")
             total = 0
             for info in infos:
                 name = info.filename
@@ -181,21 +238,29 @@ def extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: int = MAX_
                     raise DatasetError(f"archive entry {name!r} expands {info.file_size // max(info.compress_size, 1)}x "
                                        f"(limit {max_ratio}x); refusing a possible zip bomb")
             if total > max_bytes:
-                raise DatasetError(f"archive expands to {total:,} bytes, over the limit of {max_bytes:,}")
+                raise DatasetError(f"{source}: expands to {total:,} bytes, over the limit of {max_bytes:,}")
+            packed = archive.stat().st_size
+            if total > 1 << 20 and total > max_ratio * max(packed, 1):
+                raise DatasetError(f"{source}: expands {total // max(packed, 1)}x as a whole ({total:,} bytes from "
+                                   f"{packed:,}; limit {max_ratio}x); refusing a possible zip bomb")
             for info in infos:
                 if info.is_dir() or info.filename.split("/")[0] in JUNK_DIRS:
                     continue
                 target = dest / posixpath.normpath(info.filename)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    written = 0
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > info.file_size:  # a lying header: stop before the disk fills
-                            raise DatasetError(f"archive entry {info.filename!r} is larger than it declares")
-                        out.write(chunk)
+                try:
+                    with zf.open(info) as src, open(target, "wb") as out:
+                        written = 0
+                        while chunk := src.read(1 << 20):
+                            written += len(chunk)
+                            if written > info.file_size:  # a lying header: stop before the disk fills
+                                raise DatasetError(f"{source}: entry {info.filename!r} is larger than it declares")
+                            out.write(chunk)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                    raise DatasetError(f"{source}: entry {info.filename!r} is damaged ({type(e).__name__}: {e})") \
+                        from None
     except zipfile.BadZipFile as e:
-        raise DatasetError(f"{archive.name}: not a valid zip archive ({e})") from None
+        raise DatasetError(f"{source}: not a valid zip archive ({e})") from None
     finally:
         archive.unlink(missing_ok=True)
 
