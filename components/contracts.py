@@ -15,13 +15,14 @@ and carried unchanged by train, export and the registry record; every later step
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from components.lib import tables
 
 SPLITS = ("train", "validation", "test")
 
@@ -88,20 +89,20 @@ def location_uri(dataset_dir: str, location: str) -> str:
 def read_manifest(dataset_dir: str) -> tuple[list[dict], list[str]]:
     d = Path(dataset_dir)
     with open(d / MANIFEST, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = list(tables.read_rows(f))
     return rows, _read_json(d / CLASSES, "an ingest output")
 
 
 def load_manifest(dataset_dir: str) -> tuple[list[ManifestRow], list[str]]:
     d = Path(dataset_dir)
     with open(d / MANIFEST, newline="", encoding="utf-8") as f:
-        rows = [ManifestRow(r["location"], r["label"], r["split"], r["sha256"], r["dhash"]) for r in csv.DictReader(f)]
+        rows = [ManifestRow(r["location"], r["label"], r["split"], r["sha256"], r["dhash"]) for r in tables.read_rows(f)]
     return rows, _read_json(d / CLASSES, "an ingest output")
 
 
 def read_quarantine(dataset_dir: str) -> list[dict]:
     with open(Path(dataset_dir) / QUARANTINE, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return list(tables.read_rows(f))
 
 
 # --- preprocess's Dataset ----------------------------------------------------------------------------
@@ -205,7 +206,7 @@ class Evaluation:
 
 def read_predictions(predictions_dir: str) -> list[dict]:
     with open(Path(predictions_dir) / PREDICTIONS_FILE, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return list(tables.read_rows(f))
 
 
 # --- export's Model (the SavedModel) -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests import stores as st
 from tests.conftest import TEN, make_folder
 
 
+@pytest.mark.slow  # retries and back-off against a real server that went away: seconds per case
 @pytest.mark.parametrize("after", [3, 12, 30])
 def test_a_store_outage_mid_ingest_ends_the_step_naming_the_uri(bucket, stores, tmp_path, monkeypatch, after):
     """Before: every file not yet read was retried, then quarantined as "unreadable", and ingest
@@ -37,6 +38,7 @@ def test_a_store_outage_mid_ingest_ends_the_step_naming_the_uri(bucket, stores, 
     assert not (tmp_path / "ds").exists()  # nothing partial stays visible
 
 
+@pytest.mark.slow
 def test_a_store_outage_mid_preprocess_ends_the_step_instead_of_quarantining(bucket, stores, tmp_path,
                                                                              monkeypatch):
     s3, _ = bucket
@@ -280,3 +282,33 @@ def test_tables_in_other_encodings_or_damaged_name_the_file(tmp_path):
     with pytest.raises(DatasetError, match=rf"{tmp_path / 'broken.parquet'}: not a readable Parquet file"):
         ingest(str(tmp_path / "broken.parquet"), str(tmp_path / "c"))
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_formula_like_labels_are_neutralised_for_spreadsheets_and_exact_for_the_next_step(tmp_path):
+    import csv
+
+    from components.contracts import read_manifest, read_quarantine
+    from components.lib import tables
+
+    labels = ["=1+1", "=cmd|' /C calc'!A0", "@SUM(A1)", "+x", "-x", "'quoted"]
+    src = make_folder(tmp_path / "imgs", TEN[:6], 10)
+    rows = [f"{p},{labels[TEN.index(p.parent.name)]}" for p in sorted(src.rglob("*.png"))]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    lines = ["path,label", *[",".join(['"' + c.replace('"', '""') + '"' for c in r.rsplit(",", 1)]) for r in rows],
+             f"{tmp_path / 'broken.png'},=HYPERLINK(\"http://x\")"]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    s = ingest(str(tmp_path / "labels.csv"), str(tmp_path / "ds"))
+    assert sorted(s.classes) == sorted(labels) and s.quarantined == 1
+    for name in ("manifest.csv", "quarantine.csv"):
+        with open(tmp_path / "ds" / name, newline="", encoding="utf-8") as f:
+            cells = [c for row in csv.reader(f) for c in row]
+        assert not [c for c in cells if c.startswith(tables.FORMULA_STARTS[:-1])], name  # nothing a formula
+    manifest, classes = read_manifest(str(tmp_path / "ds"))
+    assert {r["label"] for r in manifest} == set(labels) == set(classes)
+    assert read_quarantine(str(tmp_path / "ds"))[0]["label"] == '=HYPERLINK("http://x")'
+    p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28)
+    assert sorted(RecordsMetadata.load(str(tmp_path / "pp")).classes) == sorted(labels) and p.quarantined == 0
+    rng = random.Random(2)
+    for _ in range(500):  # every string round-trips
+        text = "".join(rng.choice("=+-@\t\r'a,\" ") for _ in range(rng.randrange(6)))
+        assert tables.unescape(tables.escape(text)) == text

@@ -1,13 +1,12 @@
 """Evaluate: score the trained model on the held-out test split, write predictions, metrics and a report."""
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 
 import numpy as np
 
 from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, TrainedModel, load_history
-from components.lib import records, reports, storage
+from components.lib import records, reports, storage, tables
 
 MAX_GRID = 24
 
@@ -84,7 +83,7 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
 
     with storage.atomic_dir(predictions_dir) as out:
         with open(out / PREDICTIONS_FILE, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
+            w = tables.Writer(f)
             w.writerow(["location", "label", "predicted", "probability", *[f"p_{c}" for c in classes]])
             for loc, t, k, row in zip(locations, y, pred, p):
                 w.writerow([loc, classes[t], classes[k], f"{row[k]:.6f}", *[f"{v:.6f}" for v in row]])

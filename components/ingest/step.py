@@ -9,7 +9,6 @@ step with one clear message. The user's source is only read.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from components.contracts import (CLASSES, DatasetError, INGEST_SUMMARY, MANIFES
                                   QUARANTINE_FIELDS)
 from components.ingest.options import IngestOptions
 from components.ingest.sources import Item, resolve
-from components.lib import images, storage
+from components.lib import images, storage, tables
 from components.lib.options import takes
 from components.lib.progress import Progress
 
@@ -212,10 +211,8 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
     with open(staged, "w", newline="", encoding="utf-8") as mf, \
             open(quarantine_csv, "w", newline="", encoding="utf-8") as qf, \
             ThreadPoolExecutor(max_workers=opts.workers) as pool:
-        manifest = csv.DictWriter(mf, MANIFEST_FIELDS)
-        quarantine = csv.DictWriter(qf, QUARANTINE_FIELDS)
-        manifest.writeheader()
-        quarantine.writeheader()
+        manifest = tables.Writer(mf, MANIFEST_FIELDS)
+        quarantine = tables.Writer(qf, QUARANTINE_FIELDS)
 
         def quarantined(entry: dict) -> None:
             quarantine.writerow(entry)
@@ -239,7 +236,7 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
             mf.flush()
             involved = {i for g in checked.dup_groups.values() for i in g}
             with open(staged, newline="", encoding="utf-8") as f:
-                locations = {i: r["location"] for i, r in enumerate(csv.DictReader(f)) if i in involved}
+                locations = {i: r["location"] for i, r in enumerate(tables.read_rows(f)) if i in involved}
             checked.dropped, checked.duplicates = _resolve_duplicates(
                 list(checked.dup_groups.values()), checked.labels, checked.splits, locations)
             for e in checked.duplicates:
@@ -268,9 +265,7 @@ def write_manifest(staged: Path, final: Path, dropped: set[int]) -> None:
         staged.rename(final)
         return
     with open(staged, newline="", encoding="utf-8") as src_f, open(final, "w", newline="", encoding="utf-8") as dst:
-        w = csv.DictWriter(dst, MANIFEST_FIELDS)
-        w.writeheader()
-        w.writerows(r for i, r in enumerate(csv.DictReader(src_f)) if i not in dropped)
+        tables.Writer(dst, MANIFEST_FIELDS).writerows(r for i, r in enumerate(tables.read_rows(src_f)) if i not in dropped)
     staged.unlink()
 
 

@@ -6,7 +6,6 @@ failing its whole batch.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import tempfile
@@ -19,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from components.contracts import INPUT_KEY, ExportInfo
-from components.lib import serving, storage
+from components.lib import serving, storage, tables
 from components.lib import images
 from components.lib.options import takes
 from components.lib.progress import Progress
@@ -146,7 +145,7 @@ def _serve_batch(serve, blobs: list[bytes]) -> list[dict]:
 
 def _writer(f, fmt: str, classes: list[str] | None):
     if fmt == "csv":
-        w = csv.writer(f)
+        w = tables.Writer(f)
         w.writerow(["file", "class", "probability", "top_k", *[f"p_{c}" for c in classes or []], "error"])
 
         def write(row):
