@@ -312,3 +312,34 @@ def test_formula_like_labels_are_neutralised_for_spreadsheets_and_exact_for_the_
     for _ in range(500):  # every string round-trips
         text = "".join(rng.choice("=+-@\t\r'a,\" ") for _ in range(rng.randrange(6)))
         assert tables.unescape(tables.escape(text)) == text
+
+
+@pytest.mark.parametrize("names", [("Cat", "cat"), ("Caf\u00e9", "Cafe\u0301"), ("SHIRT", "Shirt", "shirt")])
+def test_class_names_equal_but_for_case_or_normalisation_are_refused_naming_both(tmp_path, names):
+    from components.contracts import DatasetError
+
+    src = tmp_path / "src"
+    for name, cls in zip(names, TEN):
+        (src / name).mkdir(parents=True)
+        for f in sorted((make_folder(tmp_path / "imgs", [cls], 10) / cls).glob("*.png")):
+            (src / name / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(DatasetError, match="differ only by case or Unicode normalisation") as refused:
+        ingest(str(src), str(tmp_path / "ds"))
+    assert all(repr(n) in str(refused.value) for n in names)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_table_cannot_reach_local_files_outside_its_folder_unless_allowed(tmp_path):
+    from components.contracts import read_quarantine
+
+    inside = make_folder(tmp_path / "t" / "imgs", ["Bag", "Coat"], 10)
+    elsewhere = make_folder(tmp_path / "elsewhere", ["Bag"], 3, skip=20)
+    (tmp_path / "t" / "link").symlink_to(elsewhere)
+    rows = [f"{p},{p.parent.name}" for p in sorted(inside.rglob("*.png"))]
+    rows += ["/etc/passwd,Bag", "../elsewhere/Bag/x.png,Bag", f"link/Bag/{next((elsewhere / 'Bag').iterdir()).name},Bag"]
+    (tmp_path / "t" / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    s = ingest(str(tmp_path / "t" / "labels.csv"), str(tmp_path / "ds"))
+    assert s.images == 20 and s.quarantined == 3
+    assert all("outside the table's folder" in q["reason"] for q in read_quarantine(str(tmp_path / "ds")))
+    allowed = ingest(str(tmp_path / "t" / "labels.csv"), str(tmp_path / "ds2"), allow_outside_paths=True)
+    assert allowed.images == 21  # the linked image; /etc/passwd is no image, ../elsewhere/Bag/x.png does not exist

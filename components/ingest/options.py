@@ -15,6 +15,8 @@ class IngestOptions(PixelLimit):
                             "CSV/Parquet table of path,label[,split]", path="read")
     data_base_uri: str = option("", "for a CSV/Parquet table: what relative paths resolve against "
                                     "(default: the table's folder)", path="read")
+    allow_outside_paths: bool = option(False, "let a CSV/Parquet table name local files outside its own folder "
+                                              "(or data_base_uri); off, such rows are quarantined")
     animated: str = option("first_frame", "animated images: use the first frame (what serving decodes) or "
                                           "quarantine them", choices=ANIMATED_POLICIES)
     min_images_per_class: int = option(10, "ingest fails if a class has fewer usable images", min=1)

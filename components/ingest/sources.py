@@ -59,7 +59,7 @@ class Source:
 
 
 def resolve(source: str, output_dir: Path, base_uri: str = "",
-            max_download_bytes: int = DEFAULT_MAX_DOWNLOAD) -> Source:
+            max_download_bytes: int = DEFAULT_MAX_DOWNLOAD, allow_outside_paths: bool = False) -> Source:
     lower = source.lower().split("?", 1)[0]
     if lower.endswith(".zip"):
         root = output_dir / "files"
@@ -68,7 +68,7 @@ def resolve(source: str, output_dir: Path, base_uri: str = "",
         items = list(_folder_items(str(top), relative_to=output_dir))
         return Source("zip", _layout_of(items), items)
     if lower.endswith((".csv", ".parquet", ".pq")):
-        items = list(_table_items(source, base_uri))
+        items = list(_table_items(source, base_uri, allow_outside_paths))
         return Source("table", "pre-split" if any(i.split for i in items) else "table", items)
     items = list(_folder_items(source))
     return Source("folder", _layout_of(items), items)
@@ -96,7 +96,16 @@ def _folder_items(root: str, relative_to: Path | None = None) -> Iterator[Item]:
         yield Item(e, location, label, split, "" if ok else "not inside a class folder")
 
 
-def _table_items(table_uri: str, base_uri: str) -> Iterator[Item]:
+def _outside(path: str, root: str) -> bool:
+    """Whether a local path leaves `root` (links resolved): a table must not reach /etc/passwd."""
+    try:
+        real, top = os.path.realpath(path), os.path.realpath(root)
+    except (ValueError, OSError):
+        return False  # an unusable path: the read reports it
+    return real != top and not real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False) -> Iterator[Item]:
     rows = _read_table(table_uri)
     if not rows:
         raise DatasetError(f"{table_uri}: the table has no rows")
@@ -125,6 +134,8 @@ def _table_items(table_uri: str, base_uri: str) -> Iterator[Item]:
             problem = f"row {n}: unknown split {split!r}"
         elif "://" in raw and raw.split("://", 1)[0].lower() not in TABLE_SCHEMES:
             problem = f"row {n}: unsupported URI scheme {raw.split('://', 1)[0]!r} (use {', '.join(TABLE_SCHEMES)})"
+        elif storage.is_local(uri) and storage.is_local(base) and not allow_outside_paths and _outside(uri, base):
+            problem = f"row {n}: outside the table's folder {base} (allow_outside_paths lets it)"
         yield Item(storage.Entry(raw, uri, 0), uri, label, SPLIT_ALIASES.get(split, ""), problem)
 
 

@@ -189,7 +189,9 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
     bounded windows: memory holds the manifest rows, never more than a window of images.
     """
     with storage.atomic_dir(output_dir) as out:
-        src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes)
+        src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
+                      allow_outside_paths=opts.allow_outside_paths)
+        check_class_names(src.items)
         staged = out / f".{MANIFEST}.unfiltered"
         checked, seconds = check_files(src.items, staged, out / QUARANTINE, opts)
         check_dataset(opts, src, checked)
@@ -243,6 +245,20 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
                 quarantined(e)
     checked.first_of.clear()
     return checked, seconds
+
+
+def check_class_names(items: list[Item]) -> None:
+    """Class names that differ only by case or Unicode normalisation ("Cat"/"cat", NFC/NFD "Café") would
+    silently become two classes: refuse them before any file is read, naming the folders."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        if item.label:
+            groups[unicodedata.normalize("NFC", item.label).casefold()].add(item.label)
+    clashes = [sorted(names) for names in groups.values() if len(names) > 1]
+    if clashes:
+        raise DatasetError("class names that differ only by case or Unicode normalisation: "
+                           + "; ".join(" and ".join(repr(n) for n in names) for names in clashes)
+                           + ". Merge or rename those folders (or labels)")
 
 
 def check_dataset(opts: IngestOptions, src, checked: _Checked) -> None:
