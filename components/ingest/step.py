@@ -88,6 +88,8 @@ def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str
         return None, e.reason, e.detail
     except Exception as e:  # noqa: BLE001 - see above
         return None, "truncated or corrupt", f"{type(e).__name__}: {e}"
+    if problem := images.served_decoder_problem(data):
+        return None, "not decodable when served", f"TensorFlow: {problem}"
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
             "height": info.height, "mode": info.mode, "format": info.format, "frames": info.frames,
             "dhash": info.dhash}, "", ""

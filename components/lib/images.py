@@ -17,8 +17,11 @@ from PIL import Image, UnidentifiedImageError
 from components.lib.options import Options, option
 
 # Formats TensorFlow's decode_image understands: anything else could be ingested but never served.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
-EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP"}
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+# PIL's name for a JPEG with a multi-picture (MPF) segment, as many cameras write: TensorFlow decodes its
+# primary picture like any JPEG, so it is one, not an animation.
+JPEG_ALIASES = {"MPO": "JPEG"}
+EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WEBP"}
 COLOR_MODES = {"rgb": 3, "grayscale": 1}
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -73,7 +76,7 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "
     except (OSError, SyntaxError, ValueError) as e:  # header parsed partly, then the file ended
         raise ImageRejected("truncated or corrupt", str(e)) from None
     with img:
-        fmt = img.format or "unknown"
+        fmt = JPEG_ALIASES.get(img.format, img.format or "unknown")
         if fmt not in SUPPORTED_FORMATS:
             raise ImageRejected("unsupported format", f"{fmt} (supported: {', '.join(SUPPORTED_FORMATS)})")
         w, h = img.size
@@ -81,7 +84,7 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "
             raise ImageRejected("too many pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
         if w == 0 or h == 0:
             raise ImageRejected("corrupt image", f"{w}x{h}")
-        frames = int(getattr(img, "n_frames", 1) or 1)
+        frames = 1 if img.format in JPEG_ALIASES else int(getattr(img, "n_frames", 1) or 1)
         if frames > 1 and animated == "refuse":
             raise ImageRejected("animated image", f"{frames} frames (animated='refuse')")
         try:
@@ -182,7 +185,7 @@ def tf_decode_resize(image_bytes, image_size: int, channels: int):
     """
     import tensorflow as tf
 
-    img = tf.cast(tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False), tf.float32)
+    img = tf.cast(tf_decode(image_bytes), tf.float32)
     c = tf.shape(img)[2]
 
     def over_white(color, alpha):
@@ -210,6 +213,24 @@ def tf_decode_resize(image_bytes, image_size: int, channels: int):
         img = tf.image.rgb_to_grayscale(img)
     img = tf.image.resize(img, [image_size, image_size], method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+
+
+def tf_decode(image_bytes):
+    """The serving graph's decoder (any size, first frame of an animation): one definition for serving,
+    preprocess and ingest's admission check."""
+    import tensorflow as tf
+
+    return tf.io.decode_image(image_bytes, channels=0, dtype=tf.uint8, expand_animations=False)
+
+
+def served_decoder_problem(data: bytes) -> str:
+    """Why the served model could not decode these bytes ("" if it can): ingest admits only what it can,
+    so its report is the truth and preprocess never drops an admitted image for that."""
+    try:
+        tf_decode(data)
+        return ""
+    except Exception as e:  # noqa: BLE001 - TensorFlow raises several types; the message is the cause
+        return decode_error_cause(e)
 
 
 def decode_error_cause(e: BaseException) -> str:

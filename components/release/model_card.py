@@ -24,7 +24,7 @@ Published {record['created']} by run `{record.get('source_run') or '-'}`.
 
 ## Intended use
 Classifies a single image into one of {len(spec.classes)} classes: {', '.join(spec.classes)}.
-Send encoded JPEG/PNG/GIF/BMP bytes to the `serving_default` signature (input `image_bytes`, or
+Send encoded JPEG/PNG/GIF/BMP/WebP bytes to the `serving_default` signature (input `image_bytes`, or
 `{{"instances": [{{"b64": "..."}}]}}` over TF Serving's REST API); it answers `probabilities`, `class_index`
 and `class_name`. Images are decoded, converted to {spec.color_mode} and resized to
 {spec.image_size}x{spec.image_size} inside the model. Not meant for images unlike the
