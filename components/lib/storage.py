@@ -364,6 +364,107 @@ def write_text(uri: str, text: str) -> None:
     _call(uri, "write", lambda: fs.pipe_file(path, text.encode("utf-8")))
 
 
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object exists already, or changed since it was read."""
+
+
+@functools.lru_cache(maxsize=None)
+def _botocore_s3(minio: bool):
+    """A plain botocore S3 client with s3fs's settings: fsspec exposes no conditional writes."""
+    import botocore.config
+    import botocore.session
+
+    opts = s3_options(minio)
+    cfg = botocore.config.Config(**opts["config_kwargs"])
+    return botocore.session.get_session().create_client("s3", config=cfg, **opts["client_kwargs"])
+
+
+@functools.lru_cache(maxsize=None)
+def _gcs_client():
+    from google.cloud import storage as gcs
+
+    if gcs_options().get("token") == "anon":
+        from google.auth.credentials import AnonymousCredentials
+
+        return gcs.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "imgclf"), credentials=AnonymousCredentials())
+    return gcs.Client()
+
+
+def read_versioned(uri: str) -> tuple[bytes, str] | None:
+    """(content, tag) of a small object, or None if absent; the tag is what `write_if` compares."""
+    if is_local(uri):
+        try:
+            with open(local_path(uri), "rb") as f:
+                data = f.read()
+            return data, str(os.stat(local_path(uri)).st_mtime_ns)
+        except FileNotFoundError:
+            return None
+    protocol, rest = uri.split("://", 1)
+    bucket, key = rest.split("/", 1)
+    if protocol in ("gs", "gcs"):
+        blob = _gcs_client().bucket(bucket).get_blob(key)
+        return None if blob is None else (blob.download_as_bytes(), str(blob.generation))
+    client = _botocore_s3(protocol == "minio")
+    try:
+        got = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey:
+        return None
+    return got["Body"].read(), got["ETag"]
+
+
+def write_if(uri: str, data: bytes, tag: str | None) -> None:
+    """Write `data` only if the object is still as read: absent (tag None: create-only) or unchanged
+    (the tag from `read_versioned`). Raises PreconditionFailed otherwise. S3: If-None-Match / If-Match;
+    GCS: if_generation_match; locally an exclusive create, or a lock around compare-and-rename."""
+    if is_local(uri):
+        _write_if_local(local_path(uri), data, tag)
+        return
+    protocol, rest = uri.split("://", 1)
+    bucket, key = rest.split("/", 1)
+    if protocol in ("gs", "gcs"):
+        from google.api_core import exceptions
+
+        try:
+            _gcs_client().bucket(bucket).blob(key).upload_from_string(
+                data, if_generation_match=0 if tag is None else int(tag))
+        except exceptions.PreconditionFailed:
+            raise PreconditionFailed(uri) from None
+        return
+    client = _botocore_s3(protocol == "minio")
+    cond = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, **cond)
+    except client.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            raise PreconditionFailed(uri) from None
+        raise StorageError(f"{uri}: conditional write failed: {_cause(e)}") from e
+
+
+def _write_if_local(path: str, data: bytes, tag: str | None) -> None:
+    import fcntl
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if tag is None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise PreconditionFailed(path) from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if str(os.stat(path).st_mtime_ns) != tag:
+                raise PreconditionFailed(path)
+        except FileNotFoundError:
+            raise PreconditionFailed(path) from None
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+
 def remove(uri: str, recursive: bool = False) -> None:
     """Delete a file (or a folder with `recursive`); a missing one is not an error."""
     if is_local(uri):
@@ -383,6 +484,8 @@ def reset() -> None:
     import fsspec
 
     _fs.cache_clear()
+    _botocore_s3.cache_clear()
+    _gcs_client.cache_clear()
     for cls in (fsspec.get_filesystem_class("s3"), fsspec.get_filesystem_class("gcs")):
         cls.clear_instance_cache()
 
