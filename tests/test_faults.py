@@ -4,6 +4,7 @@ class-mixed."""
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import Counter
 
@@ -442,3 +443,28 @@ def test_the_gcs_emulator_ignores_create_only_preconditions(bucket):
     storage.write_if(f"{gs}/claims/1", b"first", None)
     storage.write_if(f"{gs}/claims/1", b"second", None)  # real GCS: PreconditionFailed
     assert storage.read_versioned(f"{gs}/claims/1")[0] == b"second"
+
+
+def test_ingest_never_raises_on_generated_table_rows(tmp_path, stores):
+    """200 seeded rows of every awkward kind (other schemes, malformed bucket URIs, NUL bytes, '..',
+    absolute paths, empty cells, unknown splits, odd labels): each row is an image or a quarantine entry;
+    ingest never raises. s3:// rows go to the S3 server on 127.0.0.1."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.contracts import read_manifest, read_quarantine
+
+    src = make_folder(tmp_path / "t" / "imgs", ["Bag", "Coat"], 12)
+    good = [str(p) for p in sorted(src.rglob("*.png"))]
+    rng = random.Random(11)
+    pieces = ["imgs/Bag/", "../", "/etc/", "\x00", "ftp://127.0.0.1:9/", "s3://", "nosuch://", "~", " ", "%2e",
+              "a" * 300, "\u00e9", "x.png", ".hidden.png", "", "imgs/Coat/" + os.path.basename(good[-1])]
+    rows = [{"path": p, "label": p.split("/")[-2], "split": "train"} for p in good]
+    for _ in range(200):
+        path = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+        label = rng.choice(["Bag", "Coat", "", " x", "=1+1", "a/b", "\u200b", "Bag"])
+        rows.append({"path": path, "label": label, "split": rng.choice(["", "", "train", "test", "bogus"])})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t" / "labels.parquet")
+    s = ingest(str(tmp_path / "t" / "labels.parquet"), str(tmp_path / "ds"), max_quarantined_share=1.0)
+    manifest, _ = read_manifest(str(tmp_path / "ds"))
+    assert len(manifest) + len(read_quarantine(str(tmp_path / "ds"))) == len(rows) and s.images == len(manifest)

@@ -39,6 +39,10 @@ _TRANSIENT = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutErro
               "ServerTimeoutError", "HttpError"}
 
 
+# A request the client refuses to send because of the URI itself: that object's problem, not the store's.
+_INVALID_REQUEST = {"ParamValidationError", "InvalidBucketName"}
+
+
 class StorageError(OSError):
     """A store could not be used; the message names the URI and the cause."""
 
@@ -121,6 +125,8 @@ def _call(uri: str, what: str, fn: Callable[[], T]) -> T:
             raise PermissionError(f"{uri}: access denied ({_cause(e)}); check the credentials in the "
                                   "environment") from e
         except Exception as e:  # noqa: BLE001 - classified below; nothing is swallowed
+            if type(e).__name__ in _INVALID_REQUEST:  # this URI is malformed (a bucket name with a space)
+                raise ValueError(f"{uri}: {_cause(e)}") from e
             if not _is_transient(e):
                 if isinstance(e, (StorageError, ValueError, IsADirectoryError, NotADirectoryError,
                                   FileExistsError)):
