@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.declare import PIPELINES, steps_of  # noqa: E402 - light: no TensorFlow, kfp.dsl only
+from pipelines import PIPELINES, steps_of  # noqa: E402 - light: nothing of kfp
 
 
 def check_parameters(values: dict, pipeline: str = "training", check_paths: bool = False) -> dict:

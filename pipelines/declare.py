@@ -12,15 +12,6 @@ from components import steps as step_table
 from components.kfp_glue.generate import option_help
 from components.lib.options import Option, union
 
-# Every pipeline, by the name the CLI, the docs and the tests use: the module defines STEPS and build_*.
-PIPELINES = {"training": "pipelines.training", "predict": "pipelines.prediction"}
-
-
-def steps_of(pipeline: str) -> tuple[str, ...]:
-    import importlib
-
-    return importlib.import_module(PIPELINES[pipeline]).STEPS
-
 
 def parameters(steps: tuple[str, ...]) -> list[Option]:
     """The pipeline parameters of `steps`, required ones first (a Python signature needs that order)."""

@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.declare import PIPELINES, parameters, steps_of
+from pipelines import PIPELINES, steps_of
+from pipelines.declare import parameters
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

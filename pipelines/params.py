@@ -18,19 +18,10 @@ def declared(pipeline_file: str) -> dict[str, dict]:
 
 
 def _coerce(name: str, kind: str, text: str):
+    from components.lib.options import parse_text
+
     try:
-        if kind == "integer":
-            return int(text)
-        if kind == "number":
-            return float(text)
-        if kind == "boolean":
-            low = text.lower()
-            if low in ("true", "1", "yes"):
-                return True
-            if low in ("false", "0", "no"):
-                return False
-            raise ValueError
-        return text
+        return parse_text({"integer": int, "number": float, "boolean": bool}.get(kind, str), text)
     except ValueError:
         expected = {"boolean": "true or false", "integer": "an integer", "number": "a number"}.get(kind, kind)
         raise ValueError(f"parameter {name}={text!r}: expected {expected}") from None

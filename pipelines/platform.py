@@ -52,11 +52,8 @@ class Platform:
     def accelerator(self) -> str:
         return self.gpu_type or DEFAULT_GPU_TYPE.get(self.target, "")
 
-    def apply_all(self, tasks) -> None:
-        """Credentials and endpoints on every task of the pipeline being built (walked, not listed)."""
-        self.apply(*tasks)
-
     def apply(self, *tasks) -> None:
+        """Credentials and endpoints on the tasks given (the pipelines pass every task they built)."""
         if self.s3_secret:
             from kfp import kubernetes
 

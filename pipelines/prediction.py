@@ -19,7 +19,7 @@ def build_prediction_pipeline(platform: Platform = LOCAL):
         task = steps.predict(**for_step("predict", p)).after(check)
         # New images land under the same URI: a cached answer would be stale.
         task.set_caching_options(False)
-        platform.apply_all(dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
+        platform.apply(*dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
         return task.outputs["predictions"]
 
     return pipeline(PIPELINE_NAME, "Classify a folder or bucket of images with an exported model.", STEPS, graph,

@@ -59,7 +59,7 @@ def build_training_pipeline(platform: Platform = LOCAL):
         with dsl.Else(name="data-unchanged"):
             skip = steps.training_skipped(reason=look.outputs["reason"],
                                           champion_version=look.outputs["champion_version"])
-        platform.apply_all(dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
+        platform.apply(*dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
         platform.apply_gpu(fit)
         return Outputs(ingest_report=ingest.outputs["report"],
                        outcome=dsl.OneOf(gate.outputs["summary"], skip.outputs["Output"]))

@@ -112,7 +112,7 @@ def test_every_shard_and_the_first_batches_hold_most_classes(ten_class_folder, t
         assert len(set(first.tolist())) >= 7, Counter(first.tolist())
 
 
-def _seed_images(folder) -> list[bytes]:
+def _seed_images() -> list[bytes]:
     """Real images in every format ingest admits, an animated GIF among them."""
     import io
 
@@ -160,7 +160,7 @@ def test_ingest_and_preprocess_never_raise_on_mutated_real_images(tmp_path):
     from components.contracts import read_manifest, read_quarantine
 
     rng = random.Random(19)
-    seeds = _seed_images(tmp_path)
+    seeds = _seed_images()
     src = make_folder(tmp_path / "src", ["Bag", "Coat"], 15)  # enough clean images for the dataset checks
     for n in range(300):
         data = _mutate(rng.choice(seeds), rng)

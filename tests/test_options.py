@@ -16,19 +16,16 @@ import yaml
 
 from components import steps as registry
 from components.lib.options import Option, ParameterError, validate
+from pipelines import PIPELINES, steps_of
 from pipelines.declare import parameters
 from tests.conftest import REPO
 
-PIPELINES = {"training": ("pipelines.training", "build_training_pipeline"),
-             "predict": ("pipelines.prediction", "build_prediction_pipeline")}
 STEP_PACKAGES = ("ingest", "preprocess", "train", "evaluate", "export", "release", "predict")
 KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN"}
 
 
 def _steps(pipeline: str) -> tuple[str, ...]:
-    import importlib
-
-    return importlib.import_module(PIPELINES[pipeline][0]).STEPS
+    return steps_of(pipeline)
 
 
 def _all_options() -> list[tuple[str, Option]]:

@@ -15,7 +15,6 @@ import io
 import os
 import posixpath
 import stat
-import time
 import urllib.request
 import zipfile
 import zlib
@@ -169,11 +168,25 @@ def _read_table(uri: str) -> list[dict]:
         raise DatasetError(f"{uri}: not a readable CSV table ({e})") from None
 
 
-DOWNLOAD_ATTEMPTS = 3
-
-
 def _download(source: str, dest: Path, max_bytes: int) -> None:
-    """One HTTP(S) download attempt; a short body (the connection dropped) is an error, not an archive."""
+    """One HTTP(S) download attempt. A 404 is the user's (DatasetError); a dropped connection, a short
+    body, a time-out or a 5xx is the network's (ConnectionError: storage retries it)."""
+    import http.client
+    import urllib.error
+
+    try:
+        _stream(source, dest, max_bytes)
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            raise DatasetError(f"{source}: HTTP {e.code} {e.reason}") from None
+        raise ConnectionError(f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise ConnectionError(str(e.reason)) from None
+    except http.client.HTTPException as e:
+        raise ConnectionError(f"{type(e).__name__}: {e}") from None
+
+
+def _stream(source: str, dest: Path, max_bytes: int) -> None:
     with urllib.request.urlopen(source, timeout=60) as resp, open(dest, "wb") as f:
         total = int(resp.headers.get("Content-Length") or 0)
         if total > max_bytes:
@@ -192,31 +205,16 @@ def _download(source: str, dest: Path, max_bytes: int) -> None:
 
 def _fetch_archive(source: str, output_dir: Path, max_bytes: int) -> Path:
     """Bring the archive to local scratch beside (not inside) the artifact, with progress. A dropped
-    transfer is retried; HTTP errors and time-outs name the URL; nothing partial stays on failure."""
-    import http.client
-    import urllib.error
-
+    transfer is retried like every store operation; HTTP errors name the URL; nothing partial stays."""
     dest = output_dir.parent / f".{output_dir.name}.download.zip"
     try:
-        if not source.startswith(("http://", "https://")):
+        if source.startswith(("http://", "https://")):
+            storage.with_retries(source, "download", lambda: _download(source, dest, max_bytes))
+        else:
             storage.download_file(source, str(dest))
             if dest.stat().st_size > max_bytes:
                 raise DatasetError(f"{source}: over the download limit of {max_bytes:,} bytes")
-            return dest
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                _download(source, dest, max_bytes)
-                return dest
-            except urllib.error.HTTPError as e:
-                if e.code < 500 or attempt == DOWNLOAD_ATTEMPTS:
-                    raise DatasetError(f"{source}: HTTP {e.code} {e.reason}") from None
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise storage.StorageError(f"{source}: download failed after {attempt} attempts: "
-                                               f"{getattr(e, 'reason', e)}") from None
-            print(f"download: attempt {attempt} of {source} failed; retrying", flush=True)
-            time.sleep(0.5 * attempt)
-        raise AssertionError("unreachable")
+        return dest
     except BaseException:
         dest.unlink(missing_ok=True)
         raise

@@ -181,6 +181,11 @@ class _Checked:
     def kept(self) -> list[int]:
         return [i for i in range(len(self.labels)) if i not in self.dropped]
 
+    def counts(self) -> tuple[Counter, Counter]:
+        """(images per class, images per given split) of what survives duplicate resolution."""
+        kept = self.kept()
+        return (Counter(self.labels[i] for i in kept), Counter(self.splits[i] for i in kept if self.splits[i]))
+
 
 @takes(IngestOptions, leading=("data",))
 def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> IngestSummary:
@@ -265,13 +270,11 @@ def check_class_names(items: list[Item]) -> None:
 
 def check_dataset(opts: IngestOptions, src, checked: _Checked) -> None:
     """Whole-dataset problems fail the step with one message naming the classes and numbers."""
-    kept = checked.kept()
-    per_class = Counter(checked.labels[i] for i in kept)
-    per_split = Counter(checked.splits[i] for i in kept if checked.splits[i])
+    per_class, per_split = checked.counts()
     damaged = sum(n for r, n in checked.reasons.items() if r not in HARMLESS)
     problems = _dataset_checks(opts.data, per_class, len(src.items) - checked.reasons["hidden file"], damaged,
                                opts.min_images_per_class, opts.max_imbalance, opts.max_quarantined_share)
-    if src.layout == "pre-split" and kept and "train" not in per_split:
+    if src.layout == "pre-split" and per_class and "train" not in per_split:
         problems.append(f"{opts.data}: pre-split layout but no usable training images")
     if problems:
         raise DatasetError("dataset checks failed:\n  " + "\n  ".join(problems))
@@ -288,10 +291,8 @@ def write_manifest(staged: Path, final: Path, dropped: set[int]) -> None:
 
 
 def summarize(opts: IngestOptions, layout: str, checked: _Checked, seconds: float) -> IngestSummary:
-    kept = checked.kept()
-    per_class = Counter(checked.labels[i] for i in kept)
-    per_split = Counter(checked.splits[i] for i in kept if checked.splits[i])
-    return IngestSummary(data=opts.data, layout=layout, classes=sorted(per_class), images=len(kept),
+    per_class, per_split = checked.counts()
+    return IngestSummary(data=opts.data, layout=layout, classes=sorted(per_class), images=sum(per_class.values()),
                          quarantined=sum(checked.reasons.values()), per_class=dict(sorted(per_class.items())),
                          per_split=dict(sorted(per_split.items())),
                          quarantine_reasons=dict(checked.reasons.most_common()),

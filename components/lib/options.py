@@ -24,10 +24,11 @@ import math
 import os
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 TYPES = (str, int, float, bool)
 PATH_ROLES = ("", "read", "write")
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class ParameterError(ValueError):
@@ -109,14 +110,19 @@ class Option:
     def parse(self, text: str) -> Any:
         """A command-line or `name=value` string as this option's type (then validate it)."""
         try:
-            if self.type is bool:
-                low = text.strip().lower()
-                if low not in ("true", "1", "yes", "false", "0", "no"):
-                    raise ValueError
-                return low in ("true", "1", "yes")
-            return self.type(text)
+            return parse_text(self.type, text)
         except ValueError:
             raise ParameterError(f"parameter {self.name}={text!r}: expected {self.allowed()}") from None
+
+
+def parse_text(kind: type, text: str) -> Any:
+    """`text` as a str, int, float or bool (true/false, 1/0, yes/no); ValueError if it is not one."""
+    if kind is bool:
+        low = text.strip().lower()
+        if low not in (*TRUE, *FALSE):
+            raise ValueError(text)
+        return low in TRUE
+    return kind(text)
 
 
 def _number(x: float) -> str:
@@ -130,7 +136,6 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **spec) -> Any:
 
 class Options:
     """Base of every step's options dataclass: validation on construction, and the derived views."""
-    STEP: ClassVar[str] = ""
 
     @classmethod
     def declared(cls) -> list[Option]:
@@ -143,6 +148,8 @@ class Options:
             kind = hints[f.name]
             if kind not in TYPES:
                 raise TypeError(f"{cls.__name__}.{f.name}: options are str, int, float or bool, not {kind}")
+            if spec.get("path", "") not in PATH_ROLES:
+                raise TypeError(f"{cls.__name__}.{f.name}: path is one of {PATH_ROLES}, not {spec['path']!r}")
             out.append(Option(f.name, kind, f.default, help_text, **spec))
         return out
 
@@ -203,14 +210,12 @@ def validate(values: dict, *groups: type[Options], check_paths: bool = False, pi
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser, opts: list[Option], positional: tuple[str, ...] = ()) -> None:
+def add_arguments(parser: argparse.ArgumentParser, opts: list[Option]) -> None:
     """One flag per option, with its help, allowed values and default (`--no-x` for booleans)."""
     for o in opts:
         default = "" if o.required else f" (default: {o.default!r})"
         text = f"{o.help}; {o.allowed()}{default}".replace("%", "%%")
-        if o.name in positional:
-            parser.add_argument(o.name, type=_checked(o), help=text)
-        elif o.type is bool:
+        if o.type is bool:
             parser.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction,
                                 default=None if o.required else o.default, required=o.required, help=text)
         else:

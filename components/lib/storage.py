@@ -139,6 +139,13 @@ def _call(uri: str, what: str, fn: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def with_retries(uri: str, what: str, fn: Callable[[], T]) -> T:
+    """The store layer's one retry policy for I/O it does not do itself (a plain HTTP download):
+    transient faults (ConnectionError, TimeoutError, ...) are retried with backoff, then reported
+    naming `uri`; other errors pass through as they are."""
+    return _call(uri, what, fn)
+
+
 def _cause(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
