@@ -96,15 +96,17 @@ class Kfp:
             return self.client.create_experiment(name, namespace=self.namespace).experiment_id
 
     def submit(self, package: str, name: str, experiment: str, params: dict, pipeline_root: str | None,
-               no_cache: bool, wait: bool, timeout: int, service_account: str | None = None) -> Submitted:
+               no_cache: bool, wait: bool, timeout: int, service_account: str | None = None,
+               run_name: str = "") -> Submitted:
         # kfp.Client only applies enable_caching to a package it sends itself, not to an uploaded
         # version: the version must carry caching off.
         with tempfile.TemporaryDirectory() as tmp:
             pid, vid = self.ensure_pipeline(without_cache(package, tmp) if no_cache else package, name)
-        run = self.client.run_pipeline(self.experiment_id(experiment), f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
+        run = self.client.run_pipeline(self.experiment_id(experiment),
+                                       run_name or f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
                                        params=params, pipeline_id=pid, version_id=vid, pipeline_root=pipeline_root,
                                        service_account=service_account)
-        result = Submitted(run.run_id, str(run.state or ""), f"{self.client._get_url_prefix()}/#/runs/details/{run.run_id}")
+        result = Submitted(run.run_id, str(run.state or ""), self.run_url(run.run_id))
         if wait:
             done = self.client.wait_for_run_completion(run.run_id, timeout=timeout, sleep_duration=5)
             result.state = str(done.state)
@@ -114,18 +116,21 @@ class Kfp:
 
     def create_schedule(self, package: str, name: str, experiment: str, params: dict, pipeline_root: str | None,
                         cron_expr: str | None, interval_s: int | None, max_concurrency: int,
-                        service_account: str | None = None) -> str:
-        """A recurring run on the pipeline's *latest* version (no version id), never catching up."""
+                        service_account: str | None = None, latest: bool = False) -> str:
+        """A recurring run, never catching up, on the version uploaded now: a later ad-hoc `submit`
+        (which uploads its own version, say with --gpus 0 or caching off) must not change what scheduled
+        retraining runs. `latest` follows the newest version instead, as KFP does without a version id."""
         import kfp_server_api as api
 
         if bool(cron_expr) == bool(interval_s):
             raise ValueError("give exactly one of --cron or --interval")
         trigger = api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron.for_kfp(cron_expr))) \
             if cron_expr else api.V2beta1Trigger(periodic_schedule=api.V2beta1PeriodicSchedule(interval_second=interval_s))
-        pid, _ = self.ensure_pipeline(package, name)
+        pid, vid = self.ensure_pipeline(package, name)
         body = api.V2beta1RecurringRun(
             display_name=f"{name} schedule", experiment_id=self.experiment_id(experiment),
-            pipeline_version_reference=api.V2beta1PipelineVersionReference(pipeline_id=pid),
+            pipeline_version_reference=api.V2beta1PipelineVersionReference(
+                pipeline_id=pid, pipeline_version_id=None if latest else vid),
             runtime_config=api.V2beta1RuntimeConfig(parameters=params, pipeline_root=pipeline_root),
             max_concurrency=max_concurrency, no_catchup=True, trigger=trigger, mode="ENABLE",
             service_account=service_account)
@@ -150,6 +155,82 @@ class Kfp:
         except ApiException as e:
             raise SubmitError(f"deleting schedule {schedule_id} failed: {_api_error(e)}") from None
 
+    def run_url(self, run_id: str) -> str:
+        return f"{self.client._get_url_prefix()}/#/runs/details/{run_id}"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from kfp_server_api.exceptions import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as e:
+            raise SubmitError(f"{what} failed: {_api_error(e)}") from None
+
+    def list_runs(self, experiment: str | None, limit: int) -> list[dict]:
+        eid = self.experiment_id(experiment) if experiment else None
+        runs = self._call("listing runs", self.client.list_runs, page_size=limit, sort_by="created_at desc",
+                          experiment_id=eid, namespace=self.namespace).runs or []
+        return [self._run_row(r) for r in runs]
+
+    def _run_row(self, r) -> dict:
+        return {"id": r.run_id, "name": r.display_name, "state": str(r.state or ""),
+                "created": _time(r.created_at), "finished": _time(r.finished_at), "url": self.run_url(r.run_id),
+                "error": (r.error.message if r.error and r.error.message else "")}
+
+    def get_run(self, run_id: str) -> dict:
+        r = self._call(f"reading run {run_id}", self.client.get_run, run_id)
+        row = self._run_row(r)
+        row["parameters"] = dict((r.runtime_config.parameters if r.runtime_config else None) or {})
+        tasks = (r.run_details.task_details if r.run_details else None) or []
+        row["tasks"] = [{"name": t.display_name, "state": str(t.state or ""), "started": _time(t.start_time),
+                         "finished": _time(t.end_time), "error": t.error.message if t.error and t.error.message else "",
+                         "pods": [c.pod_name for c in (t.child_tasks or []) if c.pod_name]} for t in tasks]
+        return row
+
+    def logs(self, run_id: str, namespace: str | None) -> list[dict]:
+        """Each task's state and error, and its pods' logs when this machine can reach the cluster
+        (kubeconfig or in-cluster): the KFP API itself serves no logs."""
+        run = self.get_run(run_id)
+        core = _kubernetes_core()
+        for task in run["tasks"]:
+            task["logs"] = {pod: (_pod_log(core, namespace or self.namespace or "kubeflow", pod) if core else
+                                  f"(no cluster access here: kubectl logs -n {namespace or self.namespace or 'kubeflow'} "
+                                  f"{pod} -c main)") for pod in task["pods"]}
+        return run["tasks"]
+
+    def cancel(self, run_id: str) -> None:
+        self._call(f"cancelling run {run_id}", self.client.terminate_run, run_id)
+
+
+def _time(value) -> str:
+    if not value:
+        return ""
+    if isinstance(value, str):
+        return value
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else str(value)
+
+
+def _kubernetes_core():
+    """A CoreV1Api when a kubeconfig or in-cluster credentials exist, else None."""
+    from kubernetes import client, config
+
+    for load in (config.load_incluster_config, config.load_kube_config):
+        try:
+            load()
+            return client.CoreV1Api()
+        except (config.ConfigException, FileNotFoundError, TypeError):
+            continue
+    return None
+
+
+def _pod_log(core, namespace: str, pod: str) -> str:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return core.read_namespaced_pod_log(pod, namespace, container="main", tail_lines=200)
+    except ApiException as e:
+        return f"(pod log unavailable: {e.status} {e.reason})"
+
 
 class Vertex:
     """Vertex AI Pipelines through google-cloud-aiplatform; credentials from the standard Google chain."""
@@ -164,23 +245,23 @@ class Vertex:
         aiplatform.init(**kwargs)
         self.project, self.region = project, region
 
-    def _job(self, package: str, params: dict, pipeline_root: str, no_cache: bool, labels: dict):
+    def _job(self, package: str, params: dict, pipeline_root: str, no_cache: bool, labels: dict, run_name: str = ""):
         if not pipeline_root.startswith("gs://"):
             raise ValueError(f"Vertex AI needs a gs:// pipeline root, got {pipeline_root!r}")
-        return self.aiplatform.PipelineJob(display_name=pipeline_name(package), template_path=package,
+        return self.aiplatform.PipelineJob(display_name=run_name or pipeline_name(package), template_path=package,
                                            pipeline_root=pipeline_root, parameter_values=params,
                                            enable_caching=False if no_cache else None, labels=labels or None)
 
     def submit(self, package: str, params: dict, pipeline_root: str, no_cache: bool, wait: bool,
-               service_account: str | None, labels: dict) -> Submitted:
+               service_account: str | None, labels: dict, run_name: str = "") -> Submitted:
         from google.api_core import exceptions
 
-        job = self._job(package, params, pipeline_root, no_cache, labels)
+        job = self._job(package, params, pipeline_root, no_cache, labels, run_name)
         try:
             job.submit(service_account=service_account)
         except exceptions.GoogleAPICallError as e:
             raise SubmitError(f"Vertex AI refused the pipeline job: {e}") from None
-        result = Submitted(job.resource_name, job.state.name)
+        result = Submitted(job.resource_name, job.state.name, self.console_url(job.resource_name))
         if wait:
             try:
                 job.wait()
@@ -207,3 +288,72 @@ class Vertex:
             self.aiplatform.PipelineJobSchedule.get(schedule_id).delete()
         except exceptions.GoogleAPICallError as e:
             raise SubmitError(f"deleting schedule {schedule_id} failed: {e}") from None
+
+    def console_url(self, resource_name: str) -> str:
+        job_id = resource_name.rsplit("/", 1)[-1]
+        return (f"https://console.cloud.google.com/vertex-ai/locations/{self.region}/pipelines/runs/{job_id}"
+                f"?project={self.project}")
+
+    def _resource(self, run_id: str) -> str:
+        return run_id if run_id.startswith("projects/") else \
+            f"projects/{self.project}/locations/{self.region}/pipelineJobs/{run_id}"
+
+    def _get(self, run_id: str):
+        from google.api_core import exceptions
+
+        try:
+            return self.aiplatform.PipelineJob.get(self._resource(run_id))
+        except exceptions.GoogleAPICallError as e:
+            raise SubmitError(f"reading pipeline job {run_id} failed: {e}") from None
+
+    def _run_row(self, job) -> dict:
+        g = job.gca_resource
+        return {"id": g.name, "name": g.display_name, "state": g.state.name, "created": _time(g.create_time),
+                "finished": _time(g.end_time), "url": self.console_url(g.name),
+                "error": g.error.message if g.error and g.error.message else ""}
+
+    def list_runs(self, experiment: str | None, limit: int) -> list[dict]:
+        from google.api_core import exceptions
+
+        try:
+            jobs = self.aiplatform.PipelineJob.list(order_by="create_time desc")
+        except exceptions.GoogleAPICallError as e:
+            raise SubmitError(f"listing pipeline jobs failed: {e}") from None
+        return [self._run_row(j) for j in jobs[:limit]]
+
+    def get_run(self, run_id: str) -> dict:
+        job = self._get(run_id)
+        row = self._run_row(job)
+        g = job.gca_resource
+        row["parameters"] = {k: _proto_value(v) for k, v in g.runtime_config.parameter_values.items()}
+        row["tasks"] = [{"name": t.task_name, "state": t.state.name, "started": _time(t.start_time),
+                         "finished": _time(t.end_time), "error": t.error.message if t.error and t.error.message else "",
+                         "pods": []} for t in g.job_detail.task_details]
+        return row
+
+    def logs(self, run_id: str, namespace: str | None = None) -> list[dict]:
+        """Each task's state and error; the logs themselves live in Cloud Logging (the filter given)."""
+        tasks = self.get_run(run_id)["tasks"]
+        job_id = self._resource(run_id).rsplit("/", 1)[-1]
+        for task in tasks:
+            task["logs"] = {"cloud-logging": f"gcloud logging read --project {self.project} "
+                                             f"'resource.type=\"aiplatform.googleapis.com/PipelineJob\" "
+                                             f"AND labels.pipeline_job_id=\"{job_id}\"'"}
+        return tasks
+
+    def cancel(self, run_id: str) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self._get(run_id).cancel()
+        except exceptions.GoogleAPICallError as e:
+            raise SubmitError(f"cancelling pipeline job {run_id} failed: {e}") from None
+
+
+def _proto_value(v):
+    """A Vertex runtime parameter (a protobuf Value) as plain Python."""
+    if isinstance(v, (str, int, float, bool)) or v is None:   # proto-plus unwraps most of them
+        return v
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(v._pb if hasattr(v, "_pb") else v)

@@ -5,7 +5,8 @@ KFP takes Kubernetes-specific settings (secrets as env, tolerations, node select
 document that Vertex cannot load, and the two name accelerators differently.
 """
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from components import __version__
 
@@ -18,9 +19,95 @@ VERTEX_GPU_TYPES = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA
                     "NVIDIA_H200_141GB", "NVIDIA_B200")
 
 
+def cpu_image() -> str:
+    """The image the components were built with (IMGCLF_IMAGE, else the local build's name)."""
+    from components.kfp_glue.wrappers import IMAGE
+
+    return IMAGE
+
+
 def gpu_image() -> str:
     """The train task's image when it requests a GPU (TensorFlow with CUDA): one setting, like IMGCLF_IMAGE."""
     return os.environ.get("IMGCLF_GPU_IMAGE", f"imgclf-gpu:{__version__}")
+
+
+def image_problem(name: str) -> str:
+    """Why a cluster cannot pull `name` ("" if it can): a name without a registry or namespace part
+    (`imgclf:0.1.0`) means docker.io/library/imgclf, which is not ours; it exists only where it was built."""
+    if not name or any(c.isspace() for c in name):
+        return "an image name must be non-empty with no spaces"
+    if "/" not in name.split("@")[0]:
+        return (f"{name!r} is an unqualified local name that a cluster cannot pull; push it (make push "
+                f"REGISTRY=us-docker.pkg.dev/PROJECT/REPO) and pass --image REGISTRY/{name} (or set IMGCLF_IMAGE), "
+                f"or --allow-local-image for a cluster that has the image loaded (kind, minikube)")
+    return ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU and memory one task asks for (request) and may use (limit), in Kubernetes quantities.
+    Vertex AI sizes its machine from the limits."""
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+    def __post_init__(self):
+        for what, request, limit, parse in (("cpu", self.cpu_request, self.cpu_limit, cpu_quantity),
+                                            ("memory", self.memory_request, self.memory_limit, memory_quantity)):
+            if parse(request) > parse(limit):
+                raise ValueError(f"{what} request {request} is above its limit {limit}")
+
+    def text(self) -> str:
+        return f"cpu {self.cpu_request}/{self.cpu_limit}, memory {self.memory_request}/{self.memory_limit}"
+
+
+def cpu_quantity(text: str) -> float:
+    """Cores in a Kubernetes CPU quantity ("500m", "2", "1.5"), in KFP's accepted forms."""
+    m = re.fullmatch(r"((?:[0-9]*[.])?[0-9]+)(m?)", text)
+    if not m or (m.group(2) and "." in m.group(1)):
+        raise ValueError(f"cpu {text!r}: give cores (2, 1.5) or millicores (500m)")
+    return float(m.group(1)) / (1000 if m.group(2) else 1)
+
+
+_MEMORY_UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                 "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+
+
+def memory_quantity(text: str) -> float:
+    """Bytes in a Kubernetes memory quantity ("512Mi", "16Gi", "2G"), in KFP's accepted forms."""
+    m = re.fullmatch(r"([0-9]+)(|K|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)", text)
+    if not m:
+        raise ValueError(f"memory {text!r}: give a whole number with an optional unit (512Mi, 16Gi, 2G)")
+    return int(m.group(1)) * _MEMORY_UNITS[m.group(2)]
+
+
+# What each task asks for by default: light bookkeeping tasks, TensorFlow steps, and train larger.
+# Changed per step with --cpu STEP=REQUEST[:LIMIT] and --memory STEP=REQUEST[:LIMIT] (STEP "all" for every task).
+LIGHT = Resources("500m", "1", "1Gi", "2Gi")
+TF_STEP = Resources("1", "2", "4Gi", "8Gi")
+DEFAULT_RESOURCES = {"validate": LIGHT, "ingest": Resources("1", "4", "4Gi", "8Gi"),
+                     "preprocess": Resources("2", "4", "4Gi", "8Gi"), "champion": TF_STEP,
+                     "train": Resources("4", "8", "16Gi", "32Gi"), "evaluate": TF_STEP, "export": TF_STEP,
+                     "gate": TF_STEP, "publish": LIGHT, "not-published": LIGHT, "training-skipped": LIGHT,
+                     "predict": Resources("2", "4", "4Gi", "8Gi")}
+
+
+def resources_with(changes: list[tuple[str, str, str]], tasks=tuple(DEFAULT_RESOURCES)) -> dict[str, Resources]:
+    """The default table with (step or "all", "cpu" or "memory", "REQUEST[:LIMIT]") changes applied in order."""
+    table = {name: DEFAULT_RESOURCES.get(name, LIGHT) for name in tasks}
+    for step, what, text in changes:
+        if step != "all" and step not in table:
+            raise ValueError(f"--{what} {step}={text}: no task {step!r}; tasks: all, {', '.join(table)}")
+        request, _, limit = text.partition(":")
+        limit = limit or request
+        (cpu_quantity if what == "cpu" else memory_quantity)(request)
+        (cpu_quantity if what == "cpu" else memory_quantity)(limit)
+        for name in (table if step == "all" else [step]):
+            old = table[name]
+            table[name] = Resources(request, limit, old.memory_request, old.memory_limit) if what == "cpu" else \
+                Resources(old.cpu_request, old.cpu_limit, request, limit)
+    return table
 
 
 @dataclass(frozen=True)
@@ -35,6 +122,12 @@ class Platform:
     gpu_type: str = ""
     gpu_node_selector: tuple = ()
     """(label, value) for GPU nodes on KFP, e.g. ("cloud.google.com/gke-accelerator", "nvidia-tesla-t4")."""
+    image: str = ""
+    """Every task's image ("" keeps the one the components were built with: IMGCLF_IMAGE)."""
+    gpu_image: str = ""
+    """The train task's image when it requests GPUs ("" means IMGCLF_GPU_IMAGE)."""
+    resources: dict = field(default_factory=dict)
+    """Task name -> Resources; tasks not named get none (kfp.local ignores them anyway)."""
 
     def __post_init__(self):
         if self.target not in (*TARGETS, "local"):
@@ -53,7 +146,15 @@ class Platform:
         return self.gpu_type or DEFAULT_GPU_TYPE.get(self.target, "")
 
     def apply(self, *tasks) -> None:
-        """Credentials and endpoints on the tasks given (the pipelines pass every task they built)."""
+        """Image, resources, credentials and endpoints on the tasks given (the pipelines pass every task
+        they built)."""
+        for task in tasks:
+            if self.image:
+                task.set_container_image(self.image)
+            if self.target != "local" and task.name in self.resources:
+                r = self.resources[task.name]
+                task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
+                task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
         if self.s3_secret:
             from kfp import kubernetes
 
@@ -78,7 +179,7 @@ class Platform:
         if not self.gpus or self.target == "local":
             return
         task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpus)
-        task.set_container_image(gpu_image())
+        task.set_container_image(self.gpu_image or gpu_image())
         if self.target == "kfp":
             from kfp import kubernetes
 

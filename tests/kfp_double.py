@@ -154,6 +154,16 @@ class KfpDouble(Served):
     def _now(self):
         return "2026-11-21T12:00:00Z"
 
+    def _task_details(self, run) -> list[dict]:
+        """What KFP reports per task once a run ends: train fails when the run does."""
+        failed = self.final_state == "FAILED"
+        return [{"run_id": run["run_id"], "task_id": f"{run['run_id']}-{n}", "display_name": n,
+                 "state": "FAILED" if failed and n == "train" else "SUCCEEDED",
+                 "create_time": self._now(), "start_time": self._now(), "end_time": self._now(),
+                 **({"error": {"code": 2, "message": "train: loss diverged"}} if failed and n == "train" else {}),
+                 "child_tasks": [{"pod_name": f"imgclf-training-{run['run_id']}-{n}-driver"}]}
+                for n in ("ingest", "preprocess", "train")]
+
     def _filter_name(self, query) -> str | None:
         if "filter" not in query:
             return None
@@ -215,10 +225,26 @@ class KfpDouble(Served):
             if not run:
                 return 404, {"error": "not found", "code": 5, "message": "not found"}
             run["_polls"] += 1
-            run["state"] = "RUNNING" if run["_polls"] < 2 else self.final_state
+            if run["state"] not in ("CANCELING", "CANCELED"):
+                run["state"] = "RUNNING" if run["_polls"] < 2 else self.final_state
             if run["state"] in ("SUCCEEDED", "FAILED"):
                 run["finished_at"] = self._now()
+                run["run_details"] = {"task_details": self._task_details(run)}
             return 200, {k: v for k, v in run.items() if not k.startswith("_")}
+        if template == "/apis/v2beta1/runs" and method == "GET":
+            found = [r for r in self.runs.values()
+                     if "experiment_id" not in query or r.get("experiment_id") == query["experiment_id"]]
+            if query.get("sort_by") == "created_at desc":
+                found.reverse()
+            found = found[:int(query.get("page_size", 10))]
+            return 200, {"runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in found],
+                         "total_size": len(found)}
+        if template == "/apis/v2beta1/runs/{run_id}:terminate" and method == "POST":
+            run = self.runs.get(parts[-1].removesuffix(":terminate"))
+            if not run:
+                return 404, {"error": "not found", "code": 5, "message": "not found"}
+            run["state"] = "CANCELING"
+            return 200, {}
         if template == "/apis/v2beta1/recurringruns" and method == "POST":
             rid = next(self._ids)
             self.recurring[rid] = {**body, "recurring_run_id": rid, "status": "ENABLED", "created_at": self._now()}

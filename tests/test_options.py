@@ -105,7 +105,7 @@ def test_compiled_pipeline_describes_every_parameter_with_its_declared_type_and_
     from pipelines.cli import main
 
     out = tmp_path / "p.yaml"
-    assert main(["compile", "--pipeline", pipeline, "--target", target, "-o", str(out)]) == 0
+    assert main(["compile", "--allow-local-image", "--pipeline", pipeline, "--target", target, "-o", str(out)]) == 0
     spec = next(yaml.safe_load_all(out.read_text()))
     compiled = spec["root"]["inputDefinitions"]["parameters"]
     declared = {o.name: o for o in parameters(_steps(pipeline))}
@@ -199,7 +199,7 @@ def test_submit_refuses_a_bad_parameter_before_anything_is_sent(tmp_path, capsys
     from pipelines.cli import main
 
     # No server listens on the host: a refusal here can only come from the check before sending.
-    assert main(["submit", "--backend", "kfp", "--host", "http://127.0.0.1:9", "data=gs://b/imgs",
+    assert main(["submit", "--backend", "kfp", "--host", "http://127.0.0.1:9", "--allow-local-image", "data=gs://b/imgs",
                  "compare_metric=f1"]) == 1
     err = capsys.readouterr().err
     assert "parameter compare_metric='f1'" in err and "one of accuracy, macro_f1" in err

@@ -16,7 +16,7 @@ STEPS = ["ingest", "preprocess", "train", "evaluate", "export"]
 
 def test_compiled_yaml_loads_back(tmp_path):
     out = tmp_path / "p.yaml"
-    assert main(["compile", "-o", str(out)]) == 0
+    assert main(["compile", "--allow-local-image", "-o", str(out)]) == 0
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "imgclf-training"
     params = loaded.component_spec.inputs
@@ -116,9 +116,9 @@ def test_imgclf_step_runs_one_step_with_typed_flags(tmp_path, capsys):
 def test_compile_targets_request_the_gpu_in_each_backends_terms(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCLF_GPU_IMAGE", "us-docker.pkg.dev/p/r/imgclf-gpu:1")
     kfp_file, vertex_file = tmp_path / "kfp.yaml", tmp_path / "vertex.yaml"
-    assert main(["compile", "-o", str(kfp_file), "--gpu-node-selector",
+    assert main(["compile", "--allow-local-image", "-o", str(kfp_file), "--gpu-node-selector",
                  "cloud.google.com/gke-accelerator=nvidia-tesla-t4"]) == 0
-    assert main(["compile", "--target", "vertex", "--gpu-type", "NVIDIA_L4", "-o", str(vertex_file)]) == 0
+    assert main(["compile", "--allow-local-image", "--target", "vertex", "--gpu-type", "NVIDIA_L4", "-o", str(vertex_file)]) == 0
     pipeline, platform = yaml.safe_load_all(kfp_file.read_text())
     (vertex,) = yaml.safe_load_all(vertex_file.read_text())  # one document: Vertex cannot load a second
     for spec, accel in ((pipeline, "nvidia.com/gpu"), (vertex, "NVIDIA_L4")):
@@ -132,17 +132,83 @@ def test_compile_targets_request_the_gpu_in_each_backends_terms(tmp_path, monkey
     assert k8s_train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert k8s_train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
     assert "secretAsEnv" not in vertex_file.read_text()
-    assert main(["compile", "--gpus", "0", "-o", str(tmp_path / "cpu.yaml")]) == 0
+    assert main(["compile", "--allow-local-image", "--gpus", "0", "-o", str(tmp_path / "cpu.yaml")]) == 0
     assert "accelerator" not in (tmp_path / "cpu.yaml").read_text()
 
 
 def test_compile_rejects_backend_mismatches(tmp_path, capsys):
-    assert main(["compile", "--target", "vertex", "--gpu-type", "nvidia.com/gpu", "-o", str(tmp_path / "x")]) == 1
+    assert main(["compile", "--allow-local-image", "--target", "vertex", "--gpu-type", "nvidia.com/gpu", "-o", str(tmp_path / "x")]) == 1
     assert "is not one of NVIDIA_TESLA_T4" in capsys.readouterr().err
-    assert main(["compile", "--target", "kfp", "--gpu-type", "NVIDIA_L4", "-o", str(tmp_path / "y")]) == 1
+    assert main(["compile", "--allow-local-image", "--target", "kfp", "--gpu-type", "NVIDIA_L4", "-o", str(tmp_path / "y")]) == 1
     assert "Kubernetes resource names" in capsys.readouterr().err
-    assert main(["compile", "--target", "vertex", "--s3-secret", "x", "-o", str(tmp_path / "z")]) == 1
+    assert main(["compile", "--allow-local-image", "--target", "vertex", "--s3-secret", "x", "-o", str(tmp_path / "z")]) == 1
     assert "workload identity" in capsys.readouterr().err
+
+
+UNPULLABLE = ["imgclf:0.1.0", "imgclf", "imgclf-gpu:0.1.0", "imgclf@sha256:" + "a" * 64, "", "ghcr.io/acme/imgclf 1"]
+PULLABLE = ["ghcr.io/acme/imgclf:0.1.0", "us-docker.pkg.dev/p/r/imgclf:1", "acme/imgclf:2", "localhost:5000/imgclf:1",
+            "registry.example:443/team/imgclf@sha256:" + "b" * 64]
+
+
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_compiling_for_a_cluster_refuses_images_it_cannot_pull(target, tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    for name in UNPULLABLE:
+        for flag in ("--image", "--gpu-image"):
+            other = "--gpu-image" if flag == "--image" else "--image"
+            assert main(["compile", "--target", target, flag, name, other, "ghcr.io/acme/ok:1", "-o", str(out)]) == 1
+            err = capsys.readouterr().err
+            assert flag in err and ("--image REGISTRY/" in err or "no spaces" in err), (name, err)
+    assert not out.exists()
+    for name in PULLABLE:
+        assert main(["compile", "--target", target, "--image", name, "--gpu-image", name, "-o", str(out)]) == 0
+        executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+        assert {e["container"]["image"] for e in executors.values()} == {name}
+    # A CPU-only pipeline needs no GPU image; --allow-local-image lets a kind/minikube cluster use a local build.
+    assert main(["compile", "--target", target, "--gpus", "0", "--image", "ghcr.io/acme/imgclf:1", "-o", str(out)]) == 0
+    assert main(["compile", "--target", target, "--allow-local-image", "--image", "imgclf:dev", "-o", str(out)]) == 0
+
+
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(target, tmp_path):
+    from pipelines.platform import DEFAULT_RESOURCES, cpu_quantity, memory_quantity
+
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--target", target, "--allow-local-image", "-o", str(out)]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    tasks = {name: spec["components"][t["componentRef"]["name"]]["executorLabel"]
+             for comp in [spec["root"], *spec["components"].values()]
+             for name, t in comp.get("dag", {}).get("tasks", {}).items()
+             if "executorLabel" in spec["components"][t["componentRef"]["name"]]}
+    assert set(tasks) == set(DEFAULT_RESOURCES) - {"predict"}
+    for name, executor in tasks.items():
+        r = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
+        want = DEFAULT_RESOURCES[name]
+        assert (r["resourceCpuRequest"], r["resourceCpuLimit"], r["resourceMemoryRequest"], r["resourceMemoryLimit"]) \
+            == (want.cpu_request, want.cpu_limit, want.memory_request, want.memory_limit), name
+    biggest = max(DEFAULT_RESOURCES, key=lambda n: (cpu_quantity(DEFAULT_RESOURCES[n].cpu_limit),
+                                                    memory_quantity(DEFAULT_RESOURCES[n].memory_limit)))
+    assert biggest == "train"
+
+    assert main(["compile", "--target", target, "--allow-local-image", "--cpu", "all=2", "--memory", "train=20Gi:40Gi",
+                 "--cpu", "train=6:12", "-o", str(out)]) == 0
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    train, ingest = (executors[e]["container"]["resources"] for e in ("exec-train", "exec-ingest"))
+    assert (train["resourceCpuRequest"], train["resourceCpuLimit"], train["resourceMemoryLimit"]) == ("6", "12", "40Gi")
+    assert (ingest["resourceCpuRequest"], ingest["resourceCpuLimit"], ingest["resourceMemoryLimit"]) == ("2", "2", "8Gi")
+
+
+BAD_RESOURCES = [("--cpu", "train=8:4", "above its limit"), ("--memory", "train=64Gi:32Gi", "above its limit"),
+                 ("--cpu", "train=eight", "give cores"), ("--cpu", "train=1.5m", "give cores"),
+                 ("--memory", "all=1.5Gi", "whole number"), ("--memory", "train=16GB", "whole number"),
+                 ("--cpu", "trian=2", "no task 'trian'"), ("--cpu", "2", "STEP=REQUEST"), ("--memory", "train=", "STEP=")]
+
+
+def test_bad_resource_settings_are_refused_before_compiling(tmp_path, capsys):
+    for flag, value, cause in BAD_RESOURCES:
+        assert main(["compile", "--allow-local-image", flag, value, "-o", str(tmp_path / "p.yaml")]) == 1, value
+        assert cause in capsys.readouterr().err, value
+    assert not (tmp_path / "p.yaml").exists()
 
 
 @pytest.mark.slow

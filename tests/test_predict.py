@@ -79,5 +79,5 @@ def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
     assert len(rows) == len(list(folder.iterdir())) and set(timings) == {"validate", "predict"}
     direct = predict(str(tmp / "saved_model"), [str(folder)], keep_rows=True)
     assert [r["class"] for r in rows] == [r["class"] for r in direct.rows]
-    assert main(["compile", "--pipeline", "predict", "-o", str(tmp_path / "predict.yaml")]) == 0
+    assert main(["compile", "--allow-local-image", "--pipeline", "predict", "-o", str(tmp_path / "predict.yaml")]) == 0
     assert components.load_component_from_file(str(tmp_path / "predict.yaml")).name == "imgclf-predict"

@@ -243,7 +243,7 @@ def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypa
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-VISIBLE-IF-LEAKED")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
     out = tmp_path / "kfp.yaml"
-    assert main(["compile", "-o", str(out), "--s3-endpoint", "http://minio-service.kubeflow:9000"]) == 0
+    assert main(["compile", "--allow-local-image", "-o", str(out), "--s3-endpoint", "http://minio-service.kubeflow:9000"]) == 0
     text = out.read_text()
     assert "AKIA-VISIBLE-IF-LEAKED" not in text and "very-secret-value-123" not in text
     pipeline, platform = yaml.safe_load_all(text)
@@ -256,5 +256,5 @@ def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypa
             ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")}
     for ex in pipeline["deploymentSpec"]["executors"].values():
         assert {"name": "IMGCLF_S3_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"} in ex["container"]["env"]
-    assert main(["compile", "-o", str(tmp_path / "plain.yaml"), "--s3-secret", "my-minio"]) == 0
+    assert main(["compile", "--allow-local-image", "-o", str(tmp_path / "plain.yaml"), "--s3-secret", "my-minio"]) == 0
     assert "secretName: my-minio" in (tmp_path / "plain.yaml").read_text()

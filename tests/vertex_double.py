@@ -13,13 +13,15 @@ from urllib.parse import parse_qs, urlparse
 
 from tests.http_double import JsonHandler, Served
 
-from google.cloud.aiplatform_v1.types import PipelineJob, Schedule
+from google.cloud.aiplatform_v1.types import CancelPipelineJobRequest, PipelineJob, Schedule
 from google.protobuf import json_format
 
 LOC = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 ROUTES = [
     ("POST", re.compile(LOC + r"/pipelineJobs$"), PipelineJob, {"pipelineJobId"}),
-    ("GET", re.compile(LOC + r"/pipelineJobs/(?P<id>[^/]+)$"), None, set()),
+    ("GET", re.compile(LOC + r"/pipelineJobs$"), None, {"filter", "pageSize", "pageToken", "orderBy", "readMask"}),
+    ("GET", re.compile(LOC + r"/pipelineJobs/(?P<id>[^/:]+)$"), None, set()),
+    ("POST", re.compile(LOC + r"/pipelineJobs/(?P<id>[^/:]+):cancel$"), CancelPipelineJobRequest, set()),
     ("POST", re.compile(LOC + r"/schedules$"), Schedule, set()),
     ("GET", re.compile(LOC + r"/schedules$"), None, {"filter", "pageSize", "pageToken", "orderBy"}),
     ("GET", re.compile(LOC + r"/schedules/(?P<id>[^/]+)$"), None, set()),
@@ -75,19 +77,30 @@ class VertexDouble(Served):
 
     def respond(self, method, route, match, query, body):
         parent = f"projects/{match['project']}/locations/{match['location']}"
-        if route[1].endswith("/pipelineJobs$"):
+        if route[1].endswith("/pipelineJobs$") and method == "POST":
             name = f"{parent}/pipelineJobs/{query.get('pipelineJobId') or next(self._ids)}"
             self.jobs[name] = {**body, "name": name, "state": "PIPELINE_STATE_RUNNING", "_polls": 0}
             return 200, {k: v for k, v in self.jobs[name].items() if not k.startswith("_")}
+        if route[1].endswith("/pipelineJobs$"):  # list, newest first
+            jobs = [{k: v for k, v in j.items() if not k.startswith("_")} for j in reversed(self.jobs.values())]
+            return 200, {"pipelineJobs": jobs}
         if "/pipelineJobs/" in route[1]:
             job = self.jobs.get(f"{parent}/pipelineJobs/{match['id']}")
             if not job:
                 return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
+            if route[1].endswith(":cancel$"):
+                job["state"] = "PIPELINE_STATE_CANCELLING"
+                return 200, {}
             job["_polls"] += 1
-            if job["_polls"] >= 2:
+            if job["_polls"] >= 2 and job["state"] == "PIPELINE_STATE_RUNNING":
                 job["state"] = self.final_state
-                if self.final_state == "PIPELINE_STATE_FAILED":
+                failed = self.final_state == "PIPELINE_STATE_FAILED"
+                if failed:
                     job["error"] = {"code": 9, "message": "task train failed"}
+                job["jobDetail"] = {"taskDetails": [
+                    {"taskId": str(i), "taskName": n, "state": "FAILED" if failed and n == "train" else "SUCCEEDED",
+                     **({"error": {"code": 9, "message": "train: loss diverged"}} if failed and n == "train" else {})}
+                    for i, n in enumerate(("ingest", "preprocess", "train"))]}
             return 200, {k: v for k, v in job.items() if not k.startswith("_")}
         if route[1].endswith("/schedules$") and method == "POST":
             name = f"{parent}/schedules/{next(self._ids)}"

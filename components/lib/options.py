@@ -210,17 +210,29 @@ def validate(values: dict, *groups: type[Options], check_paths: bool = False, pi
     return values
 
 
-def add_arguments(parser: argparse.ArgumentParser, opts: list[Option]) -> None:
-    """One flag per option, with its help, allowed values and default (`--no-x` for booleans)."""
+def add_arguments(parser: argparse.ArgumentParser, opts: list[Option], given: dict | None = None) -> None:
+    """One flag per option, with its help, allowed values and default (`--no-x` for booleans).
+
+    `given` (a params file's values) replaces declared defaults, checked like a flag, so flags on the
+    command line still win and a required option it names is no longer required."""
+    given = given or {}
     for o in opts:
-        default = "" if o.required else f" (default: {o.default!r})"
-        text = f"{o.help}; {o.allowed()}{default}".replace("%", "%%")
+        if o.name in given:
+            value = given[o.name]
+            try:
+                value = o.validate(o.parse(value) if isinstance(value, str) and o.type is not str else value)
+            except ParameterError as e:
+                raise ParameterError(f"{e} (from the params file)") from None
+        required = o.required and o.name not in given
+        default = None if required else given.get(o.name, o.default)
+        text = f"{o.help}; {o.allowed()}" + ("" if required else f" (default: {default!r})")
+        text = text.replace("%", "%%")
         if o.type is bool:
             parser.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction,
-                                default=None if o.required else o.default, required=o.required, help=text)
+                                default=default, required=required, help=text)
         else:
-            parser.add_argument(o.flag, dest=o.name, type=_checked(o), required=o.required,
-                                default=None if o.required else o.default, metavar=o.name.upper(), help=text)
+            parser.add_argument(o.flag, dest=o.name, type=_checked(o), required=required,
+                                default=default, metavar=o.name.upper(), help=text)
 
 
 def _checked(o: Option):
