@@ -34,6 +34,52 @@ class PipelineFailed(RuntimeError):
                          + (f": {self.cause}" if self.cause else "; its log above shows the cause"))
 
 
+class _Quiet:
+    """A stream that passes the steps' own lines and kfp.local's task start/finish lines, and drops the
+    rest of kfp.local's chatter: the executor input JSON it dumps for every task, the executor's
+    loading lines, the output listings and separators, and TensorFlow's start-up notices."""
+
+    _KFP_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - (.*)$")
+    # TensorFlow's start-up notices, printed by every task that imports it (absl and oneDNN).
+    _TF_NOTICE = re.compile(r"^\s*(WARNING: All log messages before absl::InitializeLog|I0000 .*\] oneDNN custom)")
+
+    def __init__(self, stream):
+        self.stream, self._partial, self._skip = stream, "", None
+
+    def write(self, text: str) -> int:
+        *done, self._partial = (self._partial + text).split("\n")
+        for line in done:
+            if self._keep(re.sub(r"\x1b\[[0-9;]*m", "", line)):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def _keep(self, line: str) -> bool:
+        if self._skip == "json":              # the executor input, closed by "    }" at the task's indent
+            self._skip = None if line == "    }" else "json"
+            return False
+        if self._skip == "outputs" and line.startswith("    "):
+            return False
+        self._skip = None
+        if "[KFP Executor" in line:
+            self._skip = "json" if line.rstrip().endswith("Got executor_input:") else None
+            return False
+        if self._TF_NOTICE.match(line):
+            return False
+        kfp = self._KFP_LINE.match(line)
+        if kfp:
+            said = kfp.group(1)
+            if said.endswith(" outputs:"):
+                self._skip = "outputs"
+            return not (said.startswith("Streamed logs") or said.endswith(" outputs:") or "has no outputs" in said)
+        return bool(line.strip()) and not set(line.strip()) <= {"-"}
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 class _Tail:
     """stdout, with the last lines kept: kfp.local prints each task's log there, whatever the runner."""
 
@@ -68,13 +114,16 @@ class LocalRun:
     published: str = ""
     step_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    cached: list[str] = field(default_factory=list)
+    """Tasks whose outputs came from the --cache (unchanged inputs)."""
 
     @property
     def decision(self) -> str:
         return self.outcome["decision"]
 
     def summary(self) -> str:
-        steps = "\n".join(f"  {name:<16} {sec:7.1f} s" for name, sec in self.step_seconds.items())
+        steps = "\n".join([*(f"  {name:<16} {sec:7.1f} s" for name, sec in self.step_seconds.items()),
+                           *(f"  {name:<16}  cached" for name in self.cached)])
         said = {"publish": f"published {self.published} (now the champion)",
                 "refuse": "refused by the gate; the champion stays",
                 "no-registry": "passed the gate; no --registry to publish to",
@@ -116,11 +165,14 @@ def _timed_tasks(into: dict[str, float]):
         task_dispatcher.run_single_task_implementation = original
 
 
-def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=None):
+def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=None, quiet: bool = False,
+                 cache: list | None = None):
     """Execute any of our pipelines with kfp.local: (task, seconds per step, total seconds).
 
     Uses this virtualenv (SubprocessRunner without a venv of its own) unless `runner` says otherwise;
-    raises PipelineFailed if a task fails.
+    raises PipelineFailed if a task fails. `quiet` drops kfp.local's dumps from the output (the failure
+    message still sees every line); a `cache` list turns on the content-keyed local cache and
+    receives the names of the tasks it served.
     """
     from kfp import local
 
@@ -133,8 +185,14 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     timings: dict[str, float] = {}
     start = time.perf_counter()
     in_docker = exit_codes_kept() if isinstance(runner, local.DockerRunner) else contextlib.nullcontext()
-    tail = _Tail(sys.stdout)
-    with _timed_tasks(timings), in_docker, warnings.catch_warnings(), contextlib.redirect_stdout(tail):
+    tail = _Tail(_Quiet(sys.stdout) if quiet else sys.stdout)
+    if cache is not None:
+        from pipelines.local_cache import local_cache
+
+        cached = local_cache(str(root), cache)
+    else:
+        cached = contextlib.nullcontext()
+    with _timed_tasks(timings), in_docker, cached, warnings.catch_warnings(), contextlib.redirect_stdout(tail):
         # kfp warns when an image name lacks "python"; ours has Python, and SubprocessRunner ignores it.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
@@ -144,7 +202,8 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     return task, timings, time.perf_counter() - start
 
 
-def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRun:
+def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: bool = False,
+              cache: bool = False) -> LocalRun:
     """The training pipeline, locally, with the figures `imgclf run` prints.
 
     Artifacts made inside the conditional branches are not pipeline outputs (kfp.local cannot select
@@ -153,7 +212,8 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     """
     import json
 
-    task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner)
+    hits: list[str] | None = [] if cache else None
+    task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner, quiet, hits)
     outputs = task.outputs
     run_dir = Path(outputs["ingest_report"].path).parents[1]
     outcome = json.loads(outputs["outcome"])
@@ -182,4 +242,5 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), ingest_report=pages["ingest_report.html"],
                     outcome=outcome, saved_model=str(saved_model) if saved_model.is_dir() else "",
                     report=pages.get("report.html", ""), gate_report=pages.get("gate.md", pages.get("skipped.md", "")),
-                    accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds)
+                    accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds,
+                    cached=hits or [])

@@ -33,8 +33,10 @@ def build_training_pipeline(platform: Platform = LOCAL):
         check = validate(pipeline_steps=",".join(STEPS), **p)
         ingest = steps.ingest(**for_step("ingest", p)).after(check)
         # The source is named by a URI whose contents change between runs (scheduled retraining):
-        # never let the cache answer for it. Later steps are keyed on ingest's outputs and stay cacheable.
-        ingest.set_caching_options(False)
+        # never let a cluster's cache answer for it. Later steps are keyed on ingest's outputs and stay
+        # cacheable. Locally only `imgclf run --cache` caches, keyed on the data folder's listing
+        # (pipelines/local_cache.py), and never for a remote URI.
+        ingest.set_caching_options(platform.target == "local")
         records = steps.preprocess(dataset=ingest.outputs["dataset"], **for_step("preprocess", p)).outputs["records"]
         look = steps.champion(records=records, **for_step("champion", p))
         look.set_caching_options(False)  # reads the registry, which other runs change

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -86,6 +87,45 @@ def test_whole_pipeline_runs_locally(tmp_path):
         "print(f.structured_input_signature[1]['image_bytes'].dtype.name, sorted(f.structured_outputs))"),
         saved_model], capture_output=True, text=True, check=True)
     assert check.stdout.strip().splitlines()[-1] == "string ['class_index', 'class_name', 'probabilities']"
+
+
+@pytest.mark.slow
+def test_quiet_cached_reruns_reuse_unchanged_tasks_and_rerun_after_a_data_change(tmp_path):
+    """`imgclf run --quiet --cache` twice, then with one image added: the second run serves every task
+    whose inputs are unchanged from the cache (never the champion lookup or the gate), leaves a complete
+    run folder, and shows no executor dumps; the third re-runs ingest and everything after it."""
+    import json
+
+    from tests.conftest import TWO
+
+    data = make_folder(tmp_path / "data", TWO, 20)
+    argv = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "16", "--color-mode",
+            "grayscale", "--epochs", "1", "--batch-size", "16", "--pipeline-root", str(tmp_path / "runs"),
+            "--quiet", "--cache"]
+
+    def run() -> tuple[str, list[str], str]:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        out = proc.stdout
+        assert "executor_input" not in out and "[KFP Executor" not in out and '"parameterValues"' not in out
+        assert "evaluate: accuracy" in out or "evaluate: unchanged inputs" in out
+        times = out[out.index("step times:"):].splitlines()[1:]
+        cached = [line.split()[0] for line in times if line.endswith("cached")]
+        report = out.split("HTML report   : ")[1].split("\n")[0]
+        return out, cached, report
+
+    first, cached, _ = run()
+    assert cached == [] and len(first.splitlines()) < 120
+    second, cached, report = run()
+    assert set(cached) == {"validate", "ingest", "preprocess", "train", "evaluate", "export", "not-published"}
+    assert "champion lookup" in second and "gate: NO-REGISTRY" in second            # always run
+    run_dir = Path(report).parent
+    assert (run_dir / "export" / "saved_model" / "saved_model.pb").is_file() and Path(report).stat().st_size > 1000
+    executor_output = json.loads((run_dir / "train" / "executor_output.json").read_text())
+    assert str(run_dir) in json.dumps(executor_output) or not executor_output.get("artifacts")
+    (data / TWO[0] / "extra.png").write_bytes(next((data / TWO[1]).iterdir()).read_bytes())
+    _, cached, _ = run()
+    assert cached == ["validate"] or cached == []     # the data changed: ingest and all after it re-ran
 
 
 def test_run_on_a_missing_folder_fails_with_the_cause(tmp_path):
