@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SAMPLE := data/fashion-mnist-sample
 # The embedded sample is 28x28 grayscale: train at its native size.
 RUN_ARGS ?= --data $(SAMPLE) --image-size 28 --color-mode grayscale --epochs 15 --batch-size 64
+# `make run RUN_FLAGS=` shows kfp.local's full executor logs; RUN_FLAGS="--quiet --cache" reuses unchanged tasks.
+RUN_FLAGS ?= --quiet
 PIPELINE_ROOT ?= runs
 PYTEST_ARGS ?=
 DOCKER_ENV := containers/docker-env.sh
@@ -37,7 +39,7 @@ $(SERVING_STAMP): $(STAMP)
 	touch $@
 
 run: install ## run ingest -> preprocess -> train -> evaluate -> export locally on the embedded sample
-	$(BIN)/imgclf run $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)
+	$(BIN)/imgclf run $(RUN_ARGS) $(RUN_FLAGS) --pipeline-root $(PIPELINE_ROOT)
 
 images: ## build the CPU image, and the GPU one where its CUDA base can be had (starts dockerd if none runs)
 	$(DOCKER_ENV) with $(DOCKER_ENV) images
@@ -50,8 +52,12 @@ run-docker: install ## the same run as `make run`, every task in our CPU image v
 	$(DOCKER_ENV) with bash -c '$(DOCKER_ENV) build cpu && \
 		$(BIN)/imgclf run --runner docker --network none $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)'
 
-compile: install ## compile the pipeline to build/imgclf-training.yaml
-	$(BIN)/imgclf compile -o build/imgclf-training.yaml
+# The images a cluster pulls: make compile IMAGE=us-docker.pkg.dev/P/R/imgclf:0.1.0 GPU_IMAGE=.../imgclf-gpu:0.1.0
+IMAGE ?=
+GPU_IMAGE ?=
+compile: install ## compile the pipeline to build/imgclf-training.yaml (IMAGE=, GPU_IMAGE=: images the cluster pulls)
+	@if [ -z "$(IMAGE)" ]; then echo "no IMAGE=...: compiling with the local image names (--allow-local-image), for a cluster that has them loaded"; fi
+	$(BIN)/imgclf compile -o build/imgclf-training.yaml $(if $(IMAGE),--image $(IMAGE),--allow-local-image) $(if $(GPU_IMAGE),--gpu-image $(GPU_IMAGE))
 
 # Debian packages the tests need beyond what containers/docker-env.sh installs for the container tests:
 # Fashion-MNIST for the benchmark tests. Waits for apt's lock; stops at the first step that fails.
