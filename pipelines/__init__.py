@@ -8,3 +8,12 @@ def steps_of(pipeline: str) -> tuple[str, ...]:
     import importlib
 
     return importlib.import_module(PIPELINES[pipeline]).STEPS
+
+
+def check_parameters(values: dict, pipeline: str = "training", check_paths: bool = False) -> dict:
+    """Every value checked against the steps' declarations before anything runs or is sent."""
+    from components import steps
+    from components.lib.options import validate
+
+    return validate(values, *steps.pipeline_options(list(steps_of(pipeline))), check_paths=check_paths,
+                    pipeline_only=True)

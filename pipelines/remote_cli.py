@@ -39,7 +39,8 @@ def package_and_params(args: argparse.Namespace, tmp: str) -> tuple[str, dict]:
     """The compiled package and its parameters: the params file, then `name=value` on top, checked
     against the package's inputs and (for our own pipelines) against the steps' declarations."""
     from pipelines import params
-    from pipelines.cli import check_parameters, compile_package
+    from pipelines import check_parameters
+    from pipelines.compiling import compile_package
 
     if args.backend == "vertex" and not (args.pipeline_root or "").startswith("gs://"):
         raise ValueError(f"Vertex AI needs a gs:// pipeline root (--pipeline-root), got {args.pipeline_root!r}")
@@ -191,7 +192,7 @@ def cmd_runs(args: argparse.Namespace) -> tuple:
 
 
 def add_backend_options(p: argparse.ArgumentParser, sends: bool = True) -> None:
-    from pipelines.cli import add_compile_options
+    from pipelines.compiling import add_compile_options
 
     p.add_argument("--backend", choices=["kfp", "vertex"], required=True)
     p.add_argument("--host", help="KFP: API endpoint, e.g. http://localhost:8080 (default: in-cluster)")
