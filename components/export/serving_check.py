@@ -3,7 +3,12 @@
 `python -m components.export.serving_check OUT_JSON SAVED_MODEL SHARD...` feeds each test record's original
 encoded bytes to `serving_default` and writes the answers to OUT_JSON. It also checks what a serving
 system adds on top: the same images sent as a base64 REST body (as TF Serving's REST API receives them)
-must give the same answers, and the TF Serving warm-up file, if present, must replay.
+must give the same answers, and the TF Serving warm-up file, if present, must replay. The answers carry
+`saved_model_cli show --all`'s text: the signatures as TensorFlow's own tool reads them from disk.
+
+`--stdin` starts the process before the SavedModel exists: it imports TensorFlow (seconds) while the
+export step builds the model, then reads `OUT_JSON SAVED_MODEL SHARD...` as one JSON list on stdin.
+The process is as fresh either way: it has never seen the Keras model.
 """
 from __future__ import annotations
 
@@ -50,8 +55,30 @@ def main(argv: list[str]) -> None:
     if warm.exists():
         checked["warmup_requests"] = warmup.replay(loaded.signatures, str(warm))
     with open(out_json, "w", encoding="utf-8") as f:
-        json.dump({"answers": answers, **checked}, f)
+        json.dump({"answers": answers, **checked, "saved_model_cli": show_all(saved_model_dir)}, f)
+
+
+def show_all(saved_model_dir: str) -> str:
+    """`saved_model_cli show --all` (TensorFlow's tool, its own reading of the files), as text."""
+    import contextlib
+    import io
+
+    from tensorflow.python.tools import saved_model_cli
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        saved_model_cli._show_all(saved_model_dir)  # what `show --all` runs; no public function prints it
+    if "serving_default" not in text.getvalue():
+        sys.exit(f"saved_model_cli show --all finds no serving_default in {saved_model_dir}")
+    return text.getvalue()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--stdin"]:
+        import tensorflow  # noqa: F401 - the slow part, done while the caller still builds the SavedModel
+
+        request = sys.stdin.readline()
+        if request:  # an empty line: the caller gave up (its export failed); nothing to check
+            main(json.loads(request))
+    else:
+        main(sys.argv[1:])

@@ -6,7 +6,8 @@ loads the SavedModel with plain TensorFlow, feeds it every test image's original
 top-1 class must equal evaluate's for every image, or the step fails. The same process answers a base64
 REST body the way TF Serving's REST API passes it and replays the TF Serving warm-up requests written
 into `assets.extra/`, where `saved_model_cli show --all` output is kept too (TF Serving tolerates extra
-files only there).
+files only there). That process starts with the step and imports TensorFlow while the step builds the
+SavedModel, so the check costs no second TensorFlow import on the step's clock.
 """
 from __future__ import annotations
 
@@ -73,6 +74,15 @@ def export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_d
     `tflite` also converts the model to TensorFlow Lite (pixels in, probabilities out: TFLite has no
     image decoding) and fails unless it agrees with the Keras model on every test image.
     """
+    checker = FreshChecker()  # importing TensorFlow there while this process loads Keras and the model
+    try:
+        return _export(model_dir, dataset_dir, predictions_dir, saved_model_dir, opts, checker)
+    finally:
+        checker.close()
+
+
+def _export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_dir: str, opts: ExportOptions,
+            checker: "FreshChecker") -> ExportResult:
     from components.lib.layers import load_model  # Keras: only when the step runs
 
     info = TrainedModel.load(model_dir)
@@ -84,9 +94,9 @@ def export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_d
         ExportInfo(spec, info.architecture, info.data_fingerprint).save(out)
         shards = meta.shard_paths(dataset_dir, "test")
         warmup.write(str(out / warmup.WARMUP_FILE), INPUT_KEY, [_warmup_images(shards)])
-        (out / CLI_SHOW).write_text(saved_model_cli_show(str(out)))
         tflite_diff = _tflite(model, dataset_dir, meta, out / TFLITE_FILE) if opts.tflite else None
-        checked = check_in_fresh_process(str(out), shards)
+        checked = checker.check(str(out), shards)
+        (out / CLI_SHOW).write_text(checked["saved_model_cli"])
         served = checked["answers"]
         expected = {r["location"]: r for r in read_predictions(predictions_dir)}
         mismatches, max_diff = [], 0.0
@@ -131,15 +141,6 @@ def _warmup_images(shards: list[str]) -> list[bytes]:
     return (list(picked.values()) + rest)[:WARMUP_IMAGES]
 
 
-def saved_model_cli_show(saved_model_dir: str) -> str:
-    """`saved_model_cli show --all`: the signatures as TensorFlow's own tool reads them from disk."""
-    proc = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
-                           saved_model_dir, "--all"], capture_output=True, text=True)
-    if proc.returncode != 0 or "serving_default" not in proc.stdout:
-        raise ServingMismatch(f"saved_model_cli show failed on {saved_model_dir}:\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
 def _tflite(model, dataset_dir: str, meta: RecordsMetadata, dest: Path) -> float:
     """Convert to TFLite and compare with Keras on every test image: the largest probability difference."""
     import numpy as np
@@ -169,12 +170,38 @@ def _tflite(model, dataset_dir: str, meta: RecordsMetadata, dest: Path) -> float
     return worst
 
 
-def check_in_fresh_process(saved_model_dir: str, test_shards: list[str]) -> dict:
-    """Run `components.serving_check` in a new interpreter: nothing of the Keras model survives there."""
-    with tempfile.TemporaryDirectory() as tmp:
-        answers = Path(tmp) / "answers.json"
-        proc = subprocess.run([sys.executable, "-m", "components.export.serving_check", str(answers), saved_model_dir,
-                               *test_shards], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ServingMismatch(f"checking {saved_model_dir} in a fresh process failed:\n{proc.stderr[-3000:]}")
+class FreshChecker:
+    """`components.export.serving_check` in a new interpreter: nothing of the Keras model survives there.
+    Started first, it imports TensorFlow while this process works; `check` hands it the SavedModel."""
+
+    def __init__(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self._log = open(Path(self._tmp.name) / "stderr.txt", "w+", encoding="utf-8")
+        self.proc = subprocess.Popen([sys.executable, "-m", "components.export.serving_check", "--stdin"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
+
+    def check(self, saved_model_dir: str, test_shards: list[str]) -> dict:
+        answers = Path(self._tmp.name) / "answers.json"
+        try:
+            self.proc.stdin.write(json.dumps([str(answers), saved_model_dir, *test_shards]) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died while importing: its stderr says why
+        if self.proc.wait() != 0 or not answers.exists():
+            self._log.seek(0)
+            raise ServingMismatch(f"checking {saved_model_dir} in a fresh process failed:\n{self._log.read()[-3000:]}")
         return json.loads(answers.read_text())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:  # the export failed before the check: let it go
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self._tmp.cleanup()
