@@ -24,6 +24,8 @@ class IngestOptions(PixelLimit):
                                          "the images of the smallest", min=1)
     max_quarantined_share: float = option(0.5, "ingest fails if more than this share of the files is "
                                                "quarantined (a wrong source, most likely)", min=0, max=1)
-    workers: int = option(16, "threads reading and checking files", min=1, max=256, pipeline=False)
+    workers: int = option(0, "threads reading and checking files (0: one per core when every file is local, "
+                             "16 when files are read from a bucket or URL and wait on the network)",
+                          min=0, max=256, pipeline=False)
     max_download_bytes: int = option(DEFAULT_MAX_DOWNLOAD, "largest zip archive downloaded or extracted",
                                      min=1, pipeline=False)

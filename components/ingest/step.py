@@ -16,7 +16,7 @@ import sys
 import unicodedata
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from components.contracts import (CLASSES, DatasetError, INGEST_SUMMARY, MANIFEST, MANIFEST_FIELDS, QUARANTINE,
@@ -199,6 +199,7 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
         src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
                       allow_outside_paths=opts.allow_outside_paths)
         check_class_names(src.items)
+        opts = replace(opts, workers=opts.workers or reader_threads(src.items))
         staged = out / f".{MANIFEST}.unfiltered"
         checked, seconds = check_files(src.items, staged, out / QUARANTINE, opts)
         check_dataset(opts, src, checked)
@@ -211,6 +212,16 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
     print(f"ingest: {summary.images} images in {len(summary.classes)} classes ({src.layout}, {src.kind}); "
           f"{summary.quarantined} quarantined {dict(checked.reasons) if checked.reasons else ''}".rstrip(), flush=True)
     return summary
+
+
+def reader_threads(items: list[Item]) -> int:
+    """Local files: one thread per core (decoding is the work; more threads only contend, 1.46x slower
+    with 16 than with 2 on 2 cores). Any file in a bucket or behind a URL: 16, to overlap the waits."""
+    remote = any("://" in item.entry.uri and not item.entry.uri.startswith("file://") for item in items)
+    return REMOTE_READERS if remote else max(1, os.cpu_count() or 1)
+
+
+REMOTE_READERS = 16
 
 
 def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: IngestOptions) -> tuple[_Checked, float]:

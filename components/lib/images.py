@@ -87,12 +87,18 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "
         frames = 1 if img.format in JPEG_ALIASES else int(getattr(img, "n_frames", 1) or 1)
         if frames > 1 and animated == "refuse":
             raise ImageRejected("animated image", f"{frames} frames (animated='refuse')")
+        mode = img.mode
+        if fmt == "JPEG":
+            # The hash needs a 17x16 thumbnail: let the JPEG decoder scale by 1/2..1/8 in the DCT (it still
+            # reads every byte of the scan, so a truncated file still fails here). The full-size decode
+            # that admission rests on is TensorFlow's (served_decoder_problem).
+            img.draft(mode, (HASH_SOURCE_PIXELS, HASH_SOURCE_PIXELS))
         try:
             img.load()
             dhash = difference_hash(img)
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageRejected("truncated or corrupt", str(e)) from None
-        return ImageInfo(fmt, w, h, img.mode, frames, dhash)
+        return ImageInfo(fmt, w, h, mode, frames, dhash)
 
 
 def upright_rgb(img: Image.Image) -> Image.Image:
@@ -110,6 +116,12 @@ def upright_rgb(img: Image.Image) -> Image.Image:
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
     return img.convert("RGB")
+
+
+# The smallest side a JPEG is decoded at for its hash: 8x the thumbnail, so the bilinear resize still
+# averages many pixels per cell (on the embedded sample and re-encoded copies the hashes differ from a
+# full-size decode's by at most a few of 256 bits; the near-duplicate threshold is 10).
+HASH_SOURCE_PIXELS = 128
 
 
 def difference_hash(img: Image.Image, size: int = 16) -> str:
