@@ -54,12 +54,14 @@ class ImageRejected(Exception):
         self.reason, self.detail = reason, detail
 
 
-def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "first_frame") -> ImageInfo:
+def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "first_frame",
+            decode: bool = True) -> ImageInfo:
     """Decode every pixel once; raise ImageRejected with the cause if the image is unusable.
 
     Animated images are served by their first frame (what TensorFlow decodes with
     expand_animations=False) or refused, as `animated` says. Also returns a 64-bit difference hash of
-    the upright, flattened image for near-duplicate detection.
+    the upright, flattened image for near-duplicate detection. `decode=False` stops after the header
+    (format, size and pixel limit, frames), with no hash: for callers whose decoder is TensorFlow's own.
     """
     if animated not in ANIMATED_POLICIES:
         raise ValueError(f"animated must be one of {ANIMATED_POLICIES}, got {animated!r}")
@@ -88,6 +90,8 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "
         if frames > 1 and animated == "refuse":
             raise ImageRejected("animated image", f"{frames} frames (animated='refuse')")
         mode = img.mode
+        if not decode:
+            return ImageInfo(fmt, w, h, mode, frames, "")
         if fmt == "JPEG":
             # The hash needs a 17x16 thumbnail: let the JPEG decoder scale by 1/2..1/8 in the DCT (it still
             # reads every byte of the scan, so a truncated file still fails here). The full-size decode

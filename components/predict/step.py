@@ -1,8 +1,10 @@
 """Predict: classify images with an exported SavedModel through its own raw-bytes serving signature.
 
-What we report is what a serving system would answer: bytes go to `serving_default` untouched. Files
-are first checked with ingest's decoding rules, so a broken file is named in the output instead of
-failing its whole batch.
+What we report is what a serving system would answer: bytes go to `serving_default` untouched. Each
+file's header is checked with ingest's rules first (a known image format, within the pixel limit: no
+decoding, which is the signature's job); a file the signature cannot decode fails its batch, and the
+batch is split until that file alone is named with TensorFlow's cause. The next batch is read while
+this one is served.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def _read(entry: storage.Entry, max_pixels: int) -> tuple[bytes | None, str]:
         return None, entry.skip_reason
     try:
         data = storage.read_bytes(entry.uri)
-        images.inspect(data, max_pixels=max_pixels)
+        images.inspect(data, max_pixels=max_pixels, decode=False)
         return data, ""
     except FileNotFoundError:
         return None, "not found"
@@ -92,9 +94,12 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
             tmp_out = Path(tmp) / f"predictions.{fmt or 'jsonl'}"
             with open(tmp_out, "w", newline="", encoding="utf-8") as f:
                 writer = _writer(f, fmt, classes)
-                for start in range(0, len(entries), batch_size):
-                    chunk = entries[start:start + batch_size]
-                    loaded = list(pool.map(lambda e: _read(e, max_pixels), chunk))
+                chunks = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
+                reading = [pool.submit(lambda e: _read(e, max_pixels), e) for e in chunks[0]]
+                for n, chunk in enumerate(chunks):
+                    loaded = [f.result() for f in reading]
+                    if n + 1 < len(chunks):  # read the next batch while this one is served
+                        reading = [pool.submit(lambda e: _read(e, max_pixels), e) for e in chunks[n + 1]]
                     good = [(e, d) for e, (d, err) in zip(chunk, loaded) if d is not None]
                     answers = _serve_batch(serve, [d for _, d in good])
                     by_uri = {e.uri: a for (e, _), a in zip(good, answers)}
@@ -128,7 +133,7 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
 
 
 def _serve_batch(serve, blobs: list[bytes]) -> list[dict]:
-    """Answer a batch; if TensorFlow rejects it, retry one by one so only the bad image fails."""
+    """Answer a batch; if TensorFlow rejects it, answer its halves, so only the bad image fails."""
     import tensorflow as tf
 
     if not blobs:  # an empty batch crashes TF's CPU kernels
@@ -138,7 +143,8 @@ def _serve_batch(serve, blobs: list[bytes]) -> list[dict]:
     except tf.errors.InvalidArgumentError as e:
         if len(blobs) == 1:
             return [{"error": f"TensorFlow cannot decode it: {images.decode_error_cause(e)}"}]
-        return [a for b in blobs for a in _serve_batch(serve, [b])]
+        half = len(blobs) // 2  # halves, so one bad file costs a few extra calls, not one per image
+        return _serve_batch(serve, blobs[:half]) + _serve_batch(serve, blobs[half:])
     names = [n.decode("utf-8") for n in out["class_name"].numpy()]
     return [{"class_name": n, "probabilities": p} for n, p in zip(names, out["probabilities"].numpy())]
 
