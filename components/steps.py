@@ -38,6 +38,12 @@ STEPS = {
                  "thresholds and the champion re-scored on this test split: publish or refuse"),
     "publish": Step("components.release.publish:publish", "components.release.options:PublishOptions",
                     "copy the checked SavedModel into the registry as the next version"),
+    # A sweep's trial (train, its failure kept as its result) and selection: wired by pipelines/training.py
+    # from the sweep file, their inputs are lists and JSON, so no entry-point subcommand.
+    "trial": Step("components.train.trial:run_trial", "components.train.options:TrainOptions",
+                  "one trial of a sweep: train with the trial's options, scored on the validation split", entry=False),
+    "select": Step("components.sweep.select:select", "",
+                   "the best trial of a sweep by its validation score; its model becomes the run's", entry=False),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
     "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
                     "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),

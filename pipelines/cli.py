@@ -18,6 +18,25 @@ def check_parameters(values: dict, pipeline: str = "training", check_paths: bool
                     pipeline_only=True)
 
 
+def add_sweep_argument(p: argparse.ArgumentParser) -> None:
+    """`--sweep FILE` for run, compile, submit and schedule (see pipelines/sweep.py)."""
+    p.add_argument("--sweep", metavar="FILE", default="",
+                   help="a YAML/JSON grid or seeded random sample over train options: trials run as a ParallelFor, "
+                        "the best on validation is evaluated, exported, gated and published")
+
+
+def sweep_of(args: argparse.Namespace, params: dict | None = None):
+    """The checked sweep of `--sweep` (None without one); with `params`, checked with them too."""
+    if not getattr(args, "sweep", ""):
+        return None
+    from pipelines import sweep
+
+    found = sweep.load(args.sweep)
+    if params is not None:
+        sweep.check_with(found, params)
+    return found
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.declare import parameters
     from pipelines.local import run_local
@@ -25,13 +44,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     names = {o.name for o in parameters(STEPS)}
     params = check_parameters({k: v for k, v in vars(args).items() if k in names}, check_paths=True)
+    sweep = sweep_of(args, params)
     runner = None
     if args.runner == "docker":
         from components.kfp_glue.wrappers import IMAGE
         from pipelines.docker_local import docker_runner
 
         runner, params = docker_runner(params, IMAGE, network=args.network)
-    result = run_local(params, pipeline_root=args.pipeline_root, runner=runner)
+    result = run_local(params, pipeline_root=args.pipeline_root, runner=runner, sweep=sweep)
     print(result.summary())
     return 0
 
@@ -51,9 +71,13 @@ def _compile(args: argparse.Namespace, target: str, out: Path) -> Path:
         raise ValueError(f"--gpu-node-selector takes LABEL=VALUE, got {args.gpu_node_selector!r}")
     platform = Platform(target=target, s3_secret=secret, s3_endpoint=args.s3_endpoint, gpus=args.gpus,
                         gpu_type=args.gpu_type, gpu_node_selector=selector)
-    build = {"training": build_training_pipeline, "predict": build_prediction_pipeline}[args.pipeline]
+    sweep = sweep_of(args)
+    if sweep is not None and args.pipeline != "training":
+        raise ValueError("--sweep is for the training pipeline")
+    pipeline = build_training_pipeline(platform, sweep) if args.pipeline == "training" else \
+        build_prediction_pipeline(platform)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(platform), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out
 
 
@@ -76,10 +100,13 @@ def _backend(args: argparse.Namespace):
 def _package_and_params(args: argparse.Namespace, tmp: str) -> tuple[str, dict]:
     from pipelines import params
 
+    if args.package and args.sweep:
+        raise ValueError("--sweep compiles the sweep into the pipeline: give it or --package, not both")
     package = args.package or str(_compile(args, args.backend, Path(tmp) / "pipeline.yaml"))
     values = params.parse(package, args.params)
     if not args.package:  # our own pipeline: its declarations know every parameter
         check_parameters(values, args.pipeline)
+        sweep_of(args, values)
     return package, values
 
 
@@ -177,6 +204,7 @@ def _add_run(sub) -> None:
                      help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
     run.add_argument("--network", choices=["auto", "none", "host", "bridge"], default="auto",
                      help="docker: the containers' network (auto: none if all inputs are local, else host)")
+    add_sweep_argument(run)
     run.set_defaults(func=_cmd_run)
 
 
@@ -184,6 +212,7 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
     from pipelines.platform import KFP_MINIO_SECRET
 
     p.add_argument("--pipeline", choices=list(PIPELINES), default="training")
+    add_sweep_argument(p)
     p.add_argument("--s3-secret", default=None,
                    help="KFP: Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
                         f"(its keys accesskey/secretkey; default {KFP_MINIO_SECRET}; '' for none)")

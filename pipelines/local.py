@@ -64,6 +64,7 @@ class LocalRun:
     saved_model: str = ""
     report: str = ""
     gate_report: str = ""
+    sweep_report: str = ""
     accuracy: float | None = None
     published: str = ""
     step_seconds: dict[str, float] = field(default_factory=dict)
@@ -84,7 +85,8 @@ class LocalRun:
         lines = [f"\n=== imgclf run finished in {self.seconds:.1f} s ===", f"outcome       : {said}{reasons}",
                  f"test accuracy : {acc}"]
         for label, value in (("SavedModel    : ", self.saved_model), ("HTML report   : ", self.report),
-                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report)):
+                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report),
+                             ("sweep report  : ", self.sweep_report)):
             if value:
                 lines.append(label + value)
         return "\n".join(lines) + f"\nstep times:\n{steps}"
@@ -144,7 +146,7 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     return task, timings, time.perf_counter() - start
 
 
-def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRun:
+def run_local(params: dict, pipeline_root: str = "runs", runner=None, sweep=None) -> LocalRun:
     """The training pipeline, locally, with the figures `imgclf run` prints.
 
     Artifacts made inside the conditional branches are not pipeline outputs (kfp.local cannot select
@@ -153,14 +155,20 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     """
     import json
 
-    task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner)
+    pipeline = training_pipeline
+    if sweep is not None:
+        from pipelines.training import build_training_pipeline
+
+        pipeline = build_training_pipeline(sweep=sweep)
+    task, timings, seconds = run_pipeline(pipeline, params, pipeline_root, runner)
     outputs = task.outputs
     run_dir = Path(outputs["ingest_report"].path).parents[1]
     outcome = json.loads(outputs["outcome"])
     # KFP names HTML artifacts without an extension; browsers want one to render them.
     pages = {}
     for task_name, output, name in (("evaluate", "report", "report.html"), ("ingest", "report", "ingest_report.html"),
-                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md")):
+                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md"),
+                                    ("select", "report", "sweep.html")):
         if (run_dir / task_name / output).is_file():
             shutil.copyfile(run_dir / task_name / output, run_dir / name)
             pages[name] = str(run_dir / name)
@@ -182,4 +190,5 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), ingest_report=pages["ingest_report.html"],
                     outcome=outcome, saved_model=str(saved_model) if saved_model.is_dir() else "",
                     report=pages.get("report.html", ""), gate_report=pages.get("gate.md", pages.get("skipped.md", "")),
+                    sweep_report=pages.get("sweep.html", ""),
                     accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds)

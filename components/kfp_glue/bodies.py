@@ -65,6 +65,28 @@ def train(records, model, metrics, curves, **options):
         metrics.log_metric(f"epoch {i:02d}: seconds", round(secs, 2))
 
 
+def trial(records, model, metrics, curves, trial: str, **options) -> str:
+    from components.train.trial import run_trial
+
+    backup = model.uri.rstrip("/") + ".backup"  # as train: a retried attempt resumes from it
+    r = run_trial(records.path, model.path, trial, backup_uri=backup, curves_html=curves.path, **options)
+    model.metadata.update({"trial": r.index, "status": r.status, "options": r.options})
+    metrics.log_metric("ok", int(r.status == "ok"))
+    for k in ("val_accuracy", "val_loss"):
+        if getattr(r, k) is not None:
+            metrics.log_metric(k, getattr(r, k))
+    return r.to_json()
+
+
+def select(models, model, report, results: list, metric: str) -> str:
+    from components.sweep.select import select as run
+
+    s = run(list(results), [m.path for m in models], model.path, metric=metric, report_html=report.path)
+    model.metadata.update({"framework": "keras", "trial": s.winner.index, "options": s.winner.options,
+                           "trials": len(s.trials), "failed_trials": s.failed})
+    return s.winner.to_json()
+
+
 def evaluate(records, model, predictions, metrics, classification, report) -> float:
     from components.evaluate.step import evaluate as run
 

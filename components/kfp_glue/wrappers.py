@@ -36,6 +36,21 @@ SPECS = [
         RECORDS, Artifact("model", "Output[Model]", "model.keras, history.json, train.json, tensorboard/"),
         Artifact("metrics", "Output[Metrics]", "the training summary and per-epoch throughput"),
         Artifact("curves", "Output[HTML]", "learning curves")), ("train",)),
+    ComponentSpec("trial", "One trial of a sweep: train with the trial's options over the pipeline's, scored on "
+                           "the validation split; a failure is kept as the trial's result, not raised.", (
+        RECORDS, Artifact("model", "Output[Model]", "train's files (when it trained) and trial.json"),
+        Artifact("metrics", "Output[Metrics]", "the trial's validation scores"),
+        Artifact("curves", "Output[HTML]", "learning curves")), ("train",),
+        wired=(Wired("trial", str, "the sweep's item: JSON {index, options}"),),
+        returns="str", returns_help="the trial's result (trial.json) as JSON"),
+    ComponentSpec("select", "The best trial of a sweep by its validation score (never a test score); its model "
+                            "becomes the run's model.", (
+        Artifact("models", "Input[List[Model]]", "every trial's model (dsl.Collected)"),
+        Artifact("model", "Output[Model]", "the winner's model, with sweep.json listing every trial"),
+        Artifact("report", "Output[HTML]", "trials table, plot and the winner's options")),
+        wired=(Wired("results", "List[str]", "every trial's result (dsl.Collected)"),
+               Wired("metric", str, "val_accuracy or val_loss")),
+        returns="str", returns_help="the winner's trial.json"),
     ComponentSpec("evaluate", "Score the test split: metrics, confusion matrix, ROC, predictions and an HTML "
                               "report.", (
         RECORDS, MODEL, Artifact("predictions", "Output[Dataset]", "predictions.csv and metrics.json"),
@@ -82,6 +97,7 @@ ingest, preprocess, train, evaluate, export = (_built[n] for n in ("ingest", "pr
                                                                    "export"))
 champion, gate, publish = _built["champion"], _built["gate"], _built["publish"]
 not_published, training_skipped, predict = _built["not_published"], _built["training_skipped"], _built["predict"]
+trial, select = _built["trial"], _built["select"]
 
 
 def validate_component(steps: tuple[str, ...]):
