@@ -36,7 +36,7 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         # The source is named by a URI whose contents change between runs (scheduled retraining):
         # never let the cache answer for it. Later steps are keyed on ingest's outputs and stay cacheable.
         ingest.set_caching_options(False)
-        records = steps.preprocess(dataset=ingest.outputs["dataset"], **for_step("preprocess", p)).outputs["records"]
+        records = sharded_preprocess(ingest.outputs["dataset"], for_step("preprocess", p))
         look = steps.champion(records=records, **for_step("champion", p))
         look.set_caching_options(False)  # reads the registry, which other runs change
         with dsl.If(look.outputs["action"] == "train", name="train-new-data"):
@@ -76,6 +76,17 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         description += (f" Sweep: {len(sweep.trials)} trials over {', '.join(sweep.swept)}, {sweep.parallelism} at "
                         f"a time, selected on {sweep.metric} (validation split).")
     return pipeline(PIPELINE_NAME, description, STEPS, graph, returns=Outputs)
+
+
+def sharded_preprocess(dataset, options: dict):
+    """Preprocess as plan -> a ParallelFor of shard tasks (each 1/N of the TFRecord files) -> merge, N
+    being the `shard_tasks` option (0: from the image count); the records are those one task writes."""
+    plan = steps.preprocess_plan(dataset=dataset, **options)
+    with dsl.ParallelFor(plan.outputs["Output"], name="preprocess-shards") as shard:
+        part = steps.preprocess_shard(dataset=dataset, plan=plan.outputs["plan"], shard=shard, **options)
+    merge = steps.preprocess_merge(dataset=dataset, plan=plan.outputs["plan"], parts=dsl.Collected(part.outputs["part"]),
+                                   **options)
+    return merge.outputs["records"]
 
 
 def sweep_trials(sweep: Sweep, platform: Platform, records, warm_start_from, p: dict):

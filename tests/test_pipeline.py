@@ -11,7 +11,7 @@ from kfp import components
 from pipelines.cli import main
 from tests.conftest import TEN, make_folder
 
-STEPS = ["ingest", "preprocess", "train", "evaluate", "export"]
+STEPS = ["ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train", "evaluate", "export"]
 
 
 def test_compiled_yaml_loads_back(tmp_path):
@@ -25,8 +25,13 @@ def test_compiled_yaml_loads_back(tmp_path):
         assert name in params, name
     spec, _platform = yaml.safe_load_all(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"validate", "ingest", "preprocess", "champion", "condition-branches-1"}
+    assert set(tasks) == {"validate", "ingest", "preprocess-plan", "for-loop-1", "preprocess-merge", "champion",
+                          "condition-branches-2"}
     assert tasks["ingest"]["dependentTasks"] == ["validate"]  # every parameter checked before any work
+    # Preprocess fans out over the shard tasks the plan chose (a parameter, 0: from the image count).
+    assert tasks["for-loop-1"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--preprocess-plan-Output"}
+    assert tasks["preprocess-merge"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert loaded.component_spec.inputs["shard_tasks"].default == 0
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
     assert tasks["champion"]["cachingOptions"] == {}  # reads the registry
     # dsl.If/dsl.Else: train only on new data; inside, publish only if the gate passed.

@@ -35,10 +35,27 @@ def ingest(dataset, metrics, report, **options):
         metrics.log_metric(f"images: {cls}", n)
 
 
-def preprocess(dataset, records, metrics, **options):
-    from components.preprocess.step import preprocess as run
+def preprocess_plan(dataset, plan, **options) -> list:
+    from components.preprocess.shards import plan as run
 
-    s = run(dataset.path, records.path, **options)
+    return run(dataset.path, plan.path, **options)
+
+
+def preprocess_shard(dataset, plan, part, shard: int, **options):
+    from components.preprocess.shards import write_part
+
+    p = write_part(dataset.path, plan.path, shard, part.path, **options)
+    part.metadata.update({"shard": shard, "files": len(p["files"])})
+
+
+def preprocess_merge(dataset, plan, parts, records, metrics, **options):
+    from components.preprocess.shards import merge
+
+    _records_outputs(merge(dataset.path, plan.path, [p.path for p in parts], records.path, **options), records,
+                     metrics)
+
+
+def _records_outputs(s, records, metrics) -> None:
     records.metadata.update({"counts": s.counts, "fingerprint": s.fingerprint,
                              "data_fingerprint": s.data_fingerprint, "classes": s.classes})
     for split, n in s.counts.items():

@@ -8,18 +8,21 @@ attempt resumes from its backup like a single train does.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
 
-from components.contracts import TrialResult, RecordsMetadata, DatasetError
+from components.contracts import DatasetError, RecordsMetadata, TrialResult
+from components.lib.options import takes
 from components.train.options import TrainOptions
 from components.train.step import train
 
 
-def run_trial(dataset_dir: str, model_dir: str, trial: str, *, backup_uri: str = "", curves_html: str = "",
-              **options) -> TrialResult:
-    """`trial` is the sweep's JSON item {"index": i, "options": {...}}; `options` the pipeline's train
+@takes(TrainOptions)
+def run_trial(dataset_dir: str, model_dir: str, trial: str, opts: TrainOptions, *, backup_uri: str = "",
+              curves_html: str = "") -> TrialResult:
+    """`trial` is the sweep's JSON item {"index": i, "options": {...}}; `opts` the pipeline's train
     options, which the trial's own override."""
     spec = json.loads(trial)
     index, swept = int(spec["index"]), dict(spec["options"])
@@ -28,9 +31,9 @@ def run_trial(dataset_dir: str, model_dir: str, trial: str, *, backup_uri: str =
         if RecordsMetadata.load(dataset_dir).count("validation") == 0:
             raise DatasetError("no validation split: a sweep scores its trials on validation images only; "
                                "set val_fraction > 0 (or give the source a validation/ folder)")
-        merged = TrainOptions.pick({**options, **swept})
+        merged = dataclasses.replace(opts, **swept)
         print(f"trial {index}: {json.dumps(swept, sort_keys=True)}", flush=True)
-        r = train(dataset_dir, model_dir, backup_uri=backup_uri, curves_html=curves_html, **merged)
+        r = train(dataset_dir, model_dir, backup_uri=backup_uri, curves_html=curves_html, opts=merged)
         result = TrialResult(index, swept, "ok", "", r.best_val_accuracy, r.best_val_loss, r.epochs_run,
                              round(time.perf_counter() - start, 2))
     except Exception as e:  # noqa: BLE001 - a trial's failure is its result (see the module docstring)
