@@ -236,3 +236,29 @@ def test_a_2x2_sweep_runs_through_kfp_local_and_only_the_winner_is_evaluated(tmp
     winner = json.loads((run_dir / "select" / "model" / "sweep.json").read_text())
     scores = {t["index"]: t["val_accuracy"] for t in winner["trials"]}
     assert scores[winner["winner"]] == max(scores.values())
+
+
+def test_submit_and_schedule_take_a_sweep_and_refuse_a_bad_one_before_sending(tmp_path, capsys):
+    from tests.kfp_double import KfpDouble
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(GRID))
+    bad.write_text("grid:\n  learning_rate: [0.001, 20]\n")
+    d = KfpDouble()
+    try:
+        base = ["--backend", "kfp", "--host", d.url, "--pipeline-root", "minio://mlpipeline/v2"]
+        assert main(["submit", *base, "--sweep", str(good), "data=s3://images/flowers", "epochs=3"]) == 0
+        assert main(["schedule", "create", *base, "--sweep", str(good), "--cron", "0 3 * * *",
+                     "data=s3://images/flowers"]) == 0
+        assert len(d.runs) == 1 and len(d.recurring) == 1
+        sent = len(d.requests)
+        assert main(["submit", *base, "--sweep", str(bad), "data=s3://images/flowers"]) == 1
+        assert "parameter learning_rate=20.0: too large" in capsys.readouterr().err
+        # The sweep is checked with the run's parameters: no validation split, nothing to score trials on.
+        assert main(["submit", *base, "--sweep", str(good), "data=s3://x", "val_fraction=0.0"]) == 1
+        assert main(["submit", *base, "--sweep", str(good), "--package", str(good), "data=s3://x"]) == 1
+        assert "give it or --package, not both" in capsys.readouterr().err
+        assert len(d.requests) == sent  # nothing sent
+    finally:
+        d.stop()
+    assert not d.rejected, d.rejected
