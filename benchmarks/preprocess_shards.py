@@ -22,9 +22,9 @@ FULL_FOLDER = "build/fashion-mnist-full"
 OPTS = {"image_size": 28, "color_mode": "grayscale"}
 
 
-def run_sharded(dataset_dir: str, tasks: int, pipeline_root: str, **opts) -> tuple[str, float]:
+def run_sharded(dataset_dir: str, tasks: int, pipeline_root: str, **opts) -> tuple[str, float, dict]:
     """Preprocess of ingest's `dataset_dir` as plan -> `tasks` shard tasks -> merge under kfp.local:
-    (the records folder, wall seconds of the run)."""
+    (the records folder, wall seconds of the run, seconds of the plan and merge tasks)."""
     from kfp import dsl
 
     from pipelines.local import run_pipeline
@@ -36,8 +36,9 @@ def run_sharded(dataset_dir: str, tasks: int, pipeline_root: str, **opts) -> tup
         return sharded_preprocess(manifest.output, {**opts, "shard_tasks": tasks})
 
     shards_pipeline.__annotations__["return"] = dsl.Dataset  # a real type (this module's annotations are text)
-    task, _, seconds = run_pipeline(dsl.pipeline(name="imgclf-preprocess-shards")(shards_pipeline), {}, pipeline_root)
-    return task.output.path, seconds
+    task, timings, seconds = run_pipeline(dsl.pipeline(name="imgclf-preprocess-shards")(shards_pipeline), {},
+                                          pipeline_root)
+    return task.output.path, seconds, {k: round(timings[f"preprocess-{k}"], 2) for k in ("plan", "merge")}
 
 
 def _digest(folder: str) -> str:
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         ingest_seconds = time.perf_counter() - t
         runs: dict[str, list[float]] = {"in-process": [], **{str(n): [] for n in counts}}
         per_task: dict[str, list[float]] = {}
+        plan_merge: dict[str, dict] = {}
         reference = ""
         for r in range(args.rounds):
             t = time.perf_counter()
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             runs["in-process"].append(time.perf_counter() - t)
             reference = _digest(str(work / f"one-{r}"))
             for n in counts:
-                records, seconds = run_sharded(str(work / "ds"), n, str(work / f"runs-{n}-{r}"), **opts)
+                records, seconds, plan_merge[str(n)] = run_sharded(str(work / "ds"), n, str(work / f"runs-{n}-{r}"),
+                                                                   **opts)
                 if _digest(records) != reference:
                     raise RuntimeError(f"{n} shard tasks wrote records that differ from one task's")
                 runs[str(n)].append(seconds)
@@ -93,17 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         images = sum(one.counts.values())
     best = {k: min(v) for k, v in runs.items()}
     base = best[str(counts[0])]
-    rows = [f"| one preprocess, in-process (no kfp.local) | - | {best['in-process']:.1f} | - | - |"]
+    rows = [f"| one preprocess, in-process (no kfp.local) | - | {best['in-process']:.1f} | - | - | - |"]
     rows += [f"| kfp.local: plan, {n} shard task(s), merge | {n} | {best[str(n)]:.1f} | {base / best[str(n)]:.2f} | "
+             f"{plan_merge[str(n)]['plan']:.1f} / {plan_merge[str(n)]['merge']:.1f} | "
              f"{', '.join(f'{s:.1f}' for s in per_task[str(n)])} |" for n in counts]
     md = "\n".join([f"{images:,} images at {OPTS['image_size']} px grey; ingest (not timed below) {ingest_seconds:.1f} s; "
                     f"best of {args.rounds} interleaved round(s)", "",
-                    "| run | shard tasks | wall s | speed-up vs first | each shard task's own s |",
-                    "|---|---|---|---|---|", *rows])
+                    "| run | shard tasks | wall s | speed-up vs first | plan / merge task s (last round) | "
+                    "each shard task's own work s |", "|---|---|---|---|---|---|", *rows])
     harness.save("preprocess_shards", args.out, {
         "machine": machine, "images": images, "ingest_seconds": round(ingest_seconds, 2),
         "wall_seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-        "shard_task_seconds": per_task, "outputs_identical": True}, md,
+        "shard_task_seconds": per_task, "plan_merge_task_seconds": plan_merge, "outputs_identical": True}, md,
         "Preprocess over shard tasks (kfp.local)", args.quick)
     return 0
 

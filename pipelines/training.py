@@ -1,5 +1,5 @@
-"""The training pipeline: validate -> ingest -> preprocess -> champion lookup -> [train -> evaluate -> export
--> gate -> [publish]].
+"""The training pipeline: validate -> ingest -> preprocess (plan -> shard tasks -> merge) -> champion lookup
+-> [train (or a sweep's trials -> select) -> evaluate -> export -> gate -> [publish]].
 
 Two `dsl.If` branches, so the UI shows what did not run and why: training runs unless the data is
 exactly the champion's (`skip_unchanged`), and publish runs only when the gate passed. Pipeline outputs

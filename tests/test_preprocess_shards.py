@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,9 +85,9 @@ def test_a_2_shard_preprocess_through_kfp_local_equals_one_task(manifest, tmp_pa
     from benchmarks.preprocess_shards import run_sharded
 
     one = preprocess(str(manifest), str(tmp_path / "one"), **OPTS)
-    records, seconds = run_sharded(str(manifest), 2, str(tmp_path / "runs"), **OPTS)
-    assert digest(tmp_path / "one") == digest(records)
-    assert seconds > 0 and one.counts["train"] > 0
+    records, seconds, tasks = run_sharded(str(manifest), 2, str(tmp_path / "runs"), **OPTS)
+    assert digest(tmp_path / "one") == digest(Path(records))
+    assert seconds > tasks["plan"] > 0 and tasks["merge"] > 0 and one.counts["train"] > 0
     run_dir = next((tmp_path / "runs").iterdir())
     parts = sorted(run_dir.glob("*-iteration-*/preprocess-shard/part/part.json"))
     assert [json.loads(p.read_text())["shard"] for p in parts] == [0, 1]
