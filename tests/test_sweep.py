@@ -142,6 +142,8 @@ def test_a_sweep_compiles_to_a_parallel_for_with_its_limit_and_gpu_trials(tmp_pa
     if target == "kfp":
         k8s = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-trial"]
         assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
+        executors_k8s = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert all(executors_k8s[e]["secretAsEnv"] for e in ("exec-trial", "exec-select"))  # store credentials
     assert "Sweep: 4 trials over learning_rate, width, 2 at a time" in spec["pipelineInfo"]["description"]
 
 
