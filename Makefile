@@ -89,6 +89,7 @@ bench: install system-packages ## CPU benchmarks vs ImageDataGenerator/image_dat
 	$(BIN)/python -m benchmarks.training_throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.steps_scaling $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.storage_ingest $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.preprocess_shards $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.summary
 
 # No install: the GPU machine has JAX (CUDA), Keras and NumPy, not our TensorFlow venv.

@@ -10,6 +10,8 @@ and carried unchanged by train, export and the registry record; every later step
 | Dataset (ingest)           | manifest.csv, classes.json, quarantine.csv, summary.json | `ManifestRow`       |
 | Dataset (preprocess)       | <split>-NNNNN-of-NNNNN.tfrecord, metadata.json           | `RecordsMetadata`   |
 | Model (train)              | model.keras, history.json, train.json, tensorboard/      | `TrainedModel`      |
+| Model (trial, a sweep's)   | train's files (if it trained) + trial.json               | `TrialResult`       |
+| Model (select)             | the winner's train files + sweep.json                    | `SweepResult`       |
 | Dataset (evaluate)         | predictions.csv, metrics.json                            | `Evaluation`        |
 | Model (export)             | SavedModel + assets.extra/imgclf.json                    | `ExportInfo`        |
 """
@@ -181,6 +183,62 @@ class TrainedModel:
 
 def load_history(model_dir: str) -> dict[str, list[float]]:
     return _read_json(Path(model_dir) / HISTORY_FILE, "a train output")
+
+
+# --- a sweep: each trial's Model, and select's ------------------------------------------------------
+TRIAL_FILE, SWEEP_FILE = "trial.json", "sweep.json"
+TRIAL_METRICS = {"val_accuracy": max, "val_loss": min}
+"""What a sweep may select on, and which way is better: validation scores only, never test ones."""
+
+
+@dataclass
+class TrialResult:
+    """trial.json: one trial of a sweep, written whether it trained or failed (a failed trial is a
+    result, so one bad combination does not fail the ParallelFor and the whole sweep)."""
+    index: int
+    options: dict
+    """The swept options' values for this trial (the rest are the pipeline's)."""
+    status: str
+    """"ok" or "failed"."""
+    error: str = ""
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    epochs_run: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialResult":
+        d = json.loads(text)
+        # KFP carries numbers through protobuf Structs: an int may come back as 3.0.
+        return cls(int(d["index"]), d["options"], d["status"], d.get("error", ""), d.get("val_accuracy"),
+                   d.get("val_loss"), int(d.get("epochs_run", 0)), float(d.get("seconds", 0.0)))
+
+    def save(self, model_dir: str | Path) -> None:
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        (Path(model_dir) / TRIAL_FILE).write_text(self.to_json(), encoding="utf-8")
+
+
+@dataclass
+class SweepResult:
+    """sweep.json beside the winner's train files: every trial, what was selected on, and the winner."""
+    metric: str
+    winner: int
+    trials: list[dict]
+
+    def save(self, model_dir: str | Path) -> None:
+        _write_json(Path(model_dir) / SWEEP_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, model_dir: str) -> "SweepResult | None":
+        """None for a model that did not come out of a sweep."""
+        path = Path(model_dir) / SWEEP_FILE
+        if not path.exists():
+            return None
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return cls(d["metric"], int(d["winner"]), d["trials"])
 
 
 # --- evaluate's Dataset ------------------------------------------------------------------------------

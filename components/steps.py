@@ -26,6 +26,15 @@ STEPS = {
                    "list and decode-check every image of a source; write the manifest and quarantine"),
     "preprocess": Step("components.preprocess.step:preprocess", "components.preprocess.options:PreprocessOptions",
                        "seeded stratified split, serving-time decode + resize, sharded TFRecords"),
+    # Preprocess spread over tasks (the pipelines' form): plan -> N shard tasks -> merge; same records.
+    "preprocess_plan": Step("components.preprocess.shards:plan", "components.preprocess.options:PreprocessOptions",
+                            "fix every split and its order from the manifest; choose the shard tasks", entry=False),
+    "preprocess_shard": Step("components.preprocess.shards:write_part",
+                             "components.preprocess.options:PreprocessOptions",
+                             "write one shard task's share of the TFRecord files", entry=False),
+    "preprocess_merge": Step("components.preprocess.shards:merge", "components.preprocess.options:PreprocessOptions",
+                             "gather the shard tasks' files into one records artifact with its metadata",
+                             entry=False),
     "train": Step("components.train.step:train", "components.train.options:TrainOptions",
                   "fit a Keras 3 model on the TFRecords, resumable; save .keras, history and curves"),
     "evaluate": Step("components.evaluate.step:evaluate", "",
@@ -38,6 +47,12 @@ STEPS = {
                  "thresholds and the champion re-scored on this test split: publish or refuse"),
     "publish": Step("components.release.publish:publish", "components.release.options:PublishOptions",
                     "copy the checked SavedModel into the registry as the next version"),
+    # A sweep's trial (train, its failure kept as its result) and selection: wired by pipelines/training.py
+    # from the sweep file, their inputs are lists and JSON, so no entry-point subcommand.
+    "trial": Step("components.train.trial:run_trial", "components.train.options:TrainOptions",
+                  "one trial of a sweep: train with the trial's options, scored on the validation split", entry=False),
+    "select": Step("components.sweep.select:select", "",
+                   "the best trial of a sweep by its validation score; its model becomes the run's", entry=False),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
     "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
                     "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),

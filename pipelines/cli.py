@@ -16,13 +16,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     names = {o.name for o in parameters(STEPS)}
     params = check_parameters({k: v for k, v in vars(args).items() if k in names}, check_paths=True)
+    sweep = compiling.sweep_of(args, params)
     runner = None
     if args.runner == "docker":
         from components.kfp_glue.wrappers import IMAGE
         from pipelines.docker_local import docker_runner
 
         runner, params = docker_runner(params, IMAGE, network=args.network)
-    result = run_local(params, pipeline_root=args.pipeline_root, runner=runner, quiet=args.quiet, cache=args.cache)
+    result = run_local(params, pipeline_root=args.pipeline_root, runner=runner, quiet=args.quiet, cache=args.cache,
+                       sweep=sweep)
     print(result.summary())
     return 0
 
@@ -71,6 +73,7 @@ def _add_run(sub, given: dict) -> None:
     run.add_argument("--params-file", help="pipeline parameters from a YAML or JSON mapping; flags given win")
     run.add_argument("--quiet", action="store_true",
                      help="show the steps' progress and the summary, not kfp.local's executor dumps")
+    compiling.add_sweep_argument(run)
     run.add_argument("--cache", action="store_true",
                      help="reuse a task's outputs from an earlier run under --pipeline-root when its inputs are "
                           "unchanged (content, not paths); tasks that read the registry always run")

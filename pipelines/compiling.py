@@ -16,6 +16,9 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
 
     from pipelines.platform import KFP_MINIO_SECRET, Platform, cpu_image, gpu_image, image_problem, resources_with
 
+    sweep = sweep_of(args)
+    if sweep is not None and args.pipeline != "training":
+        raise ValueError("--sweep is for the training pipeline")
     if args.gpus < 0:
         raise ValueError(f"--gpus {args.gpus}: must be 0 (CPU only) or more")
     secret = args.s3_secret if args.s3_secret is not None else (KFP_MINIO_SECRET if target == "kfp" else "")
@@ -32,9 +35,9 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
     platform = Platform(target=target, s3_secret=secret, s3_endpoint=args.s3_endpoint, gpus=args.gpus,
                         gpu_type=args.gpu_type, gpu_node_selector=selector, image=args.image,
                         gpu_image=args.gpu_image, resources=resources_with(changes))
-    build = _pipeline_builder(args.pipeline)
+    pipeline = _pipeline_builder(args.pipeline)(platform, *([sweep] if sweep is not None else []))
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(platform), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out
 
 
@@ -56,6 +59,7 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
     from pipelines.platform import DEFAULT_RESOURCES, KFP_MINIO_SECRET
 
     p.add_argument("--pipeline", choices=list(PIPELINES), default="training")
+    add_sweep_argument(p)
     p.add_argument("--image", default="",
                    help="every task's image, pullable by the cluster (default: IMGCLF_IMAGE, else imgclf:VERSION)")
     p.add_argument("--gpu-image", default="",
@@ -77,3 +81,22 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
                         "(default NVIDIA_TESLA_T4; e.g. NVIDIA_L4)")
     p.add_argument("--gpu-node-selector", default="", metavar="LABEL=VALUE",
                    help="KFP: schedule the train task on nodes with this label")
+
+
+def add_sweep_argument(p: argparse.ArgumentParser) -> None:
+    """`--sweep FILE` for run, compile, submit and schedule (see pipelines/sweep.py)."""
+    p.add_argument("--sweep", metavar="FILE", default="",
+                   help="a YAML/JSON grid or seeded random sample over train options: trials run as a ParallelFor, "
+                        "the best on validation is evaluated, exported, gated and published")
+
+
+def sweep_of(args: argparse.Namespace, params: dict | None = None):
+    """The checked sweep of `--sweep` (None without one); with `params`, checked with them too."""
+    if not getattr(args, "sweep", ""):
+        return None
+    from pipelines import sweep
+
+    found = sweep.load(args.sweep)
+    if params is not None:
+        sweep.check_with(found, params)
+    return found

@@ -110,6 +110,7 @@ class LocalRun:
     saved_model: str = ""
     report: str = ""
     gate_report: str = ""
+    sweep_report: str = ""
     accuracy: float | None = None
     published: str = ""
     step_seconds: dict[str, float] = field(default_factory=dict)
@@ -133,7 +134,8 @@ class LocalRun:
         lines = [f"\n=== imgclf run finished in {self.seconds:.1f} s ===", f"outcome       : {said}{reasons}",
                  f"test accuracy : {acc}"]
         for label, value in (("SavedModel    : ", self.saved_model), ("HTML report   : ", self.report),
-                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report)):
+                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report),
+                             ("sweep report  : ", self.sweep_report)):
             if value:
                 lines.append(label + value)
         return "\n".join(lines) + f"\nstep times:\n{steps}"
@@ -156,7 +158,8 @@ def _timed_tasks(into: dict[str, float]):
             return original(*args, **kwargs)
         finally:
             name = kwargs.get("component_name", "task").removeprefix("comp-")
-            into[name] = time.perf_counter() - start
+            # A ParallelFor's iterations (shard tasks, trials) share a name: the longest one is shown.
+            into[name] = max(into.get(name, 0.0), time.perf_counter() - start)
 
     task_dispatcher.run_single_task_implementation = timed
     try:
@@ -203,7 +206,7 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
 
 
 def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: bool = False,
-              cache: bool = False) -> LocalRun:
+              cache: bool = False, sweep=None) -> LocalRun:
     """The training pipeline, locally, with the figures `imgclf run` prints.
 
     Artifacts made inside the conditional branches are not pipeline outputs (kfp.local cannot select
@@ -212,15 +215,21 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
     """
     import json
 
+    pipeline = training_pipeline
+    if sweep is not None:
+        from pipelines.training import build_training_pipeline
+
+        pipeline = build_training_pipeline(sweep=sweep)
     hits: list[str] | None = [] if cache else None
-    task, timings, seconds = run_pipeline(training_pipeline, params, pipeline_root, runner, quiet, hits)
+    task, timings, seconds = run_pipeline(pipeline, params, pipeline_root, runner, quiet, hits)
     outputs = task.outputs
     run_dir = Path(outputs["ingest_report"].path).parents[1]
     outcome = json.loads(outputs["outcome"])
     # KFP names HTML artifacts without an extension; browsers want one to render them.
     pages = {}
     for task_name, output, name in (("evaluate", "report", "report.html"), ("ingest", "report", "ingest_report.html"),
-                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md")):
+                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md"),
+                                    ("select", "report", "sweep.html")):
         if (run_dir / task_name / output).is_file():
             shutil.copyfile(run_dir / task_name / output, run_dir / name)
             pages[name] = str(run_dir / name)
@@ -242,5 +251,6 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
     return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), ingest_report=pages["ingest_report.html"],
                     outcome=outcome, saved_model=str(saved_model) if saved_model.is_dir() else "",
                     report=pages.get("report.html", ""), gate_report=pages.get("gate.md", pages.get("skipped.md", "")),
+                    sweep_report=pages.get("sweep.html", ""),
                     accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds,
                     cached=hits or [])

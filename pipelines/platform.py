@@ -86,11 +86,12 @@ def memory_quantity(text: str) -> float:
 # Changed per step with --cpu STEP=REQUEST[:LIMIT] and --memory STEP=REQUEST[:LIMIT] (STEP "all" for every task).
 LIGHT = Resources("500m", "1", "1Gi", "2Gi")
 TF_STEP = Resources("1", "2", "4Gi", "8Gi")
+TRAIN = Resources("4", "8", "16Gi", "32Gi")
 DEFAULT_RESOURCES = {"validate": LIGHT, "ingest": Resources("1", "4", "4Gi", "8Gi"),
-                     "preprocess": Resources("2", "4", "4Gi", "8Gi"), "champion": TF_STEP,
-                     "train": Resources("4", "8", "16Gi", "32Gi"), "evaluate": TF_STEP, "export": TF_STEP,
-                     "gate": TF_STEP, "publish": LIGHT, "not-published": LIGHT, "training-skipped": LIGHT,
-                     "predict": Resources("2", "4", "4Gi", "8Gi")}
+                     "preprocess-plan": LIGHT, "preprocess-shard": Resources("2", "4", "4Gi", "8Gi"),
+                     "preprocess-merge": LIGHT, "champion": TF_STEP, "train": TRAIN, "trial": TRAIN,
+                     "select": LIGHT, "evaluate": TF_STEP, "export": TF_STEP, "gate": TF_STEP, "publish": LIGHT,
+                     "not-published": LIGHT, "training-skipped": LIGHT, "predict": Resources("2", "4", "4Gi", "8Gi")}
 
 
 def resources_with(changes: list[tuple[str, str, str]], tasks=tuple(DEFAULT_RESOURCES)) -> dict[str, Resources]:

@@ -40,15 +40,18 @@ def package_and_params(args: argparse.Namespace, tmp: str) -> tuple[str, dict]:
     against the package's inputs and (for our own pipelines) against the steps' declarations."""
     from pipelines import params
     from pipelines import check_parameters
-    from pipelines.compiling import compile_package
+    from pipelines.compiling import compile_package, sweep_of
 
     if args.backend == "vertex" and not (args.pipeline_root or "").startswith("gs://"):
         raise ValueError(f"Vertex AI needs a gs:// pipeline root (--pipeline-root), got {args.pipeline_root!r}")
+    if args.package and args.sweep:
+        raise ValueError("--sweep compiles the sweep into the pipeline: give it or --package, not both")
     package = args.package or str(compile_package(args, args.backend, Path(tmp) / "pipeline.yaml"))
     file_values = params.load_file(args.params_file) if args.params_file else {}
     values = params.merged(package, file_values, args.params)
     if not args.package:  # our own pipeline: its declarations know every parameter
         check_parameters(values, args.pipeline)
+        sweep_of(args, values)
     return package, values
 
 

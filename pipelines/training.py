@@ -1,5 +1,5 @@
-"""The training pipeline: validate -> ingest -> preprocess -> champion lookup -> [train -> evaluate -> export
--> gate -> [publish]].
+"""The training pipeline: validate -> ingest -> preprocess (plan -> shard tasks -> merge) -> champion lookup
+-> [train (or a sweep's trials -> select) -> evaluate -> export -> gate -> [publish]].
 
 Two `dsl.If` branches, so the UI shows what did not run and why: training runs unless the data is
 exactly the champion's (`skip_unchanged`), and publish runs only when the gate passed. Pipeline outputs
@@ -18,15 +18,16 @@ from kfp.dsl import HTML
 from components.kfp_glue import wrappers as steps
 from pipelines.declare import for_step, pipeline
 from pipelines.platform import LOCAL, Platform
+from pipelines.sweep import Sweep
 
 PIPELINE_NAME = "imgclf-training"
 STEPS = ("ingest", "preprocess", "champion", "train", "export", "gate", "publish")
 Outputs = NamedTuple("Outputs", ingest_report=HTML, outcome=str)
 
 
-def build_training_pipeline(platform: Platform = LOCAL):
+def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = None):
     """A fresh pipeline for `platform` (KFP builds the graph when the decorator runs, so cluster
-    settings must be known here, not passed as parameters)."""
+    settings must be known here, not passed as parameters), with one train task or a `sweep`'s trials."""
     validate = steps.validate_component(STEPS)
 
     def graph(p: dict) -> Outputs:
@@ -37,20 +38,25 @@ def build_training_pipeline(platform: Platform = LOCAL):
         # cacheable. Locally only `imgclf run --cache` caches, keyed on the data folder's listing
         # (pipelines/local_cache.py), and never for a remote URI.
         ingest.set_caching_options(platform.target == "local")
-        records = steps.preprocess(dataset=ingest.outputs["dataset"], **for_step("preprocess", p)).outputs["records"]
+        records = sharded_preprocess(ingest.outputs["dataset"], for_step("preprocess", p))
         look = steps.champion(records=records, **for_step("champion", p))
         look.set_caching_options(False)  # reads the registry, which other runs change
         with dsl.If(look.outputs["action"] == "train", name="train-new-data"):
-            fit = steps.train(records=records, warm_start_from=look.outputs["warm_start_from"], **for_step("train", p))
-            platform.apply_retry(fit)
-            ev = steps.evaluate(records=records, model=fit.outputs["model"])
-            exp = steps.export(model=fit.outputs["model"], records=records, predictions=ev.outputs["predictions"],
+            if sweep is None:
+                fit = steps.train(records=records, warm_start_from=look.outputs["warm_start_from"],
+                                  **for_step("train", p))
+                platform.apply_retry(fit)
+                gpu_tasks, model = [fit], fit.outputs["model"]
+            else:
+                gpu_tasks, model = sweep_trials(sweep, platform, records, look.outputs["warm_start_from"], p)
+            ev = steps.evaluate(records=records, model=model)
+            exp = steps.export(model=model, records=records, predictions=ev.outputs["predictions"],
                                **for_step("export", p))
             gate = steps.gate(records=records, predictions=ev.outputs["predictions"], **for_step("gate", p))
             gate.after(exp)  # publish only what passed export's serving checks
             gate.set_caching_options(False)  # the champion it compares with may have changed
             with dsl.If(gate.outputs["decision"] == "publish", name="gate-passed"):
-                steps.publish(saved_model=exp.outputs["saved_model"], model=fit.outputs["model"], records=records,
+                steps.publish(saved_model=exp.outputs["saved_model"], model=model, records=records,
                               predictions=ev.outputs["predictions"], gate_summary=gate.outputs["summary"],
                               source_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                               **for_step("publish", p)).set_caching_options(False)
@@ -62,12 +68,39 @@ def build_training_pipeline(platform: Platform = LOCAL):
             skip = steps.training_skipped(reason=look.outputs["reason"],
                                           champion_version=look.outputs["champion_version"])
         platform.apply(*dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
-        platform.apply_gpu(fit)
+        for task in gpu_tasks:
+            platform.apply_gpu(task)
         return Outputs(ingest_report=ingest.outputs["report"],
                        outcome=dsl.OneOf(gate.outputs["summary"], skip.outputs["Output"]))
 
-    return pipeline(PIPELINE_NAME, "Labelled images in, a served Keras image classifier (raw-bytes SavedModel) out.",
-                    STEPS, graph, returns=Outputs)
+    description = "Labelled images in, a served Keras image classifier (raw-bytes SavedModel) out."
+    if sweep is not None:
+        description += (f" Sweep: {len(sweep.trials)} trials over {', '.join(sweep.swept)}, {sweep.parallelism} at "
+                        f"a time, selected on {sweep.metric} (validation split).")
+    return pipeline(PIPELINE_NAME, description, STEPS, graph, returns=Outputs)
+
+
+def sharded_preprocess(dataset, options: dict):
+    """Preprocess as plan -> a ParallelFor of shard tasks (each 1/N of the TFRecord files) -> merge, N
+    being the `shard_tasks` option (0: from the image count); the records are those one task writes."""
+    plan = steps.preprocess_plan(dataset=dataset, **options)
+    with dsl.ParallelFor(plan.outputs["Output"], name="preprocess-shards") as shard:
+        part = steps.preprocess_shard(dataset=dataset, plan=plan.outputs["plan"], shard=shard, **options)
+    merge = steps.preprocess_merge(dataset=dataset, plan=plan.outputs["plan"], parts=dsl.Collected(part.outputs["part"]),
+                                   **options)
+    return merge.outputs["records"]
+
+
+def sweep_trials(sweep: Sweep, platform: Platform, records, warm_start_from, p: dict):
+    """A sweep in place of the train task: a ParallelFor of trials (each trains and is scored on the
+    validation split, a failure kept as its result), then select over the collected results. Returns
+    the tasks that train (they get the train task's GPU request) and the winner's model."""
+    with dsl.ParallelFor(sweep.items(), parallelism=sweep.parallelism, name="sweep") as item:
+        trial = steps.trial(records=records, warm_start_from=warm_start_from, trial=item, **for_step("train", p))
+        platform.apply_retry(trial)  # a preempted trial resumes from its own backup
+    choose = steps.select(models=dsl.Collected(trial.outputs["model"]),
+                          results=dsl.Collected(trial.outputs["Output"]), metric=sweep.metric)
+    return [trial], choose.outputs["model"]
 
 
 training_pipeline = build_training_pipeline()

@@ -69,3 +69,12 @@ def test_input_throughput_compares_every_pipeline_on_the_same_images(tmp_path):
     assert result["ours_one_off"]["images"] == 100 and result["ours_one_off"]["one_off_seconds"] > 0
     table = (tmp_path / "input_throughput.md").read_text()
     assert table.count("\n| ") == 8  # header + 6 pipelines + the one-off row
+
+
+def test_preprocess_shards_runs_kfp_local_over_shard_tasks_and_checks_the_output(tmp_path):
+    _run(["-m", "benchmarks.preprocess_shards", "--quick", "--tasks", "1,2", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "preprocess_shards.json").read_text())
+    assert result["images"] == 300 and result["outputs_identical"] is True
+    assert set(result["wall_seconds"]) == {"in-process", "1", "2"}
+    assert [len(result["shard_task_seconds"][n]) for n in ("1", "2")] == [1, 2]
+    assert "| kfp.local: plan, 2 shard task(s), merge | 2 |" in (tmp_path / "preprocess_shards.md").read_text()

@@ -161,8 +161,9 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     result = run_local(params, pipeline_root=str(tmp_path / "root"), runner=runner)
 
     # One container per task that ran: validate, the five steps, the champion lookup, the gate and publish.
-    assert set(result.step_seconds) == {"validate", "ingest", "preprocess", "champion", "train", "evaluate",
-                                        "export", "gate", "publish"}
+    assert set(result.step_seconds) == {"validate", "ingest", "preprocess-plan", "preprocess-shard",
+                                        "preprocess-merge", "champion", "train", "evaluate", "export", "gate",
+                                        "publish"}
     assert result.decision == "publish"
     assert registry.versions(str(tmp_path / "registry"), "fm") == [1]
     assert (tmp_path / "registry" / "fm" / "1" / "saved_model.pb").is_file()

@@ -12,7 +12,7 @@ from kfp import components
 from pipelines.cli import main
 from tests.conftest import TEN, make_folder
 
-STEPS = ["ingest", "preprocess", "train", "evaluate", "export"]
+STEPS = ["ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train", "evaluate", "export"]
 
 
 def test_compiled_yaml_loads_back(tmp_path):
@@ -26,8 +26,13 @@ def test_compiled_yaml_loads_back(tmp_path):
         assert name in params, name
     spec, _platform = yaml.safe_load_all(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"validate", "ingest", "preprocess", "champion", "condition-branches-1"}
+    assert set(tasks) == {"validate", "ingest", "preprocess-plan", "for-loop-1", "preprocess-merge", "champion",
+                          "condition-branches-2"}
     assert tasks["ingest"]["dependentTasks"] == ["validate"]  # every parameter checked before any work
+    # Preprocess fans out over the shard tasks the plan chose (a parameter, 0: from the image count).
+    assert tasks["for-loop-1"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--preprocess-plan-Output"}
+    assert tasks["preprocess-merge"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert loaded.component_spec.inputs["shard_tasks"].default == 0
     assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
     assert tasks["champion"]["cachingOptions"] == {}  # reads the registry
     # dsl.If/dsl.Else: train only on new data; inside, publish only if the gate passed.
@@ -220,7 +225,7 @@ def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(ta
              for comp in [spec["root"], *spec["components"].values()]
              for name, t in comp.get("dag", {}).get("tasks", {}).items()
              if "executorLabel" in spec["components"][t["componentRef"]["name"]]}
-    assert set(tasks) == set(DEFAULT_RESOURCES) - {"predict"}
+    assert set(tasks) == set(DEFAULT_RESOURCES) - {"predict", "trial", "select"}   # those two: sweeps only
     for name, executor in tasks.items():
         r = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
         want = DEFAULT_RESOURCES[name]
@@ -228,7 +233,7 @@ def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(ta
             == (want.cpu_request, want.cpu_limit, want.memory_request, want.memory_limit), name
     biggest = max(DEFAULT_RESOURCES, key=lambda n: (cpu_quantity(DEFAULT_RESOURCES[n].cpu_limit),
                                                     memory_quantity(DEFAULT_RESOURCES[n].memory_limit)))
-    assert biggest == "train"
+    assert biggest in ("train", "trial") and DEFAULT_RESOURCES["trial"] == DEFAULT_RESOURCES["train"]
 
     assert main(["compile", "--target", target, "--allow-local-image", "--cpu", "all=2", "--memory", "train=20Gi:40Gi",
                  "--cpu", "train=6:12", "-o", str(out)]) == 0

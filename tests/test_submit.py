@@ -274,7 +274,7 @@ def test_dry_run_compiles_checks_and_shows_what_would_be_sent_sending_nothing(ba
     assert sent["tasks"]["train"]["image"] == "ghcr.io/acme/imgclf-gpu:0.1.0"
     assert sent["tasks"]["train"]["resources"]["resourceCpuLimit"] == "12"
     assert sent["tasks"]["ingest"]["image"] == "ghcr.io/acme/imgclf:0.1.0"
-    assert sent["tasks"]["ingest"]["caching"] is False and sent["tasks"]["preprocess"]["caching"] is True
+    assert sent["tasks"]["ingest"]["caching"] is False and sent["tasks"]["preprocess-merge"]["caching"] is True
     assert main(["schedule", "create", *base, "--dry-run", "--cron", "0 3 * * *", "data=gs://b/img"]) == 0
     text = capsys.readouterr().out
     assert "nothing sent" in text and "cron 0 3 * * *" in text and "the pipeline version uploaded now" in text

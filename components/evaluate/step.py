@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, TrainedModel, load_history
+from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, SweepResult, TrainedModel, load_history
 from components.lib import records, reports, storage, tables
 
 MAX_GRID = 24
@@ -101,6 +101,9 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
                              reports.img(reports.fig_to_data_uri(reports.roc_curves(curves)))))
         sections.append(("Learning curves",
                          reports.img(reports.fig_to_data_uri(reports.learning_curves(load_history(model_dir))))))
+        sweep = SweepResult.load(model_dir)
+        if sweep is not None:  # the model won a sweep: how it was chosen (on validation scores)
+            sections += reports.sweep_sections(sweep.trials, sweep.metric, sweep.winner)
         if wrong:
             sections.append((f"Misclassified examples (first {len(wrong)})", reports.img(reports.fig_to_data_uri(
                 reports.image_grid([w[0] for w in wrong], [w[1] for w in wrong])))))

@@ -35,10 +35,27 @@ def ingest(dataset, metrics, report, **options):
         metrics.log_metric(f"images: {cls}", n)
 
 
-def preprocess(dataset, records, metrics, **options):
-    from components.preprocess.step import preprocess as run
+def preprocess_plan(dataset, plan, **options) -> list:
+    from components.preprocess.shards import plan as run
 
-    s = run(dataset.path, records.path, **options)
+    return run(dataset.path, plan.path, **options)
+
+
+def preprocess_shard(dataset, plan, part, shard: int, **options):
+    from components.preprocess.shards import write_part
+
+    p = write_part(dataset.path, plan.path, shard, part.path, **options)
+    part.metadata.update({"shard": shard, "files": len(p["files"])})
+
+
+def preprocess_merge(dataset, plan, parts, records, metrics, **options):
+    from components.preprocess.shards import merge
+
+    _records_outputs(merge(dataset.path, plan.path, [p.path for p in parts], records.path, **options), records,
+                     metrics)
+
+
+def _records_outputs(s, records, metrics) -> None:
     records.metadata.update({"counts": s.counts, "fingerprint": s.fingerprint,
                              "data_fingerprint": s.data_fingerprint, "classes": s.classes})
     for split, n in s.counts.items():
@@ -63,6 +80,28 @@ def train(records, model, metrics, curves, **options):
     for i, (ips, secs) in enumerate(zip(history["images_per_second"], history["epoch_seconds"]), start=1):
         metrics.log_metric(f"epoch {i:02d}: images/s", round(ips, 1))
         metrics.log_metric(f"epoch {i:02d}: seconds", round(secs, 2))
+
+
+def trial(records, model, metrics, curves, trial: str, **options) -> str:
+    from components.train.trial import run_trial
+
+    backup = model.uri.rstrip("/") + ".backup"  # as train: a retried attempt resumes from it
+    r = run_trial(records.path, model.path, trial, backup_uri=backup, curves_html=curves.path, **options)
+    model.metadata.update({"trial": r.index, "status": r.status, "options": r.options})
+    metrics.log_metric("ok", int(r.status == "ok"))
+    for k in ("val_accuracy", "val_loss"):
+        if getattr(r, k) is not None:
+            metrics.log_metric(k, getattr(r, k))
+    return r.to_json()
+
+
+def select(models, model, report, results: list, metric: str) -> str:
+    from components.sweep.select import select as run
+
+    s = run(list(results), [m.path for m in models], model.path, metric=metric, report_html=report.path)
+    model.metadata.update({"framework": "keras", "trial": s.winner.index, "options": s.winner.options,
+                           "trials": len(s.trials), "failed_trials": s.failed})
+    return s.winner.to_json()
 
 
 def evaluate(records, model, predictions, metrics, classification, report) -> float:

@@ -28,8 +28,13 @@ class Artifact:
 class Wired:
     """A component input the pipeline wires from another task's output, not from an Options class."""
     name: str
-    type: type
+    type: type | str
+    """A type, or its annotation as source text ("List[str]")."""
     help: str
+
+    @property
+    def annotation(self) -> str:
+        return self.type if isinstance(self.type, str) else self.type.__name__
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def source(spec: ComponentSpec, body: str = "components.kfp_glue.bodies") -> str
     required = [o for o in opts if o.required]
     defaulted = [o for o in opts if not o.required]
     params = [f"{a.name}: {a.annotation}" for a in spec.artifacts]
-    params += [f"{w.name}: {w.type.__name__}" for w in spec.wired]
+    params += [f"{w.name}: {w.annotation}" for w in spec.wired]
     params += [f"{o.name}: {o.type.__name__}" for o in required]
     params += [f"{o.name}: {o.type.__name__} = {o.default!r}" for o in defaulted]
     args = [f"    {a.name}: {_one_line(a.help)}" for a in spec.artifacts]

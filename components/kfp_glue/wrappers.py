@@ -26,9 +26,22 @@ SPECS = [
         Artifact("dataset", "Output[Dataset]", "manifest.csv, classes.json, quarantine.csv, summary.json"),
         Artifact("metrics", "Output[Metrics]", "images, classes and quarantined files by reason"),
         Artifact("report", "Output[HTML]", "the ingest report")), ("ingest",)),
-    ComponentSpec("preprocess", "Seeded stratified split, decode + resize with the serving-time decoder, sharded "
-                                "TFRecords with metadata.", (
+    ComponentSpec("preprocess_plan", "Fix every split and its order from the whole manifest (seeded, before any "
+                                     "image is read) and choose the shard tasks.", (
         Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
+        Artifact("plan", "Output[Dataset]", "plan.json: every split's rows in order, near-duplicates, task count")),
+        ("preprocess",), returns="List[int]", returns_help="the shard task indices"),
+    ComponentSpec("preprocess_shard", "One shard task: decode + resize its share of the images (whole TFRecord "
+                                      "files, dealt round-robin) with the serving-time decoder.", (
+        Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
+        Artifact("plan", "Input[Dataset]", "the plan"),
+        Artifact("part", "Output[Dataset]", "this task's TFRecord files and part.json")), ("preprocess",),
+        wired=(Wired("shard", int, "this task's index"),)),
+    ComponentSpec("preprocess_merge", "Gather the shard tasks' files into one records artifact and write its "
+                                      "metadata, as a single preprocess task would.", (
+        Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
+        Artifact("plan", "Input[Dataset]", "the plan"),
+        Artifact("parts", "Input[List[Dataset]]", "every shard task's files (dsl.Collected)"),
         Artifact("records", "Output[Dataset]", "TFRecord shards per split and metadata.json"),
         Artifact("metrics", "Output[Metrics]", "images per split, quarantined, near-duplicates")), ("preprocess",)),
     ComponentSpec("train", "Fit a Keras 3 model (baseline CNN or a transfer family), resumable after a retry; save "
@@ -36,6 +49,21 @@ SPECS = [
         RECORDS, Artifact("model", "Output[Model]", "model.keras, history.json, train.json, tensorboard/"),
         Artifact("metrics", "Output[Metrics]", "the training summary and per-epoch throughput"),
         Artifact("curves", "Output[HTML]", "learning curves")), ("train",)),
+    ComponentSpec("trial", "One trial of a sweep: train with the trial's options over the pipeline's, scored on "
+                           "the validation split; a failure is kept as the trial's result, not raised.", (
+        RECORDS, Artifact("model", "Output[Model]", "train's files (when it trained) and trial.json"),
+        Artifact("metrics", "Output[Metrics]", "the trial's validation scores"),
+        Artifact("curves", "Output[HTML]", "learning curves")), ("train",),
+        wired=(Wired("trial", str, "the sweep's item: JSON {index, options}"),),
+        returns="str", returns_help="the trial's result (trial.json) as JSON"),
+    ComponentSpec("select", "The best trial of a sweep by its validation score (never a test score); its model "
+                            "becomes the run's model.", (
+        Artifact("models", "Input[List[Model]]", "every trial's model (dsl.Collected)"),
+        Artifact("model", "Output[Model]", "the winner's model, with sweep.json listing every trial"),
+        Artifact("report", "Output[HTML]", "trials table, plot and the winner's options")),
+        wired=(Wired("results", "List[str]", "every trial's result (dsl.Collected)"),
+               Wired("metric", str, "val_accuracy or val_loss")),
+        returns="str", returns_help="the winner's trial.json"),
     ComponentSpec("evaluate", "Score the test split: metrics, confusion matrix, ROC, predictions and an HTML "
                               "report.", (
         RECORDS, MODEL, Artifact("predictions", "Output[Dataset]", "predictions.csv and metrics.json"),
@@ -78,10 +106,12 @@ SPECS = [
 ]
 
 _built = {spec.name: build(spec, _decorate) for spec in SPECS}
-ingest, preprocess, train, evaluate, export = (_built[n] for n in ("ingest", "preprocess", "train", "evaluate",
-                                                                   "export"))
+ingest, train, evaluate, export = (_built[n] for n in ("ingest", "train", "evaluate", "export"))
 champion, gate, publish = _built["champion"], _built["gate"], _built["publish"]
 not_published, training_skipped, predict = _built["not_published"], _built["training_skipped"], _built["predict"]
+trial, select = _built["trial"], _built["select"]
+preprocess_plan, preprocess_shard, preprocess_merge = (_built[n] for n in ("preprocess_plan", "preprocess_shard",
+                                                                           "preprocess_merge"))
 
 
 def validate_component(steps: tuple[str, ...]):

@@ -25,7 +25,9 @@ def serialize(pixels: bytes, label: int, location: str, encoded: bytes | None = 
              LOCATION: b(location.encode("utf-8"))}
     if encoded is not None:
         feats[ENCODED] = b(encoded)
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    # Deterministic: map entries in key order, so the same image gives the same bytes in every process (a
+    # protobuf map's order otherwise varies between processes) and sharded preprocess equals one task's.
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
 def make_dataset(dataset_dir: str, meta: RecordsMetadata, split: str, batch_size: int, shuffle: bool = False,

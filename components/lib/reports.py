@@ -94,3 +94,54 @@ td:first-child{{text-align:left}}img{{max-width:100%}}section{{margin-bottom:1.5
 
 def img(uri: str, alt: str = "") -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def sweep_trials(trials: list[dict], metric: str, winner: int):
+    """A sweep at a glance: the metric of every trial (the winner in orange, failed ones as a cross at
+    the bottom), then the metric against each swept option's values."""
+    ok = [t for t in trials if t["status"] == "ok"]
+    options = sorted({k for t in trials for k in t["options"]})
+    fig, axes = plt.subplots(1, 1 + len(options), figsize=(4.5 * (1 + len(options)), 3.2), squeeze=False)
+    ax = axes[0][0]
+    ax.bar([t["index"] for t in ok], [t[metric] for t in ok],
+           color=["tab:orange" if t["index"] == winner else "tab:blue" for t in ok])
+    failed = [t["index"] for t in trials if t["status"] != "ok"]
+    if failed:
+        ax.plot(failed, [0] * len(failed), "rx", markersize=10, label="failed")
+        ax.legend()
+    ax.set_xlabel("trial")
+    ax.set_title(f"{metric} per trial")
+    ax.grid(alpha=0.3, axis="y")
+    for ax, name in zip(axes[0][1:], options):
+        values = [str(t["options"].get(name, "")) for t in ok]
+        levels = sorted(set(values), key=lambda v: (_as_number(v) is None, _as_number(v) or 0, v))
+        xs = [levels.index(v) for v in values]
+        ax.scatter(xs, [t[metric] for t in ok], c=["tab:orange" if t["index"] == winner else "tab:blue" for t in ok])
+        ax.set_xticks(range(len(levels)), levels, rotation=30)
+        ax.set_title(f"{metric} by {name}")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _as_number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def sweep_sections(trials: list[dict], metric: str, winner: int) -> list[tuple[str, str]]:
+    """The report sections of a sweep: the winner's options, every trial, and the plot."""
+    options = sorted({k for t in trials for k in t["options"]})
+    best = next(t for t in trials if t["index"] == winner)
+    rows = [[t["index"], *(t["options"].get(o, "") for o in options), t["status"],
+             "" if t.get("val_accuracy") is None else float(t["val_accuracy"]),
+             "" if t.get("val_loss") is None else float(t["val_loss"]), t.get("epochs_run", 0),
+             t.get("error", "")] for t in trials]
+    return [
+        (f"Sweep winner: trial {winner} (best {metric} on the validation split)",
+         table(["option", "value"], [[k, v] for k, v in sorted(best["options"].items())])),
+        (f"Sweep trials ({len(trials)}; selected on validation {metric}, never on test images)",
+         table(["trial", *options, "status", "val_accuracy", "val_loss", "epochs", "error"], rows)),
+        ("Sweep plot", img(fig_to_data_uri(sweep_trials(trials, metric, winner)), "metric per trial and option")),
+    ]

@@ -7,6 +7,11 @@ from components.lib.images import COLOR_MODES
 from components.lib.options import Seeded, option
 
 
+MAX_SHARDS = 256
+LAYOUT_ONLY = ("shard_tasks",)
+"""Options that change how the work is spread, never the records: left out of the records' fingerprint."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class PreprocessOptions(Seeded):
     image_size: int = option(160, "images are resized to image_size x image_size pixels", min=8, max=1024)
@@ -18,6 +23,8 @@ class PreprocessOptions(Seeded):
                                       min=-1, max=256)
     drop_near_duplicates: bool = option(False, "leave validation/test near-duplicates of training images out "
                                                "(they are always reported)")
+    shard_tasks: int = option(0, "preprocess tasks the TFRecord shards are spread over (each writes whole files); "
+                            "0: automatic, one per 10,000 images up to 32", min=0, max=MAX_SHARDS)
     images_per_shard: int = option(2048, "images per TFRecord shard", min=1, pipeline=False)
     workers: int = option(4, "threads reading and decoding images", min=1, max=256, pipeline=False)
 

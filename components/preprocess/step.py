@@ -16,7 +16,7 @@ from components.contracts import DatasetError, InputSpec, RecordsMetadata, Split
 from components.lib import images, records, storage
 from components.lib.options import takes
 from components.lib.progress import Progress
-from components.preprocess.options import PreprocessOptions
+from components.preprocess.options import LAYOUT_ONLY, PreprocessOptions
 
 
 @dataclass
@@ -122,16 +122,10 @@ def near_duplicates(rows: list[dict], splits: dict[str, list[int]], max_distance
     return found
 
 
-@takes(PreprocessOptions)
-def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> PreprocessSummary:
-    """Write `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` to `output_dir`.
-
-    Near-duplicates of training images in validation/test (perceptual hash within
-    `near_duplicate_bits` bits; -1 turns the check off) are reported in the metadata, and left out
-    of their split with `drop_near_duplicates`.
-    """
-    rows, classes = load_manifest(dataset_dir)
-    spec = InputSpec(classes, opts.image_size, images.channels_for(opts.color_mode), opts.color_mode)
+def plan_splits(rows: list, opts: PreprocessOptions) -> tuple[dict[str, list[int]], list[dict]]:
+    """Every split's row indices in their final (seeded, shuffled) order, and the near-duplicates found:
+    decided from the whole manifest before any image is read, so how the writing is spread over tasks
+    (`shard_tasks`) cannot change a split."""
     splits = assign_splits(rows, opts.val_fraction, opts.test_fraction, opts.seed)
     near = near_duplicates(rows, splits, opts.near_duplicate_bits)
     if near:
@@ -142,17 +136,51 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
         gone = {n["location"] for n in near}
         for split in ("validation", "test"):
             splits[split] = [i for i in splits[split] if rows[i]["location"] not in gone]
-    splits = shuffled(splits, opts.seed)
+    return shuffled(splits, opts.seed), near
+
+
+def input_spec(classes: list[str], opts: PreprocessOptions) -> InputSpec:
+    return InputSpec(classes, opts.image_size, images.channels_for(opts.color_mode), opts.color_mode)
+
+
+def record_files(splits: dict[str, list[int]], per_shard: int) -> list[tuple[str, str, list[int]]]:
+    """(split, file name, row indices) of every TFRecord file, in writing order."""
+    files = []
+    for split, idx in splits.items():
+        n = max(1, math.ceil(len(idx) / per_shard))
+        files += [(split, f"{split}-{s:05d}-of-{n:05d}.tfrecord", idx[s * per_shard:(s + 1) * per_shard])
+                  for s in range(n)]
+    return files
+
+
+def save_metadata(out, rows: list, spec: InputSpec, meta_splits: dict[str, SplitInfo], quarantined: list[dict],
+                  near: list[dict], opts: PreprocessOptions) -> tuple[str, str]:
+    """metadata.json; returns (fingerprint, data fingerprint)."""
+    data_fp = data_fingerprint(rows)
+    # What changes the records' content (the pipeline parameters), not how they were written.
+    params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline and o.name not in LAYOUT_ONLY}
+    fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
+    RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
+                    bool(opts.drop_near_duplicates and near)).save(out)
+    return fp, data_fp
+
+
+@takes(PreprocessOptions)
+def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> PreprocessSummary:
+    """Write `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` to `output_dir`.
+
+    Near-duplicates of training images in validation/test (perceptual hash within
+    `near_duplicate_bits` bits; -1 turns the check off) are reported in the metadata, and left out
+    of their split with `drop_near_duplicates`.
+    """
+    rows, classes = load_manifest(dataset_dir)
+    spec = input_spec(classes, opts)
+    splits, near = plan_splits(rows, opts)
     with storage.atomic_dir(output_dir) as out:
         meta_splits, quarantined, seconds = write_shards(dataset_dir, rows, splits, spec, out, opts)
         if meta_splits["train"].count == 0:
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
-        data_fp = data_fingerprint(rows)
-        # What changes the records' content (the pipeline parameters), not how they were written.
-        params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline}
-        fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
-        RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
-                        bool(opts.drop_near_duplicates and near)).save(out)
+        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, near, opts)
     summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined),
                                 fp, data_fp, round(seconds, 3), len(near))
     print(f"preprocess: {summary.counts} at {spec.image_size}x{spec.image_size}x{spec.channels}; "
@@ -160,12 +188,10 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
     return summary
 
 
-def write_shards(dataset_dir: str, rows: list, splits: dict[str, list[int]], spec: InputSpec, out,
-                 opts: PreprocessOptions) -> tuple[dict[str, SplitInfo], list[dict], float]:
-    """Decode, check and write every split's shards through a bounded thread-pool window."""
+def image_loader(dataset_dir: str, rows: list, spec: InputSpec):
+    """`load(i)`: row i's (i, encoded bytes, pixels, problem); a problem is that image's quarantine reason."""
     import tensorflow as tf
 
-    class_index = {c: i for i, c in enumerate(spec.classes)}
     decode = images.decoder(spec.image_size, spec.channels)
 
     def load(i: int):
@@ -183,30 +209,53 @@ def write_shards(dataset_dir: str, rows: list, splits: dict[str, list[int]], spe
         except Exception as e:  # noqa: BLE001 - as above
             return i, None, None, f"TensorFlow cannot decode it: {images.decode_error_cause(e)}"
 
+    return load
+
+
+def write_file(path: str, split: str, idx: list[int], rows: list, spec: InputSpec, load, pool, progress,
+               quarantined: list[dict]) -> Counter:
+    """One TFRecord file of `split` from rows `idx`; returns its images per class."""
+    import tensorflow as tf
+
+    class_index = {c: i for i, c in enumerate(spec.classes)}
+    per_class = Counter()
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, data, pixels, problem in pool.map(load, idx):
+            progress.update()
+            row = rows[i]
+            if problem:
+                quarantined.append({"location": row["location"], "label": row["label"], "reason": problem})
+                continue
+            writer.write(records.serialize(pixels, class_index[row["label"]], row["location"],
+                                           encoded=data if split == "test" else None))
+            per_class[row["label"]] += 1
+    return per_class
+
+
+def split_infos(spec: InputSpec, files: list[tuple[str, str, Counter]], out) -> dict[str, SplitInfo]:
+    """Each split's count, files and per-class counts from its files' (split, name, per class); the
+    files of a split with no image left are removed."""
+    meta_splits = {}
+    for split in dict.fromkeys(f[0] for f in files):
+        mine = [(name, counts) for s, name, counts in files if s == split]
+        per_class = sum((c for _, c in mine), Counter())
+        written = sum(per_class.values())
+        meta_splits[split] = SplitInfo(written, [n for n, _ in mine] if written else [],
+                                       {c: per_class.get(c, 0) for c in spec.classes})
+        if not written:
+            for name, _ in mine:
+                (out / name).unlink()
+    return meta_splits
+
+
+def write_shards(dataset_dir: str, rows: list, splits: dict[str, list[int]], spec: InputSpec, out,
+                 opts: PreprocessOptions) -> tuple[dict[str, SplitInfo], list[dict], float]:
+    """Decode, check and write every split's shards through a bounded thread-pool window."""
+    load = image_loader(dataset_dir, rows, spec)
     progress = Progress("preprocess", sum(len(v) for v in splits.values()))
-    meta_splits, quarantined = {}, []
-    per_shard = opts.images_per_shard
+    quarantined, written = [], []
     with ThreadPoolExecutor(max_workers=opts.workers) as pool:
-        for split, idx in splits.items():
-            n_shards = max(1, math.ceil(len(idx) / per_shard))
-            names = [f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord" for s in range(n_shards)]
-            per_class, written = Counter(), 0
-            for s, name in enumerate(names):
-                with tf.io.TFRecordWriter(str(out / name)) as writer:
-                    for i, data, pixels, problem in pool.map(load, idx[s * per_shard:(s + 1) * per_shard]):
-                        progress.update()
-                        row = rows[i]
-                        if problem:
-                            quarantined.append({"location": row["location"], "label": row["label"],
-                                                "reason": problem})
-                            continue
-                        writer.write(records.serialize(pixels, class_index[row["label"]], row["location"],
-                                                       encoded=data if split == "test" else None))
-                        per_class[row["label"]] += 1
-                        written += 1
-            meta_splits[split] = SplitInfo(written, names if written else [],
-                                           {c: per_class.get(c, 0) for c in spec.classes})
-            if not written:
-                for name in names:
-                    (out / name).unlink()
-    return meta_splits, quarantined, progress.close()
+        for split, name, idx in record_files(splits, opts.images_per_shard):
+            written.append((split, name, write_file(str(out / name), split, idx, rows, spec, load, pool, progress,
+                                                    quarantined)))
+    return split_infos(spec, written, out), quarantined, progress.close()
