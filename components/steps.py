@@ -38,6 +38,8 @@ STEPS = {
                  "thresholds and the champion re-scored on this test split: publish or refuse"),
     "publish": Step("components.release.publish:publish", "components.release.options:PublishOptions",
                     "copy the checked SavedModel into the registry as the next version"),
+    "deploy": Step("components.deploy.step:deploy", "components.deploy.options:DeployOptions",
+                   "serve a published version: KServe InferenceService, Vertex AI endpoint or TF Serving config"),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
     "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
                     "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipelines import PIPELINES, steps_of  # noqa: E402 - light: nothing of kfp
+from pipelines.deploy_cli import add_deploy_parser
 
 
 def check_parameters(values: dict, pipeline: str = "training", check_paths: bool = False) -> dict:
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_compile_submit_schedule(sub)
     _add_predict(sub)
+    add_deploy_parser(sub)
     step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
                           add_help=False)
     step.add_argument("rest", nargs=argparse.REMAINDER)

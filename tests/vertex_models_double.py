@@ -1,0 +1,160 @@
+"""A test double of the Vertex AI Model Registry and endpoints REST API (v1) on 127.0.0.1, in the style
+of tests/vertex_double.py: request bodies parsed into the real aiplatform_v1 protobuf messages with
+unknown fields refused, v1 resource paths only, known query parameters only; anything else is answered
+400 and recorded as rejected.
+
+What it does with them is what Vertex does in the parts deploy relies on: `models:upload` with a parent
+model adds a version (the first is version 1) and moves the aliases it names off other versions;
+uploads, endpoint creation and deployments are long-running operations, done on the first poll;
+deploying takes the request's traffic split, with "0" standing for the new deployed model.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from urllib.parse import parse_qs, unquote, urlparse
+
+from google.cloud.aiplatform_v1.types import DeployModelRequest, Endpoint, UploadModelRequest
+from google.protobuf import json_format
+
+from tests.http_double import JsonHandler, Served
+
+LOC = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+LIST_QUERY = {"filter", "pageSize", "pageToken", "orderBy", "readMask"}
+ROUTES = [
+    ("GET", re.compile(LOC + r"/models$"), None, LIST_QUERY),
+    ("POST", re.compile(LOC + r"/models:upload$"), UploadModelRequest, set()),
+    ("GET", re.compile(LOC + r"/models/(?P<id>[0-9]+)(@(?P<version>[^/]+))?$"), None, set()),
+    ("GET", re.compile(LOC + r"/endpoints$"), None, LIST_QUERY),
+    ("POST", re.compile(LOC + r"/endpoints$"), Endpoint, {"endpointId"}),
+    ("GET", re.compile(LOC + r"/endpoints/(?P<id>[0-9]+)$"), None, set()),
+    ("POST", re.compile(LOC + r"/endpoints/(?P<id>[0-9]+):deployModel$"), DeployModelRequest, set()),
+    # google-cloud-aiplatform's REST transport polls operations under /ui/ (the first of its http rules
+    # for projects/*/locations/*/operations/*); both prefixes name the same operation.
+    ("GET", re.compile(r"/(v1|ui)" + LOC[3:] + r"/operations/(?P<id>[0-9]+)$"), None, set()),
+]
+_FILTER = re.compile(r'display_name="(?P<name>[^"]*)"')
+AIP = "type.googleapis.com/google.cloud.aiplatform.v1."
+
+
+def _not_found(what: str):
+    return 404, {"error": {"code": 404, "message": f"{what} not found", "status": "NOT_FOUND"}}
+
+
+class VertexModelsDouble(Served):
+    def __init__(self):
+        self.requests, self.rejected = [], []
+        self.models: dict[str, list[dict]] = {}   # model resource name -> its versions
+        self.endpoints: dict[str, dict] = {}
+        self.operations: dict[str, dict] = {}
+        self._ids = itertools.count(1001)
+        double = self
+
+        class Handler(JsonHandler):
+            def handle_request(self, method):
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items() if k != "$alt"}
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.loads(raw) if raw else None
+                path = unquote(url.path)  # the client sends models/ID%40VERSION
+                record = {"method": method, "path": path, "query": query, "body": body}
+                double.requests.append(record)
+                try:
+                    route, match = double.check(method, path, query, body)
+                except ValueError as e:
+                    record["rejected"] = str(e)
+                    double.rejected.append(str(e))
+                    return self.send_json(400, {"error": {"code": 400, "message": str(e),
+                                                          "status": "INVALID_ARGUMENT"}})
+                self.send_json(*double.respond(method, route, match, query, body))
+
+        self.start(Handler)
+
+    def check(self, method, path, query, body):
+        for m, rx, message, allowed in ROUTES:
+            match = rx.match(path)
+            if m == method and match:
+                extra = set(query) - allowed
+                if extra:
+                    raise ValueError(f"{method} {path}: unexpected query parameters {sorted(extra)}")
+                if message is not None:
+                    if body is None:
+                        raise ValueError(f"{method} {path}: missing body")
+                    try:
+                        json_format.ParseDict(body, message.pb(message()), ignore_unknown_fields=False)
+                    except json_format.ParseError as e:
+                        raise ValueError(f"{method} {path}: not a {message.__name__}: {e}") from None
+                elif body:
+                    raise ValueError(f"{method} {path} takes no body")
+                if "filter" in query and not _FILTER.fullmatch(query["filter"]):
+                    raise ValueError(f"{method} {path}: this double answers only display_name=\"...\" filters")
+                return rx.pattern, match
+        raise ValueError(f"{method} {path} is not a Vertex AI v1 models/endpoints/operations call")
+
+    def _operation(self, response: dict, kind: str) -> tuple[int, dict]:
+        name = f"{self._parent}/operations/{next(self._ids)}"
+        self.operations[name] = {"name": name, "done": True, "response": {"@type": AIP + kind, **response}}
+        return 200, {"name": name, "metadata": {"@type": AIP + "GenericOperationMetadata"}, "done": False}
+
+    def _named(self, table: dict, query: dict) -> list:
+        name = _FILTER.fullmatch(query["filter"])["name"] if "filter" in query else None
+        return [x for x in table if name is None or x["displayName"] == name]
+
+    def latest(self, model: str) -> dict:
+        return self.models[model][-1]
+
+    def respond(self, method, route, match, query, body):
+        self._parent = parent = f"projects/{match['project']}/locations/{match['location']}"
+        if route.endswith("/models$"):
+            # Listing shows each model once, as its default version.
+            defaults = [next(v for v in vs if "default" in v["versionAliases"]) for vs in self.models.values()]
+            return 200, {"models": self._named(defaults, query)}
+        if route.endswith("/models:upload$"):
+            model = body["model"]
+            name = body.get("parentModel") or f"{parent}/models/{next(self._ids)}"
+            if body.get("parentModel") and name not in self.models:
+                return _not_found(f"parent model {name}")
+            versions = self.models.setdefault(name, [])
+            aliases = list(model.get("versionAliases", []))
+            if not versions and "default" not in aliases:  # one version always carries "default"
+                aliases.insert(0, "default")
+            for other in versions:  # an alias belongs to one version at a time
+                other["versionAliases"] = [a for a in other["versionAliases"] if a not in aliases]
+            version = {**model, "name": name, "versionId": str(len(versions) + 1), "versionAliases": aliases,
+                       "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"]}
+            versions.append(version)
+            return self._operation({"model": name, "modelVersionId": version["versionId"]}, "UploadModelResponse")
+        if "/models/" in route:
+            name = f"{parent}/models/{match['id']}"
+            versions = self.models.get(name, [])
+            wanted = match["version"]
+            found = [v for v in versions if wanted is None and "default" in v["versionAliases"]
+                     or wanted in (v["versionId"], *v["versionAliases"])]
+            return (200, found[0]) if found else _not_found(f"model {name}@{wanted}")
+        if route.endswith("/endpoints$") and method == "GET":
+            return 200, {"endpoints": self._named(list(self.endpoints.values()), query)}
+        if route.endswith("/endpoints$"):
+            name = f"{parent}/endpoints/{query.get('endpointId') or next(self._ids)}"
+            self.endpoints[name] = {**body, "name": name, "deployedModels": [], "trafficSplit": {}}
+            return self._operation(self.endpoints[name], "Endpoint")
+        if route.endswith(":deployModel$"):
+            endpoint = self.endpoints.get(f"{parent}/endpoints/{match['id']}")
+            if endpoint is None:
+                return _not_found(f"endpoint {match['id']}")
+            model_name, _, version = body["deployedModel"]["model"].partition("@")
+            if not any(v["versionId"] == version for v in self.models.get(model_name, [])):
+                return _not_found(f"model version {body['deployedModel']['model']}")
+            split = body.get("trafficSplit", {"0": 100})
+            if sum(split.values()) != 100:
+                return 400, {"error": {"code": 400, "message": f"traffic split {split} does not add up to 100",
+                                       "status": "INVALID_ARGUMENT"}}
+            deployed = {**body["deployedModel"], "id": str(next(self._ids))}
+            endpoint["deployedModels"].append(deployed)
+            endpoint["trafficSplit"] = {deployed["id"] if k == "0" else k: v for k, v in split.items() if v}
+            return self._operation({"deployedModel": {"id": deployed["id"]}}, "DeployModelResponse")
+        if "/endpoints/" in route:
+            endpoint = self.endpoints.get(f"{parent}/endpoints/{match['id']}")
+            return (200, endpoint) if endpoint else _not_found(f"endpoint {match['id']}")
+        operation = self.operations.get(f"{parent}/operations/{match['id']}")
+        return (200, operation) if operation else _not_found(f"operation {match['id']}")
