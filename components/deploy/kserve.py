@@ -94,8 +94,10 @@ def _client():
         with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
             namespace = f.read().strip()
     except (config.ConfigException, OSError):
-        config.load_kube_config()
-        _, active = config.list_kube_config_contexts()
+        # Read KUBECONFIG now: the client's default is the value it had when kubernetes was imported.
+        files = os.environ.get("KUBECONFIG") or None
+        config.load_kube_config(config_file=files)
+        _, active = config.list_kube_config_contexts(config_file=files)
         namespace = (active or {}).get("context", {}).get("namespace", "")
     return client.CustomObjectsApi(), namespace or "default"
 
