@@ -11,8 +11,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from components.deploy.options import DeployOptions
     from components.deploy.step import deploy
 
-    done = deploy(args.output_dir, deploy=args.target, **DeployOptions.pick(vars(args)))
-    print("\n".join(done.lines))
+    deploy(args.output_dir, deploy=args.target, **DeployOptions.pick(vars(args)))  # prints what it did
     return 0
 
 

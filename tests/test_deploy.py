@@ -205,7 +205,7 @@ def test_kserve_apply_reports_the_clusters_refusal(cluster, tmp_path, capsys):
     cluster.rejected.clear()
     assert main(["deploy", "kserve", "--registry", str(reg), "--model-name", "fashion", "--storage-uri",
                  "gs://b/fashion", "--no-apply-manifest", "--output-dir", str(tmp_path / "out")]) == 0
-    assert "not applied (apply_manifest=false); apply it with: kubectl apply -f" in capsys.readouterr().out
+    assert "not applied: apply_manifest=false; apply it with: kubectl apply -f" in capsys.readouterr().out
 
 
 # --- TF Serving -------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_tf_serving_config_and_docker_line_for_a_local_registry(reg, tmp_path, n
     # What TF Serving needs at its base path: integer version folders, each a SavedModel.
     assert sorted(p.name for p in Path(host).iterdir() if p.name.isdigit()) == ["1", "2"]
     assert (Path(host) / "2" / "saved_model.pb").is_file()
-    assert "the highest version (now 2, the champion)" in done.summary()
+    assert "its highest version (now 2, the champion)" in done.summary()
 
     pinned = deploy(str(tmp_path / "pinned"), deploy="tf-serving", registry=str(reg), model_name="fashion",
                     model_version=1, service_name="shoes")

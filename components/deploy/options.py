@@ -1,12 +1,12 @@
-"""The deploy step's options, declared once. The registry location and model name are the release
-steps' (`RegistryTarget`), so the pipeline deploys exactly what publish wrote."""
+"""The deploy step's options, declared once. The registry location and model name are the ones publish
+uses (`RegistryTarget`, shared through the registry library), so the pipeline deploys what publish wrote."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
 from components.lib.options import ParameterError, option
-from components.release.options import RegistryTarget
+from components.lib.registry import RegistryTarget
 
 TARGETS = ("none", "kserve", "vertex", "tf-serving")
 VERTEX_TF_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"

@@ -52,8 +52,8 @@ def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_
         done.lines.append(f"{action} InferenceService {namespace}/{opts.name} in the cluster; watch it with: "
                           f"kubectl get inferenceservice {opts.name} -n {namespace}")
     else:
-        why = "apply_manifest=false" if not opts.apply_manifest else "no cluster configured (no kubeconfig, no pod)"
-        done.lines.append(f"not applied ({why}); apply it with: kubectl apply -f {path}")
+        why = "apply_manifest=false" if not opts.apply_manifest else "no cluster configured (no kubeconfig, not a pod)"
+        done.lines.append(f"not applied: {why}; apply it with: kubectl apply -f {path}")
     return done
 
 
@@ -76,6 +76,7 @@ def deploy_tf_serving(opts: DeployOptions, version: int, output_dir: str) -> Dep
 def deploy(output_dir: str, opts: DeployOptions) -> Deployed:
     """Deploy the champion (or `model_version`) as `opts.deploy` says; writes manifests into `output_dir`."""
     if opts.deploy == "none":
+        print("deploy: deploy=none: nothing deployed", flush=True)
         return Deployed("none", lines=["deploy=none: nothing deployed"])
     if opts.deploy == "kserve":
         kserve.manifest(opts, 1, False)  # name and storage URI refused before the registry is read

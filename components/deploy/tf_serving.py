@@ -64,7 +64,7 @@ def configure(opts: DeployOptions, version: int, pinned: bool, output_dir: str) 
         mounts.append((os.path.abspath(local), base_path))
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(models_config(opts.name, base_path, version if pinned else None))
-    serving = f"version {version}" if pinned else f"the highest version (now {version}, the champion)"
+    serving = f"version {version}" if pinned else f"its highest version (now {version}, the champion)"
     lines = [*before, docker_line(mounts, inside_config, env),
              f"# serves {opts.name} {serving}: REST http://localhost:{REST_PORT}/v1/models/{opts.name}:predict, "
              f"gRPC localhost:{GRPC_PORT}"]
