@@ -83,8 +83,10 @@ def test_generated_manifests_validate_against_the_kserve_crd(case, tmp_path, no_
     assert problems(doc) == []
     predictor = doc["spec"]["predictor"]
     assert doc["metadata"]["name"] == name
-    assert predictor["model"] == {"modelFormat": {"name": "tensorflow"}, "storageUri": uri.format(m="fashion").rstrip("/"),
-                                  "resources": predictor["model"]["resources"]}
+    assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+    assert predictor["model"]["storageUri"] == uri.format(m="fashion").rstrip("/")
+    wanted = {"cpu": extra.get("serving_cpu", "1"), "memory": extra.get("serving_memory", "2Gi")}
+    assert predictor["model"]["resources"] == {"requests": wanted, "limits": wanted}
     assert predictor["canaryTrafficPercent"] == (canary if versions > 1 else 100)
     assert predictor["annotations"][kserve.VERSION_ANNOTATION] == str(versions)
     assert predictor.get("serviceAccountName") == extra.get("serving_service_account")

@@ -248,7 +248,7 @@ def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypa
     assert "AKIA-VISIBLE-IF-LEAKED" not in text and "very-secret-value-123" not in text
     pipeline, platform = yaml.safe_load_all(text)
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(execs) == 11  # every task: validate, and the registry's champion/gate/publish/skip/not-published included
+    assert len(execs) == 12  # every task: validate, and the registry's champion/gate/publish/deploy/skip/not-published
     for spec in execs.values():
         (sec,) = spec["secretAsEnv"]
         assert sec["secretName"] == "mlpipeline-minio-artifact"

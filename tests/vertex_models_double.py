@@ -1,5 +1,5 @@
-"""A test double of the Vertex AI Model Registry and endpoints REST API (v1) on 127.0.0.1, in the style
-of tests/vertex_double.py: request bodies parsed into the real aiplatform_v1 protobuf messages with
+"""A test double of the Vertex AI Model Registry and endpoints REST API (v1) on 127.0.0.1, built on
+tests/vertex_double.py's checks: request bodies parsed into the real aiplatform_v1 protobuf messages with
 unknown fields refused, v1 resource paths only, known query parameters only; anything else is answered
 400 and recorded as rejected.
 
@@ -11,14 +11,12 @@ deploying takes the request's traffic split, with "0" standing for the new deplo
 from __future__ import annotations
 
 import itertools
-import json
 import re
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import unquote
 
 from google.cloud.aiplatform_v1.types import DeployModelRequest, Endpoint, UploadModelRequest
-from google.protobuf import json_format
 
-from tests.http_double import JsonHandler, Served
+from tests.vertex_double import VertexDouble
 
 LOC = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 LIST_QUERY = {"filter", "pageSize", "pageToken", "orderBy", "readMask"}
@@ -42,55 +40,22 @@ def _not_found(what: str):
     return 404, {"error": {"code": 404, "message": f"{what} not found", "status": "NOT_FOUND"}}
 
 
-class VertexModelsDouble(Served):
+class VertexModelsDouble(VertexDouble):
+    """VertexDouble's request checks and HTTP handling (request log, 400 for a wrong shape) on these routes."""
+    routes = ROUTES
+
     def __init__(self):
-        self.requests, self.rejected = [], []
         self.models: dict[str, list[dict]] = {}   # model resource name -> its versions
         self.endpoints: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}
+        super().__init__()
         self._ids = itertools.count(1001)
-        double = self
-
-        class Handler(JsonHandler):
-            def handle_request(self, method):
-                url = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items() if k != "$alt"}
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.loads(raw) if raw else None
-                path = unquote(url.path)  # the client sends models/ID%40VERSION
-                record = {"method": method, "path": path, "query": query, "body": body}
-                double.requests.append(record)
-                try:
-                    route, match = double.check(method, path, query, body)
-                except ValueError as e:
-                    record["rejected"] = str(e)
-                    double.rejected.append(str(e))
-                    return self.send_json(400, {"error": {"code": 400, "message": str(e),
-                                                          "status": "INVALID_ARGUMENT"}})
-                self.send_json(*double.respond(method, route, match, query, body))
-
-        self.start(Handler)
 
     def check(self, method, path, query, body):
-        for m, rx, message, allowed in ROUTES:
-            match = rx.match(path)
-            if m == method and match:
-                extra = set(query) - allowed
-                if extra:
-                    raise ValueError(f"{method} {path}: unexpected query parameters {sorted(extra)}")
-                if message is not None:
-                    if body is None:
-                        raise ValueError(f"{method} {path}: missing body")
-                    try:
-                        json_format.ParseDict(body, message.pb(message()), ignore_unknown_fields=False)
-                    except json_format.ParseError as e:
-                        raise ValueError(f"{method} {path}: not a {message.__name__}: {e}") from None
-                elif body:
-                    raise ValueError(f"{method} {path} takes no body")
-                if "filter" in query and not _FILTER.fullmatch(query["filter"]):
-                    raise ValueError(f"{method} {path}: this double answers only display_name=\"...\" filters")
-                return rx.pattern, match
-        raise ValueError(f"{method} {path} is not a Vertex AI v1 models/endpoints/operations call")
+        if "filter" in query and not _FILTER.fullmatch(query["filter"]):
+            raise ValueError(f"{method} {path}: this double answers only display_name=\"...\" filters")
+        _, match = super().check(method, unquote(path), query, body)  # the client sends models/ID%40VERSION
+        return match.re.pattern, match
 
     def _operation(self, response: dict, kind: str) -> tuple[int, dict]:
         name = f"{self._parent}/operations/{next(self._ids)}"

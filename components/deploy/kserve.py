@@ -107,7 +107,12 @@ def apply(doc: dict) -> tuple[str, str]:
     import urllib3
     from kubernetes.client.exceptions import ApiException
 
-    api, namespace = _client()
+    from kubernetes.config import ConfigException
+
+    try:
+        api, namespace = _client()
+    except ConfigException as e:
+        raise DeployError(f"the Kubernetes configuration cannot be used: {e}") from None
     namespace = doc["metadata"].get("namespace", namespace)
     name = doc["metadata"]["name"]
     where = f"InferenceService {namespace}/{name}"

@@ -42,6 +42,7 @@ def _one(found: list, what: str):
 
 
 def deploy(opts: DeployOptions, version: int) -> VertexDeployment:
+    import google.auth.exceptions
     from google.api_core import exceptions
     from google.cloud import aiplatform
 
@@ -51,9 +52,9 @@ def deploy(opts: DeployOptions, version: int) -> VertexDeployment:
         init["project"] = opts.vertex_project
     if opts.vertex_api_endpoint:
         init.update(api_endpoint=opts.vertex_api_endpoint, api_transport="rest")
-    aiplatform.init(**init)
     name = opts.name
     try:
+        aiplatform.init(**init)
         parent = _one(aiplatform.Model.list(filter=f'display_name="{name}"'), "model")
         model = aiplatform.Model.upload(
             display_name=name, artifact_uri=uri, serving_container_image_uri=opts.vertex_serving_image,
@@ -68,8 +69,12 @@ def deploy(opts: DeployOptions, version: int) -> VertexDeployment:
         model.deploy(endpoint=endpoint, deployed_model_display_name=f"{name}-v{version}",
                      traffic_percentage=opts.canary_percent if already else 100,
                      machine_type=opts.vertex_machine_type, min_replica_count=max(opts.min_replicas, 1),
-                     max_replica_count=opts.max_replicas, service_account=opts.serving_service_account or None, sync=True)
+                     max_replica_count=opts.max_replicas, service_account=opts.serving_service_account or None,
+                     sync=True)
     except exceptions.GoogleAPICallError as e:
         raise DeployError(f"Vertex AI refused the deployment of {name} version {version}: {e}") from None
+    except google.auth.exceptions.GoogleAuthError as e:
+        raise DeployError(f"no usable Google credentials for Vertex AI (workload identity, gcloud, "
+                          f"GOOGLE_APPLICATION_CREDENTIALS): {e}") from None
     return VertexDeployment(f"{model.resource_name}@{model.version_id}", endpoint.resource_name,
                             dict(endpoint.traffic_split), created)
