@@ -53,6 +53,8 @@ STEPS = {
                   "one trial of a sweep: train with the trial's options, scored on the validation split", entry=False),
     "select": Step("components.sweep.select:select", "",
                    "the best trial of a sweep by its validation score; its model becomes the run's", entry=False),
+    "deploy": Step("components.deploy.step:deploy", "components.deploy.options:DeployOptions",
+                   "serve a published version: KServe InferenceService, Vertex AI endpoint or TF Serving config"),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
     "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
                     "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),

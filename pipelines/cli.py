@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipelines import check_parameters, compiling, remote_cli  # light: nothing of kfp
+from pipelines.deploy_cli import add_deploy_parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -110,6 +111,7 @@ def build_parser(run_given: dict | None = None) -> argparse.ArgumentParser:
     _add_compile(sub)
     remote_cli.add_parsers(sub)
     _add_predict(sub)
+    add_deploy_parser(sub)
     step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
                           add_help=False)
     step.add_argument("rest", nargs=argparse.REMAINDER)

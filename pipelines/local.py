@@ -138,6 +138,10 @@ class LocalRun:
                              ("sweep report  : ", self.sweep_report)):
             if value:
                 lines.append(label + value)
+        if self.saved_model and self.decision != "publish":
+            from components.deploy.tf_serving import serve_saved_model_line
+
+            lines.append("serve it      : " + serve_saved_model_line(self.saved_model))
         return "\n".join(lines) + f"\nstep times:\n{steps}"
 
 

@@ -91,7 +91,8 @@ DEFAULT_RESOURCES = {"validate": LIGHT, "ingest": Resources("1", "4", "4Gi", "8G
                      "preprocess-plan": LIGHT, "preprocess-shard": Resources("2", "4", "4Gi", "8Gi"),
                      "preprocess-merge": LIGHT, "champion": TF_STEP, "train": TRAIN, "trial": TRAIN,
                      "select": LIGHT, "evaluate": TF_STEP, "export": TF_STEP, "gate": TF_STEP, "publish": LIGHT,
-                     "not-published": LIGHT, "training-skipped": LIGHT, "predict": Resources("2", "4", "4Gi", "8Gi")}
+                     "deploy": LIGHT, "not-published": LIGHT, "training-skipped": LIGHT,
+                     "predict": Resources("2", "4", "4Gi", "8Gi")}
 
 
 def resources_with(changes: list[tuple[str, str, str]], tasks=tuple(DEFAULT_RESOURCES)) -> dict[str, Resources]:

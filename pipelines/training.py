@@ -1,5 +1,5 @@
 """The training pipeline: validate -> ingest -> preprocess (plan -> shard tasks -> merge) -> champion lookup
--> [train (or a sweep's trials -> select) -> evaluate -> export -> gate -> [publish]].
+-> [train (or a sweep's trials -> select) -> evaluate -> export -> gate -> [publish -> deploy]].
 
 Two `dsl.If` branches, so the UI shows what did not run and why: training runs unless the data is
 exactly the champion's (`skip_unchanged`), and publish runs only when the gate passed. Pipeline outputs
@@ -21,7 +21,7 @@ from pipelines.platform import LOCAL, Platform
 from pipelines.sweep import Sweep
 
 PIPELINE_NAME = "imgclf-training"
-STEPS = ("ingest", "preprocess", "champion", "train", "export", "gate", "publish")
+STEPS = ("ingest", "preprocess", "champion", "train", "export", "gate", "publish", "deploy")
 Outputs = NamedTuple("Outputs", ingest_report=HTML, outcome=str)
 
 
@@ -56,10 +56,12 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
             gate.after(exp)  # publish only what passed export's serving checks
             gate.set_caching_options(False)  # the champion it compares with may have changed
             with dsl.If(gate.outputs["decision"] == "publish", name="gate-passed"):
-                steps.publish(saved_model=exp.outputs["saved_model"], model=model, records=records,
-                              predictions=ev.outputs["predictions"], gate_summary=gate.outputs["summary"],
-                              source_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                              **for_step("publish", p)).set_caching_options(False)
+                pub = steps.publish(saved_model=exp.outputs["saved_model"], model=model, records=records,
+                                    predictions=ev.outputs["predictions"], gate_summary=gate.outputs["summary"],
+                                    source_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                    **for_step("publish", p)).set_caching_options(False)
+                # Optional serving of what was just published: with deploy=none the task says so and ends.
+                steps.deploy(model_version=pub.output, **for_step("deploy", p)).set_caching_options(False)
             # An Else also makes kfp.local (2.17) evaluate the condition: it resolves a condition on a
             # sibling task's output only inside an If/Else group.
             with dsl.Else(name="not-published"):

@@ -20,7 +20,7 @@ from pipelines import PIPELINES, steps_of
 from pipelines.declare import parameters
 from tests.conftest import REPO
 
-STEP_PACKAGES = ("ingest", "preprocess", "train", "evaluate", "export", "release", "predict", "sweep")
+STEP_PACKAGES = ("ingest", "preprocess", "train", "evaluate", "export", "release", "predict", "sweep", "deploy")
 KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN"}
 
 

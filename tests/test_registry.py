@@ -210,9 +210,13 @@ def test_retraining_runs_publish_skip_and_refuse_through_kfp_local_on_s3(bucket,
 
     reg = bucket[0] + "/models"
     data = make_folder(tmp_path / "data", TEN, 12, jpeg_every=4)
-    first = _run(data, reg, tmp_path / "runs", "--epochs", "12", "--width", "16")
+    first = _run(data, reg, tmp_path / "runs", "--epochs", "12", "--width", "16", "--deploy", "tf-serving")
     assert f"published fm version 1 at {reg}/fm/1 (now the champion)" in first
     assert registry.versions(reg, "fm") == [1]
+    # The optional deploy task ran after publish, on the version publish returned.
+    assert "  deploy " in first
+    [config] = (tmp_path / "runs").glob("*/deploy/deployment/models.config")
+    assert 'name: "fm"' in config.read_text() and 'base_path: "/models/fm"' in config.read_text()
 
     unchanged = _run(data, reg, tmp_path / "runs", "--epochs", "12", "--width", "16")
     assert "training skipped" in unchanged and "is what champion v1 was trained on" in unchanged

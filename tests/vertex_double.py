@@ -30,6 +30,9 @@ ROUTES = [
 
 
 class VertexDouble(Served):
+    routes = ROUTES
+    """(method, path pattern, body message or None, allowed query parameters); a subclass may serve others."""
+
     def __init__(self):
         self.requests, self.rejected = [], []
         self.final_state = "PIPELINE_STATE_SUCCEEDED"
@@ -57,7 +60,7 @@ class VertexDouble(Served):
         self.start(Handler)
 
     def check(self, method, path, query, body):
-        for m, rx, message, allowed in ROUTES:
+        for m, rx, message, allowed in self.routes:
             match = rx.match(path)
             if m == method and match:
                 extra = set(query) - allowed

@@ -162,6 +162,14 @@ def publish(saved_model, model, records, predictions, **options) -> int:
     return run(saved_model.path, model.path, records.path, predictions.path, **options)
 
 
+def deploy(deployment, **options) -> str:
+    from components.deploy.step import deploy as run
+
+    d = run(deployment.path, **options)
+    deployment.metadata.update({"target": d.target, "version": d.version})
+    return d.summary()
+
+
 def not_published(summary: str) -> str:
     import json
 

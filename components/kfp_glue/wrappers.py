@@ -90,6 +90,10 @@ SPECS = [
                              "champion.", (
         Artifact("saved_model", "Input[Model]", "export's SavedModel"), MODEL, RECORDS, PREDICTIONS), ("publish",),
         returns="int", returns_help="the published version"),
+    ComponentSpec("deploy", "Serve the published version: a KServe InferenceService, a Vertex AI model version on an "
+                            "endpoint, or a TF Serving config; nothing with deploy=none.", (
+        Artifact("deployment", "Output[Artifact]", "the InferenceService manifest or models.config written"),),
+        ("deploy",), returns="str", returns_help="what was deployed, and the commands that serve or apply it"),
     ComponentSpec("not_published", "The visible end of a run whose model is not published (refused by the gate, "
                                    "or no registry).",
                   wired=(Wired("summary", str, "the gate's JSON summary"),), returns="str",
@@ -107,7 +111,7 @@ SPECS = [
 
 _built = {spec.name: build(spec, _decorate) for spec in SPECS}
 ingest, train, evaluate, export = (_built[n] for n in ("ingest", "train", "evaluate", "export"))
-champion, gate, publish = _built["champion"], _built["gate"], _built["publish"]
+champion, gate, publish, deploy = _built["champion"], _built["gate"], _built["publish"], _built["deploy"]
 not_published, training_skipped, predict = _built["not_published"], _built["training_skipped"], _built["predict"]
 trial, select = _built["trial"], _built["select"]
 preprocess_plan, preprocess_shard, preprocess_merge = (_built[n] for n in ("preprocess_plan", "preprocess_shard",

@@ -37,12 +37,14 @@ import json
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from components.contracts import MODEL_FILE, TRAIN_FILE
 from components.lib import storage
+from components.lib.options import Options, option
 
 SCHEMA_VERSION = 2  # 2: the input spec under "input", the network under "architecture"
 CHAMPION_FILE = "champion.json"
@@ -61,6 +63,15 @@ def model_name_problem(name: str) -> str:
     if not name or "/" in name or name.startswith(".") or name.isdigit():
         return "use a plain folder name (no '/', no leading dot, not a number)"
     return ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryTarget(Options):
+    """Where a model's versions live: the options every step that reads or writes the registry shares
+    (champion lookup, gate, publish, deploy), declared once."""
+    registry: str = option("", "model registry: local folder, gs:// or s3:// prefix; empty: gate on the "
+                               "thresholds only and publish nothing", path="write")
+    model_name: str = option("imgclf", "the model's folder in the registry", check=model_name_problem)
 
 
 def model_uri(registry: str, model_name: str) -> str:

@@ -1,20 +1,13 @@
 """The release steps' options (champion lookup, gate, publish), declared once; the registry location
-and model name are shared by all three through `RegistryTarget`."""
+and model name are shared by all three (and by deploy) through `RegistryTarget` in components/lib/registry.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.lib.options import Options, option
-from components.lib.registry import model_name_problem
+from components.lib.options import option
+from components.lib.registry import RegistryTarget
 
 COMPARE_METRICS = ("accuracy", "macro_f1")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RegistryTarget(Options):
-    registry: str = option("", "model registry: local folder, gs:// or s3:// prefix; empty: gate on the "
-                               "thresholds only and publish nothing", path="write")
-    model_name: str = option("imgclf", "the model's folder in the registry", check=model_name_problem)
 
 
 @dataclass(frozen=True, kw_only=True)

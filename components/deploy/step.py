@@ -1,0 +1,96 @@
+"""Deploy: serve a published registry version on KServe, Vertex AI or TF Serving on its own.
+
+Everything that can be refused (the name, the canary share, the storage URI's scheme, a version that
+was never published) is refused before a file is written or a call is made. The same function is the
+pipeline's optional step after publish and `imgclf deploy`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from components.deploy import kserve, tf_serving
+from components.deploy.kserve import DeployError
+from components.deploy.options import DeployOptions
+from components.lib import registry
+from components.lib.options import takes
+
+
+@dataclass
+class Deployed:
+    target: str
+    version: int = 0
+    files: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    """What the summary says: what was done, and the commands that serve or apply it."""
+
+    def summary(self) -> str:
+        return "\n".join(self.lines)
+
+
+def published_version(opts: DeployOptions) -> tuple[int, bool]:
+    """(the version to deploy, whether an older complete version exists): the champion unless one is named."""
+    if not opts.registry:
+        raise DeployError("deploy needs the registry the version was published to (registry=...)")
+    found = registry.versions(opts.registry, opts.model_name)
+    champion = registry.champion(opts.registry, opts.model_name)
+    version = opts.model_version or (champion or {}).get("version", 0)
+    if not version or version not in found:
+        raise DeployError(f"{registry.model_uri(opts.registry, opts.model_name)} has no published version "
+                          f"{version or '(no champion yet)'}; published: {found or 'none'}")
+    return version, any(v < version for v in found)
+
+
+def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_dir: str) -> Deployed:
+    doc = kserve.manifest(opts, version, has_previous)
+    path = kserve.write(doc, output_dir)
+    split = (f"canary: {opts.canary_percent} % to version {version}, the rest on the previous revision"
+             if has_previous and opts.canary_percent < 100 else f"all traffic to version {version}")
+    done = Deployed("kserve", version, [path], [f"KServe InferenceService {opts.name} ({split}): {path}"])
+    if opts.apply_manifest and kserve.cluster_configured():
+        action, namespace = kserve.apply(doc)
+        done.lines.append(f"{action} InferenceService {namespace}/{opts.name} in the cluster; watch it with: "
+                          f"kubectl get inferenceservice {opts.name} -n {namespace}")
+    else:
+        why = "apply_manifest=false" if not opts.apply_manifest else "no cluster configured (no kubeconfig, not a pod)"
+        done.lines.append(f"not applied: {why}; apply it with: kubectl apply -f {path}")
+    return done
+
+
+def deploy_vertex(opts: DeployOptions, version: int) -> Deployed:
+    from components.deploy import vertex
+
+    d = vertex.deploy(opts, version)
+    split = ", ".join(f"{k}: {v} %" for k, v in sorted(d.traffic.items()))
+    return Deployed("vertex", version, [], [
+        f"Vertex AI model {d.model} (alias {vertex.ALIAS}) deployed to endpoint {d.endpoint}"
+        + (" (created)" if d.created_endpoint else ""), f"traffic split: {split}"])
+
+
+def deploy_tf_serving(opts: DeployOptions, version: int, output_dir: str) -> Deployed:
+    path, lines = tf_serving.configure(opts, version, pinned=bool(opts.model_version), output_dir=output_dir)
+    return Deployed("tf-serving", version, [path], [f"TF Serving config: {path}", *lines])
+
+
+@takes(DeployOptions)
+def deploy(output_dir: str, opts: DeployOptions) -> Deployed:
+    """Deploy the champion (or `model_version`) as `opts.deploy` says; writes manifests into `output_dir`."""
+    if opts.deploy == "none":
+        print("deploy: deploy=none: nothing deployed", flush=True)
+        return Deployed("none", lines=["deploy=none: nothing deployed"])
+    if opts.deploy == "kserve":
+        kserve.manifest(opts, 1, False)  # name and storage URI refused before the registry is read
+    elif opts.deploy == "vertex":
+        from components.deploy import vertex
+
+        vertex.artifact_uri(opts, 1)
+    version, has_previous = published_version(opts)
+    os.makedirs(output_dir, exist_ok=True)
+    if opts.deploy == "kserve":
+        done = deploy_kserve(opts, version, has_previous, output_dir)
+    elif opts.deploy == "vertex":
+        done = deploy_vertex(opts, version)
+    else:
+        done = deploy_tf_serving(opts, version, output_dir)
+    print("deploy: " + "\ndeploy: ".join(done.lines), flush=True)
+    return done

@@ -1,0 +1,31 @@
+"""`imgclf deploy TARGET`: serve a published registry version on KServe, Vertex AI or TF Serving, with the
+deploy step's own options (the pipeline's optional step after publish runs the same function)."""
+from __future__ import annotations
+
+import argparse
+
+TARGETS = ("kserve", "vertex", "tf-serving")
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from components.deploy.options import DeployOptions
+    from components.deploy.step import deploy
+
+    deploy(args.output_dir, deploy=args.target, **DeployOptions.pick(vars(args)))  # prints what it did
+    return 0
+
+
+def add_deploy_parser(sub) -> None:
+    from components.deploy.options import DeployOptions
+    from components.lib.options import add_arguments
+
+    p = sub.add_parser("deploy", help="serve a published version: KServe, Vertex AI or TF Serving",
+                       description="Deploy the registry's champion (or --model-version N). Every value is checked "
+                                   "before a file is written or a call is made; credentials come from the "
+                                   "environment (kubeconfig or in-cluster, the Google chain), never from flags.")
+    p.add_argument("target", choices=TARGETS,
+                   help="kserve: an InferenceService manifest, applied when a cluster is configured; vertex: a "
+                        "Model Registry version on an endpoint; tf-serving: models.config and the docker line")
+    add_arguments(p, [o for o in DeployOptions.declared() if o.name != "deploy"])
+    p.add_argument("--output-dir", default="build/deploy", help="where manifests are written (default: build/deploy)")
+    p.set_defaults(func=_cmd_deploy)
