@@ -55,7 +55,7 @@ compile: install ## compile the pipeline to build/imgclf-training.yaml
 
 # Debian packages the tests need beyond what containers/docker-env.sh installs for the container tests:
 # Fashion-MNIST for the benchmark tests. Waits for apt's lock; stops at the first step that fails.
-DEBIAN_PACKAGES := dataset-fashion-mnist
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3
 

@@ -168,7 +168,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     """
     import keras
 
-    from components.train import accelerate, checkpoint, models
+    from components.train import accelerate, checkpoint, features, models
 
     meta = RecordsMetadata.load(dataset_dir)
     keras.utils.set_random_seed(opts.seed)
@@ -179,16 +179,23 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     weights_arg = None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
     cw = class_weights(opts.class_weight, meta.classes, meta.splits["train"].per_class)
 
+    cached = features.wanted(opts.cache_features, opts.architecture, weights_arg is not None, opts.augment)
+
     with accelerate.setup(opts.precision, opts.distribute, opts.jit_compile) as hw:
         run = make_session(dataset_dir, meta, opts, hw, backup, resume, Path(tmp) / TENSORBOARD_DIR)
-        run.net = resume_model(run) if resume else build_model(run, weights_arg, tmp)
+        # A head-phase checkpoint holds the head alone: the whole model is rebuilt around it.
+        head_checkpoint = bool(resume and resume.get("features") and resume["phase"] == 1)
+        run.net = resume_model(run) if resume and not head_checkpoint else build_model(run, weights_arg, tmp)
         print(f"train: {opts.architecture} on {meta.count('train')} images {meta.input.shape}, "
               f"{len(meta.classes)} classes, {run.net.count_params():,} parameters "
               f"({_trainable(run.net):,} trainable), weights {weights}; {hw.describe()}; "
               f"global batch {opts.batch_size * hw.replicas}", flush=True)
         fit_cw = cw if cw and len(set(cw.values())) > 1 else None  # all equal: skip the per-batch lookup
         start = time.perf_counter()
-        if run.state["phase"] == 1:
+        if run.state["phase"] == 1 and cached:
+            fit_head_on_features(run, dataset_dir, tmp, fit_cw)
+            run.state["phase1_epochs"] = len(run.history.get("loss", []))
+        elif run.state["phase"] == 1:
             fit(run, 1, opts.epochs, run.state["epoch"], resume, fit_cw)
             run.state["phase1_epochs"] = len(run.history.get("loss", []))
         if models.is_transfer(opts.architecture) and weights_arg is not None and opts.fine_tune_layers > 0:
@@ -260,19 +267,52 @@ def resume_model(run: _Session):
     return keras.saving.load_model(run.backup.checkpoint_file)
 
 
-def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight) -> None:
+def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight,
+        whole=None) -> None:
     """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup."""
     from components.train import checkpoint, throughput
 
     stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
+    extra_state = {"phase1_epochs": run.state.get("phase1_epochs"), "features": whole is not None}
     saver = checkpoint.Checkpoint(run.backup, phase, run.history, run.monitor, run.state["best"], stopper,
-                                  {"phase1_epochs": run.state.get("phase1_epochs")})
+                                  extra_state, whole)
     callbacks = [_finite_loss_guard(), throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver,
                  *run.extra_callbacks]
     # shuffle=False: the tf.data pipeline already reshuffles every epoch.
     run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
                 steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2, shuffle=False)
     run.state["best"] = saver.best
+
+
+def fit_head_on_features(run: _Session, dataset_dir: str, tmp: str, class_weight) -> None:
+    """Phase 1 on bottleneck features: the backbone runs once per image, the head trains on its output for
+    every epoch, and each improvement is kept as the whole model's weights (head put back in)."""
+    import dataclasses
+
+    import keras
+
+    from components.train import features
+
+    o, meta, batch = run.opts, run.meta, run.opts.batch_size * run.hw.replicas
+    local = Path(tmp) / features.FOLDER
+    splits = ["train"] + (["validation"] if run.val_ds is not None else [])
+    index = features.compute(dataset_dir, meta, run.net, splits, batch, local, run.backup.uri)
+    n = len(meta.classes)
+    train_ds = _input(features.make_dataset(local, index, "train", meta.count("train"), batch, shuffle=True,
+                                            seed=o.seed, repeat=True), n, run.stamps)
+    val_ds = _input(features.make_dataset(local, index, "validation", meta.count("validation"), batch), n) \
+        if run.val_ds is not None else None
+    if run.resume and run.resume.get("features"):
+        head = keras.saving.load_model(run.backup.checkpoint_file)
+    else:
+        head = features.head(run.net)
+        _compile(head, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+    print(f"train: head phase on cached bottleneck features ({index['dim']} per image, "
+          f"{_trainable(head):,} trainable parameters)", flush=True)
+    fit(dataclasses.replace(run, net=head, train_ds=train_ds, val_ds=val_ds), 1, o.epochs, run.state["epoch"],
+        run.resume, class_weight, whole=lambda h: features.assemble(h, run.net))
+    # The whole model never ran an optimizer step; built, its saved file loads without a mismatch warning.
+    run.net.optimizer.build(run.net.trainable_variables)
 
 
 def fine_tune(run: _Session, class_weight) -> None:
