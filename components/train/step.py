@@ -307,12 +307,12 @@ def fit_head_on_features(run: _Session, dataset_dir: str, tmp: str, class_weight
     else:
         head = features.head(run.net)
         _compile(head, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+    # The whole model takes no optimizer step here; built now, the weights it saves and loads agree.
+    run.net.optimizer.build(run.net.trainable_variables)
     print(f"train: head phase on cached bottleneck features ({index['dim']} per image, "
           f"{_trainable(head):,} trainable parameters)", flush=True)
     fit(dataclasses.replace(run, net=head, train_ds=train_ds, val_ds=val_ds), 1, o.epochs, run.state["epoch"],
         run.resume, class_weight, whole=lambda h: features.assemble(h, run.net))
-    # The whole model never ran an optimizer step; built, its saved file loads without a mismatch warning.
-    run.net.optimizer.build(run.net.trainable_variables)
 
 
 def fine_tune(run: _Session, class_weight) -> None:
