@@ -81,6 +81,7 @@ docs: install ## regenerate the README's parameter tables from the option declar
 bench: install system-packages ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
 	$(BIN)/python -m benchmarks.input_throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.training_throughput $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.feature_cache $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.steps_scaling $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.storage_ingest $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.summary

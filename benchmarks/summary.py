@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks import harness
 
-ORDER = ("input_throughput", "training_throughput", "steps_scaling", "storage_ingest", "gpu_training")
+ORDER = ("input_throughput", "training_throughput", "feature_cache", "steps_scaling", "storage_ingest", "gpu_training")
 
 
 def main(argv: list[str] | None = None) -> int:

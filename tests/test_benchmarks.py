@@ -69,3 +69,15 @@ def test_input_throughput_compares_every_pipeline_on_the_same_images(tmp_path):
     assert result["ours_one_off"]["images"] == 100 and result["ours_one_off"]["one_off_seconds"] > 0
     table = (tmp_path / "input_throughput.md").read_text()
     assert table.count("\n| ") == 8  # header + 6 pipelines + the one-off row
+
+
+def test_feature_cache_pairs_each_family_with_and_without_cached_features(tmp_path):
+    _run(["-m", "benchmarks.feature_cache", "--quick", "--images", "100", "--epochs", "2", "--models", "mobilenet_v2",
+          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "feature_cache.json").read_text())
+    assert [(r["model"], r["cache_features"]) for r in result["runs"]] == [("mobilenet_v2", "off"),
+                                                                          ("mobilenet_v2", "on")]
+    for r in result["runs"]:
+        assert r["epochs_run"] == 2 and r["wall_seconds"] > 0 and 0 <= r["test_accuracy"] <= 1
+    assert result["speedups"]["mobilenet_v2"]["wall"] > 0
+    assert (tmp_path / "feature_cache.md").read_text().count("\n| mobilenet_v2 |") == 2
