@@ -68,6 +68,8 @@ class LocalRun:
     published: str = ""
     step_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    curves: str = ""
+    tensorboard: str = ""
 
     @property
     def decision(self) -> str:
@@ -84,7 +86,10 @@ class LocalRun:
         lines = [f"\n=== imgclf run finished in {self.seconds:.1f} s ===", f"outcome       : {said}{reasons}",
                  f"test accuracy : {acc}"]
         for label, value in (("SavedModel    : ", self.saved_model), ("HTML report   : ", self.report),
-                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report)):
+                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report),
+                             ("curves        : ", self.curves),
+                             ("TensorBoard   : ", f"{self.tensorboard}  (tensorboard --logdir {self.tensorboard})"
+                              if self.tensorboard else "")):
             if value:
                 lines.append(label + value)
         return "\n".join(lines) + f"\nstep times:\n{steps}"
@@ -160,11 +165,13 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     # KFP names HTML artifacts without an extension; browsers want one to render them.
     pages = {}
     for task_name, output, name in (("evaluate", "report", "report.html"), ("ingest", "report", "ingest_report.html"),
-                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md")):
+                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md"),
+                                    ("train", "curves", "learning_curves.html")):
         if (run_dir / task_name / output).is_file():
             shutil.copyfile(run_dir / task_name / output, run_dir / name)
             pages[name] = str(run_dir / name)
     saved_model = run_dir / "export" / "saved_model"
+    tensorboard = run_dir / "train" / "model" / "tensorboard"
     accuracy = None
     if (run_dir / "evaluate" / "predictions").is_dir():
         from components.contracts import Evaluation
@@ -182,4 +189,6 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None) -> LocalRu
     return LocalRun(pipeline_root=str(Path(pipeline_root).resolve()), ingest_report=pages["ingest_report.html"],
                     outcome=outcome, saved_model=str(saved_model) if saved_model.is_dir() else "",
                     report=pages.get("report.html", ""), gate_report=pages.get("gate.md", pages.get("skipped.md", "")),
-                    accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds)
+                    accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds,
+                    curves=pages.get("learning_curves.html", ""),
+                    tensorboard=str(tensorboard) if tensorboard.is_dir() else "")

@@ -12,7 +12,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from components.contracts import DatasetError, InputSpec, RecordsMetadata, SplitInfo, load_manifest, location_uri
+from components.contracts import (DatasetError, InputSpec, RecordsMetadata, SplitInfo, ingest_source, load_manifest,
+                                  location_uri)
 from components.lib import images, records, storage
 from components.lib.options import takes
 from components.lib.progress import Progress
@@ -152,7 +153,7 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
         params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline}
         fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
         RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
-                        bool(opts.drop_near_duplicates and near)).save(out)
+                        bool(opts.drop_near_duplicates and near), source=ingest_source(dataset_dir)).save(out)
     summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined),
                                 fp, data_fp, round(seconds, 3), len(near))
     print(f"preprocess: {summary.counts} at {spec.image_size}x{spec.image_size}x{spec.channels}; "

@@ -209,7 +209,8 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     shutil.rmtree(tmp, ignore_errors=True)
     if curves_html:
         storage.atomic_write_text(curves_html, reports.page(f"Training: {opts.architecture}", [
-            ("Learning curves", reports.img(reports.fig_to_data_uri(reports.learning_curves(run.history)))),
+            ("Learning curves", reports.img(reports.fig_to_data_uri(
+                reports.learning_curves(run.history, result.best_epoch)), "learning curves")),
             ("Summary", reports.table(["", "value"], [[k, v] for k, v in asdict(result).items()]))]))
     print(f"train: {result.epochs_run} epochs in {result.seconds:.1f}s; steady {result.images_per_second:.0f} "
           f"images/s (first epoch {result.first_epoch_images_per_second:.0f}), input wait "
@@ -359,9 +360,12 @@ def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainRes
         (out / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
         if tb_local.exists():
             shutil.copytree(tb_local, out / TENSORBOARD_DIR)
-        params = {**run.opts.to_dict(), "weights": weights, "class_weight": cw}
+        # Class weights by class name: a reader of train.json or the model card should not need the index order.
+        named = {run.meta.classes[i]: w for i, w in cw.items()} if cw else cw
+        params = {**run.opts.to_dict(), "weights": weights, "class_weight": named}
         hardware = {"backend": hw.backend, "devices": hw.devices, "precision": hw.precision, "replicas": hw.replicas,
-                    "global_batch": run.opts.batch_size * hw.replicas, "jit_compile": str(hw.jit_compile)}
+                    "global_batch": run.opts.batch_size * hw.replicas, "jit_compile": str(hw.jit_compile),
+                    "libraries": reports.versions()}
         TrainedModel(run.opts.architecture, run.meta.input, run.meta.data_fingerprint, run.meta.fingerprint, params,
                      hardware, asdict(result)).save(out)
 
