@@ -61,7 +61,7 @@ def write_report(path: str, summary, by_class_split, examples: dict[str, list[di
     table_rows = [[c, *([by_class_split[(c, s)] for s in splits] or [by_class_split[(c, "")]]),
                    *([sum(by_class_split[(c, s)] for s in splits)] if splits else [])] for c in summary.classes]
     sections = [
-        ("Summary", reports.table(["", "value"], [
+        ("Summary", reports.table(None, [
             ["data", summary.data], ["layout", summary.layout], ["usable images", summary.images],
             ["classes", len(summary.classes)],
             *[[f"images in {split}", n] for split, n in summary.per_split.items()],

@@ -98,9 +98,11 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]):
     return fig
 
 
-def image_grid(pixels: list[np.ndarray], titles: list[str], cols: int = 6, overlays: list[np.ndarray] | None = None):
-    """Tiles with titles; `overlays` (heat maps in [0, 1], any resolution) are drawn over their images."""
-    cols = min(cols if len(pixels) <= 36 else 10, max(1, len(pixels)))
+def image_grid(pixels: list[np.ndarray], titles: list[str], cols: int | None = None,
+               overlays: list[np.ndarray] | None = None):
+    """Tiles with titles (6 or, past 36 tiles, 10 a row unless `cols` says); `overlays` (heat maps in
+    [0, 1], any resolution) are drawn over their images."""
+    cols = cols or (6 if len(pixels) <= 36 else 10)
     rows = max(1, -(-len(pixels) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
     for ax in axes.flat:
@@ -116,24 +118,24 @@ def image_grid(pixels: list[np.ndarray], titles: list[str], cols: int = 6, overl
 
 
 def number(v) -> str:
-    """A float at a precision a person reads: 3 decimals below 1, fewer as it grows, 3 significant
-    digits when tiny (learning rates), no decimals for whole numbers."""
+    """A float at a precision a person reads: 4 decimals from 0 to 1 (scores), fewer as it grows, 3
+    significant digits when tiny (learning rates), no decimals for whole numbers above 1."""
     if isinstance(v, bool) or not isinstance(v, float):
         return str(v)
     if not np.isfinite(v):
         return str(v)
-    if v == int(v) and abs(v) < 1e15:
-        return f"{int(v):,}"
     a = abs(v)
+    if 0.001 <= a <= 1 or a == 0:
+        return f"{v:.4f}"
+    if a < 0.001:
+        return f"{v:.3g}"
+    if v == int(v) and a < 1e15:
+        return f"{int(v):,}"
     if a >= 1000:
         return f"{v:,.0f}"
     if a >= 10:
         return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    if a >= 0.001:
-        return f"{v:.4f}"
-    return f"{v:.3g}"
+    return f"{v:.2f}"
 
 
 def escape(text: str) -> str:
@@ -174,15 +176,18 @@ def run_context(info, meta, seconds: float) -> str:
              ["libraries", ", ".join(f"{k} {v}" for k, v in versions().items())]]
     params = [[k, v if not isinstance(v, dict) else ", ".join(f"{a}={b}" for a, b in v.items())]
               for k, v in sorted(info.params.items())]
-    return (table(["", ""], facts) + "<details><summary>training parameters</summary>"
+    return (table(None, facts) + "<details><summary>training parameters</summary>"
             + table(["parameter", "value"], params) + "</details>")
 
 
-def table(header: list[str], rows: list[list]) -> str:
+def table(header: list[str] | None, rows: list[list]) -> str:
+    """A table of numbers (right-aligned, `number` precision); header None: a left-aligned list of facts."""
     def cell(v):
         return number(v) if isinstance(v, float) else html.escape(str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    if header is None:
+        return f'<table class="facts"><tbody>{body}</tbody></table>'
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -192,7 +197,7 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}
-td:first-child{{text-align:left}}img{{max-width:100%}}section{{margin-bottom:1.5em}}</style></head>
+td:first-child{{text-align:left}}table.facts td{{text-align:left}}table.facts td:first-child{{color:#555}}img{{max-width:100%}}section{{margin-bottom:1.5em}}</style></head>
 <body><h1>{html.escape(title)}</h1>{parts}</body></html>"""
 
 

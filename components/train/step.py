@@ -211,7 +211,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
         storage.atomic_write_text(curves_html, reports.page(f"Training: {opts.architecture}", [
             ("Learning curves", reports.img(reports.fig_to_data_uri(
                 reports.learning_curves(run.history, result.best_epoch)), "learning curves")),
-            ("Summary", reports.table(["", "value"], [[k, v] for k, v in asdict(result).items()]))]))
+            ("Summary", reports.table(None, [[k, v] for k, v in asdict(result).items()]))]))
     print(f"train: {result.epochs_run} epochs in {result.seconds:.1f}s; steady {result.images_per_second:.0f} "
           f"images/s (first epoch {result.first_epoch_images_per_second:.0f}), input wait "
           f"{result.input_wait_share:.1%} of step time; best epoch {result.best_epoch}: "
