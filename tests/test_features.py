@@ -161,3 +161,8 @@ def test_imgclf_run_trains_the_head_on_cached_features_then_fine_tunes(records, 
     assert "head phase on cached bottleneck features" in out and "fine-tuning the top 10 backbone layers" in out
     summary = proc.stdout[proc.stdout.index("=== imgclf run finished"):]
     assert "test accuracy :" in summary and "  export " in summary
+    # The learning-curves page and the TensorBoard logs are named in the summary, where people look.
+    curves = summary.split("curves        : ")[1].split("\n")[0]
+    tensorboard = summary.split("TensorBoard   : ")[1].split("  ")[0]
+    assert curves.endswith("learning_curves.html") and "best epoch" in open(curves).read()
+    assert os.path.isdir(tensorboard) and os.listdir(tensorboard)

@@ -14,8 +14,8 @@ import pytest
 from tests.conftest import TEN, make_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM, reason="Debian package chromium not installed "
-                                                                        "(make system-packages installs it)")]
+in_chromium = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM, reason="Debian package chromium not installed "
+                                                                         "(make system-packages installs it)")]
 
 PROBE = """<script>
 window.addEventListener("load", () => {
@@ -60,6 +60,8 @@ def pages(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, images", [("ingest", 2), ("curves", 1), ("report", 6)])
+@in_chromium[0]
+@in_chromium[1]
 def test_page_renders_self_contained_with_every_image_drawn(pages, name, images, tmp_path):
     seen = render(pages[0][name], tmp_path)
     assert seen["fetched"] == [], f"{name} fetched outside resources: {seen['fetched']}"
@@ -68,6 +70,7 @@ def test_page_renders_self_contained_with_every_image_drawn(pages, name, images,
         assert complete and width > 50 and height > 50, seen["imgs"]
 
 
+@pytest.mark.slow
 def test_pages_say_what_a_reviewer_needs(pages):
     paths, src = pages
     report = paths["report"].read_text(encoding="utf-8")
@@ -81,3 +84,24 @@ def test_pages_say_what_a_reviewer_needs(pages):
     assert f"{src}/Bag/broken.jpg" not in ingest and "Bag/broken.jpg" in ingest  # relative to the source
     curves = paths["curves"].read_text(encoding="utf-8")
     assert "best_epoch" in curves and not re.search(r"\d\.\d{5,}<", curves)
+
+
+def test_confusion_matrix_stays_readable_at_100_classes():
+    """At 100 classes the two matrices stack (each gets the page's width), the figure stops growing and the
+    class names stay at a legible size; the top-confusions table names the largest cells."""
+    import numpy as np
+
+    from components.lib import reports
+
+    rng = np.random.RandomState(0)
+    cm = rng.poisson(0.2, (100, 100))
+    cm[np.arange(100), np.arange(100)] = 20
+    cm[7, 3] = 9
+    classes = [f"class_{i:03d}" for i in range(100)]
+    fig = reports.confusion_matrix(cm, classes)
+    width, height = fig.get_size_inches()
+    ticks = fig.axes[0].get_yticklabels()
+    assert width <= 18 and height > width and len(ticks) == 100 and min(t.get_fontsize() for t in ticks) >= 6
+    table = reports.top_confusions(cm, classes)
+    first = table.split("<tbody><tr>")[1]
+    assert first.startswith(f"<td>class_007</td><td>class_003</td><td>9</td><td>{9 / cm[7].sum():.1%}</td>")

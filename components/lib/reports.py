@@ -50,14 +50,17 @@ def confusion_matrix(cm: np.ndarray, classes: list[str]):
     are only written in while they still fit."""
     n = len(classes)
     side = min(1.2 + 0.55 * n, 16.0)
-    font = max(2.5, min(9.0, 300 / (n * 2.2)))
+    cell_pt = side * 72 / max(n, 1)  # a row's height in points
+    font, tick_font = min(9.0, 0.3 * cell_pt), min(9.0, 0.6 * cell_pt)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side + 0.5))
+    # Side by side while small; one above the other when large, so a browser shows each at full width.
+    stacked = n > 30
+    fig, axes = plt.subplots(2 if stacked else 1, 1 if stacked else 2,
+                             figsize=(side + 1.5, 2 * side + 1) if stacked else (2 * side + 1.5, side + 0.5))
     for ax, data, title, text in ((axes[0], cm, "counts", lambda v: f"{v:d}"),
                                   (axes[1], norm, "share of the true class", lambda v: f"{v:.2f}")):
         ax.imshow(data, cmap="Blues", vmin=0)
-        tick_font = max(3.0, min(9.0, 500 / (n * 2.2)))
         ax.set_xticks(range(n), classes, rotation=90 if n > 12 else 45, ha="center" if n > 12 else "right",
                       fontsize=tick_font)
         ax.set_yticks(range(n), classes, fontsize=tick_font)
