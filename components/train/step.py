@@ -1,8 +1,8 @@
 """Train: fit a Keras 3 model on preprocess's TFRecords, keep the best epoch, save `.keras` + history.
 
 Transfer-learning families train in two phases, as in the classic tutorials: a new head on the frozen
-pretrained backbone, then (with `fine_tune_layers`) the backbone's top layers at a lower learning
-rate. The training state goes to `backup_uri` after every epoch, so a retried task resumes.
+pretrained backbone (on bottleneck features computed once, see features.py, when `cache_features`
+says so), then (with `fine_tune_layers`) the backbone's top layers at a lower learning rate. The training state goes to `backup_uri` after every epoch, so a retried task resumes.
 """
 from __future__ import annotations
 
@@ -192,11 +192,11 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
               f"global batch {opts.batch_size * hw.replicas}", flush=True)
         fit_cw = cw if cw and len(set(cw.values())) > 1 else None  # all equal: skip the per-batch lookup
         start = time.perf_counter()
-        if run.state["phase"] == 1 and cached:
-            fit_head_on_features(run, dataset_dir, tmp, fit_cw)
-            run.state["phase1_epochs"] = len(run.history.get("loss", []))
-        elif run.state["phase"] == 1:
-            fit(run, 1, opts.epochs, run.state["epoch"], resume, fit_cw)
+        if run.state["phase"] == 1:
+            if cached:
+                fit_head_on_features(run, dataset_dir, tmp, fit_cw)
+            else:
+                fit(run, 1, opts.epochs, run.state["epoch"], resume, fit_cw)
             run.state["phase1_epochs"] = len(run.history.get("loss", []))
         if models.is_transfer(opts.architecture) and weights_arg is not None and opts.fine_tune_layers > 0:
             fine_tune(run, fit_cw)
