@@ -105,3 +105,31 @@ def test_confusion_matrix_stays_readable_at_100_classes():
     table = reports.top_confusions(cm, classes)
     first = table.split("<tbody><tr>")[1]
     assert first.startswith(f"<td>class_007</td><td>class_003</td><td>9</td><td>{9 / cm[7].sum():.1%}</td>")
+
+
+def test_misclassified_grid_covers_every_classs_worst_errors_most_confident_first():
+    """Errors stream in class order with one class holding most of them (as Coat did): the grid still shows
+    each class's most confident errors, ordered by confidence, and memory stays at classes x k images."""
+    import numpy as np
+
+    from components.evaluate.step import MAX_GRID, Examples
+
+    rng = np.random.RandomState(3)
+    n = 10
+    ex = Examples(n)
+    seen = {}
+    for i in range(2000):
+        true = 0 if i < 1500 else int(rng.randint(n))  # class 0 first and most
+        probs = rng.dirichlet(np.ones(n))
+        ex.add(np.full((2, 2, 1), i % 256, "uint8"), true, probs)
+        pred = int(probs.argmax())
+        if pred != true:
+            seen.setdefault(true, []).append(float(probs[pred]))
+    errors = ex.worst_errors()
+    confidences = [e[0] for e in errors]
+    assert confidences == sorted(confidences, reverse=True)
+    assert {e[3] for e in errors} == set(seen)  # every class with an error appears
+    for c, probs in seen.items():  # ... with its most confident ones
+        shown = sorted((e[0] for e in errors if e[3] == c), reverse=True)
+        assert shown == sorted(probs, reverse=True)[:len(shown)] and len(shown) == min(len(probs), ex.wrong_k)
+    assert len(errors) <= max(MAX_GRID, n) + n
