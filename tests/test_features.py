@@ -46,7 +46,7 @@ def _layers(model) -> list:
     return [(layer.name, [tuple(w.shape) for w in layer.weights]) for layer in model.layers]
 
 
-def test_cached_head_is_the_image_path_model_trained_faster(records, tmp_path, capsys):
+def test_cached_head_is_the_image_path_model(records, tmp_path, capsys):
     from components.evaluate.step import evaluate
 
     pp, weights = records
@@ -78,7 +78,7 @@ def test_cached_head_is_the_image_path_model_trained_faster(records, tmp_path, c
     ev_images = evaluate(str(pp), str(tmp_path / "images"), str(tmp_path / "p2"))
     assert ev_cached.metrics["accuracy"] > 0.25, ev_cached.metrics  # 10 classes: chance is 0.1
     assert abs(ev_cached.metrics["accuracy"] - ev_images.metrics["accuracy"]) <= 0.1
-    assert cached.images_per_second > images.images_per_second
+    assert cached.epochs_run == images.epochs_run == 3  # (the speed-up is make bench's to show, not a test's)
 
 
 def test_cache_on_refuses_a_backbone_that_trains(records, tmp_path):

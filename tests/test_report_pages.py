@@ -70,6 +70,18 @@ def test_page_renders_self_contained_with_every_image_drawn(pages, name, images,
         assert complete and width > 50 and height > 50, seen["imgs"]
 
 
+@in_chromium[0]
+@in_chromium[1]
+def test_the_probe_sees_an_outside_resource_and_a_broken_image(tmp_path):
+    """The check above can fail: a page that fetches from a server, or whose image does not decode, is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><html><body><img src="http://127.0.0.1:9/x.png">'
+                    '<img src="data:image/png;base64,bm90IGEgcG5n"></body></html>')
+    seen = render(page, tmp_path)
+    assert seen["fetched"] == ["http://127.0.0.1:9/x.png"]
+    assert all(width == 0 for _, width, _ in seen["imgs"]) and len(seen["imgs"]) == 2
+
+
 @pytest.mark.slow
 def test_pages_say_what_a_reviewer_needs(pages):
     paths, src = pages
