@@ -46,6 +46,7 @@ def _layers(model) -> list:
     return [(layer.name, [tuple(w.shape) for w in layer.weights]) for layer in model.layers]
 
 
+@pytest.mark.slow
 def test_cached_head_is_the_image_path_model(records, tmp_path, capsys):
     from components.evaluate.step import evaluate
 
