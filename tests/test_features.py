@@ -165,5 +165,5 @@ def test_imgclf_run_trains_the_head_on_cached_features_then_fine_tunes(records, 
     # The learning-curves page and the TensorBoard logs are named in the summary, where people look.
     curves = summary.split("curves        : ")[1].split("\n")[0]
     tensorboard = summary.split("TensorBoard   : ")[1].split("  ")[0]
-    assert curves.endswith("learning_curves.html") and "best epoch" in open(curves).read()
+    assert curves.endswith("learning_curves.html") and "<td>best_epoch</td>" in open(curves).read()
     assert os.path.isdir(tensorboard) and os.listdir(tensorboard)
