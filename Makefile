@@ -61,7 +61,7 @@ compile: install ## compile the pipeline to build/imgclf-training.yaml (IMAGE=, 
 
 # Debian packages the tests need beyond what containers/docker-env.sh installs for the container tests:
 # Fashion-MNIST for the benchmark tests. Waits for apt's lock; stops at the first step that fails.
-DEBIAN_PACKAGES := dataset-fashion-mnist
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3
 
@@ -87,6 +87,7 @@ docs: install ## regenerate the README's parameter tables from the option declar
 bench: install system-packages ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
 	$(BIN)/python -m benchmarks.input_throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.training_throughput $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.feature_cache $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.steps_scaling $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.storage_ingest $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.preprocess_shards $(BENCH_ARGS)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from benchmarks import harness
 
-ORDER = ("input_throughput", "training_throughput", "steps_scaling", "storage_ingest", "preprocess_shards",
-         "gpu_training")
+ORDER = ("input_throughput", "training_throughput", "feature_cache", "steps_scaling", "storage_ingest",
+         "preprocess_shards", "gpu_training")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,12 @@ def load_manifest(dataset_dir: str) -> tuple[list[ManifestRow], list[str]]:
     return rows, _read_json(d / CLASSES, "an ingest output")
 
 
+def ingest_source(dataset_dir: str) -> str:
+    """The `data` an ingest output was made from ("" for an older output without summary.json)."""
+    path = Path(dataset_dir) / INGEST_SUMMARY
+    return json.loads(path.read_text(encoding="utf-8")).get("data", "") if path.exists() else ""
+
+
 def read_quarantine(dataset_dir: str) -> list[dict]:
     with open(Path(dataset_dir) / QUARANTINE, newline="", encoding="utf-8") as f:
         return list(tables.read_rows(f))
@@ -132,6 +138,8 @@ class RecordsMetadata:
     near_duplicates: list[dict] = field(default_factory=list)
     near_duplicates_dropped: bool = False
     schema_version: int = RECORDS_SCHEMA
+    source: str = ""
+    """The data the images came from (ingest's `data`), for reports, the model card and the registry."""
 
     @property
     def classes(self) -> list[str]:
@@ -151,7 +159,7 @@ class RecordsMetadata:
         d = _read_json(Path(dataset_dir) / RECORDS_METADATA, "a preprocess output")
         return cls(InputSpec.from_dict(d), {k: SplitInfo(**v) for k, v in d["splits"].items()}, d["params"],
                    d["data_fingerprint"], d["fingerprint"], d.get("quarantined", []), d.get("near_duplicates", []),
-                   d.get("near_duplicates_dropped", False), d.get("schema_version", 1))
+                   d.get("near_duplicates_dropped", False), d.get("schema_version", 1), d.get("source", ""))
 
 
 # --- train's Model -----------------------------------------------------------------------------------
@@ -167,7 +175,7 @@ class TrainedModel:
     fingerprint: str
     params: dict
     """Every train option (TrainOptions.to_dict()), with `weights` and `class_weight` as resolved: the
-    weights actually loaded (auto -> imagenet or none) and the class weights per class index."""
+    weights actually loaded (auto -> imagenet or none) and the class weights by class name."""
     hardware: dict
     result: dict
 

@@ -117,6 +117,8 @@ class LocalRun:
     seconds: float = 0.0
     cached: list[str] = field(default_factory=list)
     """Tasks whose outputs came from the --cache (unchanged inputs)."""
+    curves: str = ""
+    tensorboard: str = ""
 
     @property
     def decision(self) -> str:
@@ -135,6 +137,9 @@ class LocalRun:
                  f"test accuracy : {acc}"]
         for label, value in (("SavedModel    : ", self.saved_model), ("HTML report   : ", self.report),
                              ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report),
+                             ("curves        : ", self.curves),
+                             ("TensorBoard   : ", f"{self.tensorboard}  (tensorboard --logdir {self.tensorboard})"
+                              if self.tensorboard else ""),
                              ("sweep report  : ", self.sweep_report)):
             if value:
                 lines.append(label + value)
@@ -233,11 +238,12 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
     pages = {}
     for task_name, output, name in (("evaluate", "report", "report.html"), ("ingest", "report", "ingest_report.html"),
                                     ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md"),
-                                    ("select", "report", "sweep.html")):
+                                    ("train", "curves", "learning_curves.html"), ("select", "report", "sweep.html")):
         if (run_dir / task_name / output).is_file():
             shutil.copyfile(run_dir / task_name / output, run_dir / name)
             pages[name] = str(run_dir / name)
     saved_model = run_dir / "export" / "saved_model"
+    tensorboard = run_dir / "train" / "model" / "tensorboard"
     accuracy = None
     if (run_dir / "evaluate" / "predictions").is_dir():
         from components.contracts import Evaluation
@@ -257,4 +263,5 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
                     report=pages.get("report.html", ""), gate_report=pages.get("gate.md", pages.get("skipped.md", "")),
                     sweep_report=pages.get("sweep.html", ""),
                     accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds,
-                    cached=hits or [])
+                    cached=hits or [], curves=pages.get("learning_curves.html", ""),
+                    tensorboard=str(tensorboard) if tensorboard.is_dir() else "")

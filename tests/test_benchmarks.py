@@ -78,3 +78,15 @@ def test_preprocess_shards_runs_kfp_local_over_shard_tasks_and_checks_the_output
     assert set(result["wall_seconds"]) == {"in-process", "1", "2"}
     assert [len(result["shard_task_seconds"][n]) for n in ("1", "2")] == [1, 2]
     assert "| kfp.local: plan, 2 shard task(s), merge | 2 |" in (tmp_path / "preprocess_shards.md").read_text()
+
+
+def test_feature_cache_pairs_each_family_with_and_without_cached_features(tmp_path):
+    _run(["-m", "benchmarks.feature_cache", "--quick", "--images", "100", "--epochs", "2", "--models", "mobilenet_v2",
+          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "feature_cache.json").read_text())
+    assert [(r["model"], r["cache_features"]) for r in result["runs"]] == [("mobilenet_v2", "off"),
+                                                                          ("mobilenet_v2", "on")]
+    for r in result["runs"]:
+        assert r["epochs_run"] == 2 and r["wall_seconds"] > 0 and 0 <= r["test_accuracy"] <= 1
+    assert result["speedups"]["mobilenet_v2"]["wall"] > 0
+    assert (tmp_path / "feature_cache.md").read_text().count("\n| mobilenet_v2 |") == 2

@@ -88,6 +88,18 @@ def test_pixel_limit_refuses_large_images(tmp_path):
     Image.new("L", (400, 300)).save(root / "Bag" / "big.png")
     s = ingest(str(root), str(tmp_path / "out"), max_pixels=100_000)
     assert s.quarantine_reasons == {"too many pixels": 1}
+    (q,) = read_quarantine(str(tmp_path / "out"))
+    assert q["detail"] == "400x300 = 120,000 pixels exceed the limit of 100,000 pixels (max_pixels)"
+
+
+def test_pixel_bomb_reason_quotes_our_limit_even_when_pil_refuses_first(tmp_path):
+    """100 M pixels trip PIL's own guard (89 M) before our check: the reason still names max_pixels."""
+    root = make_folder(tmp_path / "src", TWO, 10)
+    Image.new("1", (10_000, 10_000)).save(root / "Bag" / "bomb.png")  # a few kB on disk
+    ingest(str(root), str(tmp_path / "out"))
+    (q,) = read_quarantine(str(tmp_path / "out"))
+    assert q["reason"] == "too many pixels"
+    assert q["detail"] == "100,000,000 pixels exceed the limit of 40,000,000 pixels (max_pixels)"
 
 
 def test_single_class_is_a_clear_error_and_leaves_no_output(tmp_path):

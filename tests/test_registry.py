@@ -13,7 +13,7 @@ import pytest
 # Trains three models for the champion/challenger flow: the full suite only.
 pytestmark = pytest.mark.slow
 
-from components.contracts import read_predictions
+from components.contracts import RecordsMetadata, read_predictions
 from components.evaluate.step import evaluate
 from components.lib import registry
 from components.release import champion, gate
@@ -64,6 +64,14 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     assert record["split_counts"]["test"] == record["metrics"]["test_images"] and record["params"]["epochs"] == 3
     card = (reg / "fm" / "1" / registry.MODEL_CARD).read_text()
     assert "# Model card: fm version 1" in card and "Intended use" in card and "first version" in card
+    # The data source (from ingest, through preprocess), libraries, weakest classes and named class weights.
+    source = RecordsMetadata.load(str(pp)).source
+    assert source and record["data"] == source and f"- source `{source}`" in card
+    assert record["libraries"]["keras"].startswith("3.") and "keras 3." in card
+    assert set(record["params"]["class_weight"]) == set(record["input"]["classes"])
+    weakest = min(record["per_class"], key=lambda r: (r["f1"], r["class"]))
+    assert f"## Limitations" in card and f"- `{weakest['class']}`: F1 {weakest['f1']:.3f}" in card
+    assert f"Class weights in the loss: {weakest['class']} " in card or f", {weakest['class']} " in card
 
     g2, v2 = _publish_if_passed(pp, reg, m["weak"])
     assert g2.decision == "refuse" and v2 is None

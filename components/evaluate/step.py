@@ -1,6 +1,8 @@
 """Evaluate: score the trained model on the held-out test split, write predictions, metrics and a report."""
 from __future__ import annotations
 
+import heapq
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +11,41 @@ from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, 
 from components.lib import records, reports, storage, tables
 
 MAX_GRID = 24
+# Grad-CAM: the most confident errors, and the most confident right answers of the weakest classes.
+CAM_WRONG, CAM_RIGHT_PER_CLASS, CAM_CLASSES = 12, 2, 10
+
+
+class Examples:
+    """The test images a reviewer should see, kept while predictions stream: per true class its most
+    confident errors and its most confident right answers. Bounded by classes x k, not by the test split."""
+
+    def __init__(self, num_classes: int):
+        self.wrong_k = max(1, -(-MAX_GRID // num_classes), CAM_WRONG // num_classes)
+        self.wrong = [[] for _ in range(num_classes)]
+        self.right = [[] for _ in range(num_classes)]
+        self.seen = 0
+
+    def add(self, pixels: np.ndarray, true: int, probs: np.ndarray) -> None:
+        pred = int(probs.argmax())
+        keep, k = (self.right[true], CAM_RIGHT_PER_CLASS) if pred == true else (self.wrong[true], self.wrong_k)
+        item = (float(probs[pred]), self.seen, pixels, true, pred)
+        self.seen += 1
+        if len(keep) < k:
+            heapq.heappush(keep, item)
+        elif item[0] > keep[0][0]:
+            heapq.heapreplace(keep, item)
+
+    def worst_errors(self) -> list[tuple]:
+        """Every class's most confident errors, most confident first."""
+        return sorted((e for per_class in self.wrong for e in per_class), key=lambda e: (-e[0], e[1]))
+
+    def right_of(self, classes: list[int]) -> list[tuple]:
+        return [e for c in classes for e in sorted(self.right[c], key=lambda e: (-e[0], e[1]))]
+
+
+def _tile_title(classes: list[str], e: tuple) -> str:
+    prob, _, _, true, pred = e
+    return f"true {classes[true]}\npred {classes[pred]} {prob:.2f}" if true != pred else f"{classes[true]} {prob:.2f}"
 
 
 @dataclass
@@ -53,14 +90,15 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
         raise ValueError(f"{model_dir} was trained on {info.input}, but {dataset_dir} holds {meta.input}")
     if meta.count("test") == 0:
         raise ValueError(f"{dataset_dir}: the test split is empty; set test_fraction > 0 or add test/")
+    started = time.time()
     model = load_model(model_dir)
-    ys, probs, locations, wrong = [], [], [], []
+    ys, probs, locations, examples = [], [], [], Examples(len(classes))
     for pixels, labels, locs, _ in records.make_dataset(dataset_dir, meta, "test", batch_size, with_extras=True):
         p = np.asarray(model.predict_on_batch(pixels))
         y = labels.numpy()
-        for j in np.flatnonzero(p.argmax(1) != y):
-            if len(wrong) < MAX_GRID:
-                wrong.append((pixels[j].numpy(), f"true {classes[y[j]]}\npred {classes[p[j].argmax()]}"))
+        x = pixels.numpy()
+        for j in range(len(y)):
+            examples.add(x[j], int(y[j]), p[j])
         ys.append(y)
         probs.append(p)
         locations.extend(loc.decode("utf-8") for loc in locs.numpy())
@@ -90,25 +128,69 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
         Evaluation(classes, metrics, per_class, cm.tolist()).save(out)
     result = EvalResult(classes, metrics, per_class, cm.tolist(), roc)
     if report_html:
-        sections = [
-            ("Summary", reports.table(["metric", "value"], [[k, v] for k, v in metrics.items()])),
-            ("Confusion matrix", reports.img(reports.fig_to_data_uri(reports.confusion_matrix(cm, classes)))),
-            ("Per class", reports.table(["class", "precision", "recall", "F1", "support"],
-                                        [list(r.values()) for r in per_class])),
-        ]
-        if curves:
-            sections.append(("ROC" + (" (one-vs-rest)" if len(classes) > 2 else ""),
-                             reports.img(reports.fig_to_data_uri(reports.roc_curves(curves)))))
-        sections.append(("Learning curves",
-                         reports.img(reports.fig_to_data_uri(reports.learning_curves(load_history(model_dir))))))
-        sweep = SweepResult.load(model_dir)
-        if sweep is not None:  # the model won a sweep: how it was chosen (on validation scores)
-            sections += reports.sweep_sections(sweep.trials, sweep.metric, sweep.winner)
-        if wrong:
-            sections.append((f"Misclassified examples (first {len(wrong)})", reports.img(reports.fig_to_data_uri(
-                reports.image_grid([w[0] for w in wrong], [w[1] for w in wrong])))))
-        storage.atomic_write_text(report_html, reports.page(
-            f"Evaluation: {info.architecture} on {len(y)} test images", sections))
+        write_report(report_html, model, meta, info, model_dir, metrics, per_class, cm, curves, examples,
+                     time.time() - started)
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
           + (f", ROC AUC {auc:.4f}" if auc is not None else "") + f" on {len(y)} test images", flush=True)
     return result
+
+
+def write_report(path: str, model, meta: RecordsMetadata, info: TrainedModel, model_dir: str, metrics: dict,
+                 per_class: list[dict], cm: np.ndarray, curves: dict, examples: Examples, seconds: float) -> None:
+    """One self-contained page: what was run on what, the scores, where it fails, and what it looked at."""
+    classes = meta.classes
+    history = load_history(model_dir)
+    weakest = sorted(per_class, key=lambda r: (r["f1"], r["class"]))
+    sections = [
+        ("Run", reports.run_context(info, meta, seconds)),
+        ("Summary", reports.table(["metric", "value"], [[k, v] for k, v in metrics.items()])),
+        ("Per class (weakest F1 first)", reports.table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in weakest])),
+        ("Confusion matrix", reports.img(reports.fig_to_data_uri(reports.confusion_matrix(cm, classes)),
+                                         "confusion matrix: counts and row-normalised")
+         + reports.top_confusions(cm, classes)),
+    ]
+    if curves:
+        sections.append(("ROC" + (" (one-vs-rest)" if len(classes) > 2 else ""),
+                         reports.img(reports.fig_to_data_uri(reports.roc_curves(curves)), "ROC curves")))
+    sections.append(("Learning curves", reports.img(reports.fig_to_data_uri(
+        reports.learning_curves(history, info.result.get("best_epoch"))), "learning curves")))
+    sweep = SweepResult.load(model_dir)
+    if sweep is not None:  # the model won a sweep: how it was chosen (on validation scores)
+        sections += reports.sweep_sections(sweep.trials, sweep.metric, sweep.winner)
+    errors = examples.worst_errors()
+    if errors:
+        sections.append((f"Misclassified: each class's most confident errors ({len(errors)}, most confident first)",
+                         reports.img(reports.fig_to_data_uri(reports.image_grid(
+                             [e[2] for e in errors], [_tile_title(classes, e) for e in errors])),
+                             "most confident errors")))
+    sections.append(("What the network looked at (Grad-CAM)", _gradcam_section(model, classes, errors, examples,
+                                                                                 weakest)))
+    storage.atomic_write_text(path, reports.page(
+        f"Evaluation: {info.architecture} on {metrics['test_images']} test images", sections))
+
+
+def _gradcam_section(model, classes: list[str], errors: list[tuple], examples: Examples, weakest: list[dict]) -> str:
+    from components.evaluate import gradcam
+
+    weak = [classes.index(r["class"]) for r in weakest[:CAM_CLASSES]]
+    chosen = errors[:CAM_WRONG] + examples.right_of(weak)
+    if not chosen:
+        return "<p>No test images to explain.</p>"
+    try:
+        maps, _, layer = gradcam.heatmaps(model, np.stack([e[2] for e in chosen]),
+                                          np.array([e[4] for e in chosen]))
+    except (NotImplementedError, ValueError) as e:
+        return f"<p>No Grad-CAM for this model: {reports.escape(str(e))}</p>"
+    n_wrong = min(len(errors), CAM_WRONG)
+    parts = [f"<p>Heat maps of layer <code>{reports.escape(layer)}</code> (the last convolutional block, "
+             f"{maps.shape[1]}x{maps.shape[2]}) for the predicted class: red is where the evidence for it was.</p>"]
+    for title, sl in ((f"Most confident errors ({n_wrong})", slice(0, n_wrong)),
+                      (f"Right answers, weakest classes first ({len(chosen) - n_wrong})", slice(n_wrong, None))):
+        picked = chosen[sl]
+        if picked:
+            parts.append(f"<h3>{title}</h3>" + reports.img(reports.fig_to_data_uri(reports.image_grid(
+                [e[2] for e in picked], [_tile_title(classes, e) for e in picked], overlays=list(maps[sl]))),
+                title))
+    return "".join(parts)

@@ -26,14 +26,30 @@ def _thumb(dataset_dir: str, location: str, size: int = 64) -> np.ndarray | None
 
 
 def _sizes_figure(widths: list[int], heights: list[int]):
+    """Widths and heights: one bar per size while there are few sizes (one size is one labelled bar, not
+    a histogram over fractional ticks), a histogram of whole pixels otherwise."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for ax, v, name in ((axes[0], np.asarray(widths), "width"), (axes[1], np.asarray(heights), "height")):
-        ax.hist(v, bins=min(40, max(1, len(np.unique(v)))), color="#4c72b0")
+        sizes, counts = np.unique(v, return_counts=True)
+        if len(sizes) <= 12:
+            ax.bar([str(x) for x in sizes], counts, color="#4c72b0")
+        else:
+            ax.hist(v, bins=min(40, len(sizes)), color="#4c72b0")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"{name} (pixels)")
         ax.set_ylabel("images")
+    fig.tight_layout()
     return fig
+
+
+def relative(location: str, source: str) -> str:
+    """A location as the user knows it: relative to the source they gave, when it lies inside it."""
+    base = source.rstrip("/") + "/"
+    return location[len(base):] if source and location.startswith(base) else location
 
 
 def write_report(path: str, summary, by_class_split, examples: dict[str, list[dict]], duplicates: list[dict],
@@ -45,24 +61,28 @@ def write_report(path: str, summary, by_class_split, examples: dict[str, list[di
     table_rows = [[c, *([by_class_split[(c, s)] for s in splits] or [by_class_split[(c, "")]]),
                    *([sum(by_class_split[(c, s)] for s in splits)] if splits else [])] for c in summary.classes]
     sections = [
-        ("Summary", reports.table(["", "value"], [
+        ("Summary", reports.table(None, [
             ["data", summary.data], ["layout", summary.layout], ["usable images", summary.images],
-            ["classes", len(summary.classes)], ["quarantined files", summary.quarantined],
+            ["classes", len(summary.classes)],
+            *[[f"images in {split}", n] for split, n in summary.per_split.items()],
+            ["quarantined files", summary.quarantined],
             *[[f"note: {k}", v] for k, v in summary.notes.items()]])),
         ("Images per class" + (" and split" if splits else ""), reports.table(header, table_rows)),
     ]
     if summary.quarantine_reasons:
         sections.append(("Quarantined files by reason", reports.table(
             ["reason", "files", "examples"],
-            [[reason, n, "; ".join(q["location"] + (f" ({q['detail']})" if q["detail"] else "")
+            [[reason, n, "; ".join(relative(q["location"], summary.data) + (f" ({q['detail']})" if q["detail"] else "")
                                    for q in examples[reason][:EXAMPLES_PER_REASON])]
              for reason, n in summary.quarantine_reasons.items()])))
     if duplicates:
         sections.append(("Duplicates and label conflicts", reports.table(
-            ["file", "label", "what", "detail"], [[q["location"], q["label"], q["reason"], q["detail"]]
+            ["file", "label", "what", "detail"], [[relative(q["location"], summary.data), q["label"], q["reason"],
+                                                  q["detail"]]
                                                  for q in duplicates])))
     if widths:
-        sections.append(("Image sizes", reports.img(reports.fig_to_data_uri(_sizes_figure(widths, heights)))))
+        sections.append(("Image sizes", reports.img(reports.fig_to_data_uri(_sizes_figure(widths, heights)),
+                                                    "image sizes")))
         picks, titles = [], []
         for c in summary.classes[:GRID_CLASSES]:
             for location in samples.get(c, [])[:GRID_PER_CLASS]:

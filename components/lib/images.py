@@ -9,6 +9,7 @@ Two halves with one contract:
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -74,7 +75,10 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "
     except UnidentifiedImageError:
         raise ImageRejected("not an image", "no known image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("too many pixels", str(e)) from None
+        # PIL's own guard fired first: quote our documented limit (max_pixels), not PIL's.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageRejected("too many pixels", (f"{int(found.group(1)):,} pixels" if found else "the image")
+                            + f" exceed the limit of {max_pixels:,} pixels (max_pixels)") from None
     except (OSError, SyntaxError, ValueError) as e:  # header parsed partly, then the file ended
         raise ImageRejected("truncated or corrupt", str(e)) from None
     with img:
@@ -83,7 +87,8 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, animated: str = "
             raise ImageRejected("unsupported format", f"{fmt} (supported: {', '.join(SUPPORTED_FORMATS)})")
         w, h = img.size
         if w * h > max_pixels:
-            raise ImageRejected("too many pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+            raise ImageRejected("too many pixels", f"{w}x{h} = {w * h:,} pixels exceed the limit of {max_pixels:,} "
+                                                   "pixels (max_pixels)")
         if w == 0 or h == 0:
             raise ImageRejected("corrupt image", f"{w}x{h}")
         frames = 1 if img.format in JPEG_ALIASES else int(getattr(img, "n_frames", 1) or 1)

@@ -20,35 +20,73 @@ def fig_to_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def learning_curves(history: dict[str, list[float]]):
-    metrics = [m for m in ("loss", "accuracy") if m in history]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+def learning_curves(history: dict[str, list[float]], best_epoch: int | None = None):
+    """Loss, accuracy and the learning rate per epoch (integer ticks), the kept (best) epoch marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    metrics = [m for m in ("loss", "accuracy", "learning_rate") if m in history]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         epochs = range(1, len(history[m]) + 1)
-        ax.plot(epochs, history[m], "o-", label="train")
+        ax.plot(epochs, history[m], "o-", ms=3, label="train" if m != "learning_rate" else "learning rate")
         if f"val_{m}" in history:
-            ax.plot(epochs, history[f"val_{m}"], "o-", label="validation")
+            ax.plot(epochs, history[f"val_{m}"], "o-", ms=3, label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        if m == "learning_rate" and min(history[m]) > 0:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_title(m)
+        ax.set_title(m.replace("_", " "))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
 def confusion_matrix(cm: np.ndarray, classes: list[str]):
+    """Counts beside the row-normalised matrix (share of each true class), readable up to ~100 classes:
+    the figure stops growing at 100 classes' worth, the font shrinks with the classes, and the cells
+    are only written in while they still fit."""
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    peak = cm.max() if cm.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > peak / 2 else "black")
+    side = min(1.2 + 0.55 * n, 16.0)
+    cell_pt = side * 72 / max(n, 1)  # a row's height in points
+    font, tick_font = min(9.0, 0.3 * cell_pt), min(9.0, 0.6 * cell_pt)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    # Side by side while small; one above the other when large, so a browser shows each at full width.
+    stacked = n > 30
+    fig, axes = plt.subplots(2 if stacked else 1, 1 if stacked else 2,
+                             figsize=(side + 1.5, 2 * side + 1) if stacked else (2 * side + 1.5, side + 0.5))
+    for ax, data, title, text in ((axes[0], cm, "counts", lambda v: f"{v:d}"),
+                                  (axes[1], norm, "share of the true class", lambda v: f"{v:.2f}")):
+        ax.imshow(data, cmap="Blues", vmin=0)
+        ax.set_xticks(range(n), classes, rotation=90 if n > 12 else 45, ha="center" if n > 12 else "right",
+                      fontsize=tick_font)
+        ax.set_yticks(range(n), classes, fontsize=tick_font)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        if n <= 30:
+            peak = data.max() if data.size else 0
+            for i in range(n):
+                for j in range(n):
+                    if data[i, j]:
+                        ax.text(j, i, text(data[i, j]), ha="center", va="center", fontsize=font,
+                                color="white" if data[i, j] > peak / 2 else "black")
+    fig.tight_layout()
     return fig
+
+
+def top_confusions(cm: np.ndarray, classes: list[str], limit: int = 15) -> str:
+    """The largest off-diagonal cells as a table: at 100 classes the matrix shows where, this says what."""
+    rows = cm.sum(axis=1)
+    cells = [(int(cm[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and cm[i, j]]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    if not cells:
+        return "<p>No confusions: every test image was classified correctly.</p>"
+    return "<h3>Top confusions</h3>" + table(["true class", "predicted as", "images", "share of the true class"], [
+        [classes[i], classes[j], n, f"{n / rows[i]:.1%}"] for n, i, j in cells[:limit]])
 
 
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]):
@@ -63,22 +101,96 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]):
     return fig
 
 
-def image_grid(pixels: list[np.ndarray], titles: list[str], cols: int = 6):
+def image_grid(pixels: list[np.ndarray], titles: list[str], cols: int | None = None,
+               overlays: list[np.ndarray] | None = None):
+    """Tiles with titles (6 or, past 36 tiles, 10 a row unless `cols` says); `overlays` (heat maps in
+    [0, 1], any resolution) are drawn over their images."""
+    cols = cols or (6 if len(pixels) <= 36 else 10)
     rows = max(1, -(-len(pixels) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, title in zip(axes.flat, pixels, titles):
+    for k, (ax, img, title) in enumerate(zip(axes.flat, pixels, titles)):
+        h, w = img.shape[:2]
         ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+        if overlays is not None:
+            ax.imshow(overlays[k], cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                      interpolation="bilinear")
         ax.set_title(title, fontsize=7)
     return fig
 
 
-def table(header: list[str], rows: list[list]) -> str:
+def number(v) -> str:
+    """A float at a precision a person reads: 4 decimals from 0 to 1 (scores), fewer as it grows, 3
+    significant digits when tiny (learning rates), no decimals for whole numbers above 1."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(v)
+    if not np.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if 0.001 <= a <= 1 or a == 0:
+        return f"{v:.4f}"
+    if a < 0.001:
+        return f"{v:.3g}"
+    if v == int(v) and a < 1e15:
+        return f"{int(v):,}"
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def escape(text: str) -> str:
+    return html.escape(text)
+
+
+def versions() -> dict[str, str]:
+    """Python and the libraries whose versions change results, as installed."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "tensorflow-cpu", "keras", "jax", "numpy", "scikit-learn", "pillow", "kfp"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def run_context(info, meta, seconds: float) -> str:
+    """What was run on what: the data, its fingerprint, the training parameters, libraries, run time."""
+    import datetime
+    import os
+
+    r = info.result
+    facts = [["data source", meta.source or "(not recorded)"],
+             ["data fingerprint", meta.data_fingerprint[:16]],
+             ["classes", len(meta.classes)],
+             ["images (train / validation / test)",
+              " / ".join(f"{meta.count(s):,}" for s in ("train", "validation", "test") if s in meta.splits)],
+             ["input", f"{meta.input.image_size}x{meta.input.image_size}x{meta.input.channels}"],
+             ["training", f"{r.get('epochs_run')} epochs in {number(float(r.get('seconds', 0)))} s, best epoch "
+                          f"{r.get('best_epoch')}; {info.hardware.get('backend')} on "
+                          f"{', '.join(info.hardware.get('devices', []))}"],
+             ["evaluated", f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} in "
+                           f"{number(float(seconds))} s (Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')})"],
+             ["libraries", ", ".join(f"{k} {v}" for k, v in versions().items())]]
+    params = [[k, v if not isinstance(v, dict) else ", ".join(f"{a}={b}" for a, b in v.items())]
+              for k, v in sorted(info.params.items())]
+    return (table(None, facts) + "<details><summary>training parameters</summary>"
+            + table(["parameter", "value"], params) + "</details>")
+
+
+def table(header: list[str] | None, rows: list[list]) -> str:
+    """A table of numbers (right-aligned, `number` precision); header None: a left-aligned list of facts."""
     def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        return number(v) if isinstance(v, float) else html.escape(str(v))
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    if header is None:
+        return f'<table class="facts"><tbody>{body}</tbody></table>'
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -88,7 +200,7 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}
-td:first-child{{text-align:left}}img{{max-width:100%}}section{{margin-bottom:1.5em}}</style></head>
+td:first-child{{text-align:left}}table.facts td{{text-align:left}}table.facts td:first-child{{color:#555}}img{{max-width:100%}}section{{margin-bottom:1.5em}}</style></head>
 <body><h1>{html.escape(title)}</h1>{parts}</body></html>"""
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from components.contracts import DatasetError, load_manifest
+from components.contracts import DatasetError, ingest_source, load_manifest
 from components.lib import storage
 from components.lib.options import takes
 from components.lib.progress import Progress
@@ -109,7 +109,8 @@ def merge(dataset_dir: str, plan_dir: str, part_dirs: list[str], output_dir: str
         meta_splits = split_infos(spec, written, out)
         if meta_splits["train"].count == 0:
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
-        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, p["near_duplicates"], opts)
+        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, p["near_duplicates"], opts,
+                                    ingest_source(dataset_dir))
     seconds = max((part["seconds"] for part in parts), default=0.0)
     summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined), fp, data_fp,
                                 seconds, len(p["near_duplicates"]))

@@ -12,7 +12,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from components.contracts import DatasetError, InputSpec, RecordsMetadata, SplitInfo, load_manifest, location_uri
+from components.contracts import (DatasetError, InputSpec, RecordsMetadata, SplitInfo, ingest_source, load_manifest,
+                                  location_uri)
 from components.lib import images, records, storage
 from components.lib.options import takes
 from components.lib.progress import Progress
@@ -154,14 +155,14 @@ def record_files(splits: dict[str, list[int]], per_shard: int) -> list[tuple[str
 
 
 def save_metadata(out, rows: list, spec: InputSpec, meta_splits: dict[str, SplitInfo], quarantined: list[dict],
-                  near: list[dict], opts: PreprocessOptions) -> tuple[str, str]:
-    """metadata.json; returns (fingerprint, data fingerprint)."""
+                  near: list[dict], opts: PreprocessOptions, source: str) -> tuple[str, str]:
+    """metadata.json; returns (fingerprint, data fingerprint). `source` is where ingest read the data."""
     data_fp = data_fingerprint(rows)
     # What changes the records' content (the pipeline parameters), not how they were written.
     params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline and o.name not in LAYOUT_ONLY}
     fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
     RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
-                    bool(opts.drop_near_duplicates and near)).save(out)
+                    bool(opts.drop_near_duplicates and near), source=source).save(out)
     return fp, data_fp
 
 
@@ -180,7 +181,7 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
         meta_splits, quarantined, seconds = write_shards(dataset_dir, rows, splits, spec, out, opts)
         if meta_splits["train"].count == 0:
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
-        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, near, opts)
+        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, near, opts, ingest_source(dataset_dir))
     summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined),
                                 fp, data_fp, round(seconds, 3), len(near))
     print(f"preprocess: {summary.counts} at {spec.image_size}x{spec.image_size}x{spec.channels}; "

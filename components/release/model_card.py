@@ -17,7 +17,13 @@ def render(record: dict) -> str:
     compared = (f"It beat champion v{champ['version']} re-scored on the same test images "
                 f"(accuracy {champ['accuracy']:.4f}, macro F1 {champ['macro_f1']:.4f})."
                 if "accuracy" in champ else "It was the first version of this model.")
-    params = ", ".join(f"{k}={v}" for k, v in record.get("params", {}).items())
+    params = ", ".join(f"{k}={v}" for k, v in record.get("params", {}).items() if k != "class_weight")
+    weights = record.get("params", {}).get("class_weight")
+    class_weights = ", ".join(f"{k} {v:g}" for k, v in weights.items()) if isinstance(weights, dict) else "none"
+    weakest = sorted(record.get("per_class", []), key=lambda r: (r["f1"], r["class"]))[:3]
+    limits = "\n".join(f"- `{r['class']}`: F1 {r['f1']:.3f} (precision {r['precision']:.3f}, recall "
+                       f"{r['recall']:.3f}, {r['support']} test images)" for r in weakest)
+    libraries = ", ".join(f"{k} {v}" for k, v in record.get("libraries", {}).items()) or "(not recorded)"
     return f"""# Model card: {record['model_name']} version {record['version']}
 
 Published {record['created']} by run `{record.get('source_run') or '-'}`.
@@ -32,11 +38,18 @@ training data (other domains, other classes): it always answers one of the class
 `probabilities` before acting on a low-confidence answer.
 
 ## Data
+- source `{record.get('data') or '(not recorded)'}`
 - data fingerprint `{record['data_fingerprint']}` (content hash of the images, labels and splits)
 - split sizes: train {counts.get('train', '?')}, validation {counts.get('validation', '?')}, test {counts.get('test', '?')}
 
 ## Model
 `{record.get('architecture', record.get('model'))}`; {params}
+
+Class weights in the loss: {class_weights}. Trained with {libraries}.
+
+## Limitations
+The weakest classes on the test split (by F1); expect more errors on these:
+{limits}
 
 ## Metrics on the test split ({m.get('test_images', '?')} images)
 accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, macro precision {m.get('macro_precision', 0):.4f},

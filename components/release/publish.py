@@ -26,6 +26,7 @@ def publish(saved_model_dir: str, model_dir: str, dataset_dir: str, predictions_
     evaluated = Evaluation.load(predictions_dir)
     record = {"source_run": opts.source_run, "architecture": info.architecture, "params": info.params,
               "input": dataclasses.asdict(info.input), "data_fingerprint": meta.data_fingerprint,
-              "fingerprint": meta.fingerprint, "split_counts": {s: meta.count(s) for s in SPLITS},
+              "fingerprint": meta.fingerprint, "data": meta.source, "split_counts": {s: meta.count(s) for s in SPLITS},
+              "libraries": info.hardware.get("libraries", {}),
               "metrics": evaluated.metrics, "per_class": evaluated.per_class, "gate": json.loads(opts.gate_summary)}
     return layout.publish(saved_model_dir, model_dir, opts.registry, opts.model_name, record, model_card.render)

@@ -46,11 +46,13 @@ class Backup:
     def best_file(self) -> str:
         return str(self.local / BEST)
 
-    def save(self, model: keras.Model, state: dict, improved: bool) -> None:
+    def save(self, model: keras.Model, state: dict, improved: bool, best: keras.Model | None = None) -> None:
+        """`best`: the model whose weights are kept when improved, if not `model` (the head phase on
+        bottleneck features checkpoints the head but keeps the whole model's weights)."""
         name = f"checkpoint-{state['epoch']:04d}.keras"
         model.save(self.local / name)
         if improved:
-            model.save_weights(self.local / BEST)
+            (best or model).save_weights(self.local / BEST)
         state = {**state, "checkpoint": name}
         if self.uri:
             storage.copy_file(str(self.local / name), storage.join(self.uri, name))
@@ -75,10 +77,13 @@ class Checkpoint(keras.callbacks.Callback):
     """Keeps the run's history across restarts and saves the state after every epoch."""
 
     def __init__(self, backup: Backup, phase: int, history: dict[str, list[float]], monitor: str,
-                 best: float | None, stopper: ResumableEarlyStopping, extra_state: dict | None = None):
+                 best: float | None, stopper: ResumableEarlyStopping, extra_state: dict | None = None,
+                 whole=None):
         super().__init__()
         self.backup, self.phase, self.history, self.monitor = backup, phase, history, monitor
         self.best, self.stopper, self.extra_state = best, stopper, extra_state or {}
+        # whole(model) -> the model whose weights count as "best" (default: the model being fitted).
+        self.whole = whole
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -91,7 +96,8 @@ class Checkpoint(keras.callbacks.Callback):
             self.best = float(value)
         self.backup.save(self.model, {
             **self.extra_state, "phase": self.phase, "epoch": epoch + 1, "history": self.history, "best": self.best,
-            "wait": self.stopper.wait, "best_epoch": self.stopper.best_epoch}, improved)
+            "wait": self.stopper.wait, "best_epoch": self.stopper.best_epoch}, improved,
+            self.whole(self.model) if self.whole and improved else None)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

@@ -14,6 +14,7 @@ LR_SCHEDULES = ("cosine", "constant", "plateau")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE = ("auto", "none", "mirrored")
 JIT_COMPILE = ("auto", "true", "false")
+CACHE_FEATURES = ("auto", "on", "off")
 
 
 def class_weight_problem(spec: str) -> str:
@@ -50,6 +51,9 @@ class TrainOptions(Seeded):
     depth: int = option(3, "baseline CNN: conv/max-pool/dropout blocks", min=1, max=12)
     dropout: float = option(0.3, "dropout before the classification head", min=0, max=0.95)
     augment: bool = option(True, "random flip, rotation and zoom inside the model (training only)")
+    cache_features: str = option("auto", "head phase on bottleneck features computed once per split: auto (when "
+                                         "the backbone is frozen and augment is off), on (also with augment: the "
+                                         "head then sees unaugmented images), off", choices=CACHE_FEATURES)
     patience: int = option(5, "EarlyStopping patience in epochs", min=1)
     fine_tune_layers: int = option(0, "after the frozen-backbone phase, fine-tune the backbone's top N layers "
                                       "(BatchNormalization stays frozen); 0: no fine-tuning", min=0)

@@ -1,8 +1,8 @@
 """Train: fit a Keras 3 model on preprocess's TFRecords, keep the best epoch, save `.keras` + history.
 
 Transfer-learning families train in two phases, as in the classic tutorials: a new head on the frozen
-pretrained backbone, then (with `fine_tune_layers`) the backbone's top layers at a lower learning
-rate. The training state goes to `backup_uri` after every epoch, so a retried task resumes.
+pretrained backbone (on bottleneck features computed once, see features.py, when `cache_features`
+says so), then (with `fine_tune_layers`) the backbone's top layers at a lower learning rate. The training state goes to `backup_uri` after every epoch, so a retried task resumes.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     """
     import keras
 
-    from components.train import accelerate, checkpoint, models
+    from components.train import accelerate, checkpoint, features, models
 
     meta = RecordsMetadata.load(dataset_dir)
     keras.utils.set_random_seed(opts.seed)
@@ -179,9 +179,13 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     weights_arg = None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
     cw = class_weights(opts.class_weight, meta.classes, meta.splits["train"].per_class)
 
+    cached = features.wanted(opts.cache_features, opts.architecture, weights_arg is not None, opts.augment)
+
     with accelerate.setup(opts.precision, opts.distribute, opts.jit_compile) as hw:
         run = make_session(dataset_dir, meta, opts, hw, backup, resume, Path(tmp) / TENSORBOARD_DIR)
-        run.net = resume_model(run) if resume else build_model(run, weights_arg, tmp)
+        # A head-phase checkpoint holds the head alone: the whole model is rebuilt around it.
+        head_checkpoint = bool(resume and resume.get("features") and resume["phase"] == 1)
+        run.net = resume_model(run) if resume and not head_checkpoint else build_model(run, weights_arg, tmp)
         print(f"train: {opts.architecture} on {meta.count('train')} images {meta.input.shape}, "
               f"{len(meta.classes)} classes, {run.net.count_params():,} parameters "
               f"({_trainable(run.net):,} trainable), weights {weights}; {hw.describe()}; "
@@ -189,7 +193,10 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
         fit_cw = cw if cw and len(set(cw.values())) > 1 else None  # all equal: skip the per-batch lookup
         start = time.perf_counter()
         if run.state["phase"] == 1:
-            fit(run, 1, opts.epochs, run.state["epoch"], resume, fit_cw)
+            if cached:
+                fit_head_on_features(run, dataset_dir, tmp, fit_cw)
+            else:
+                fit(run, 1, opts.epochs, run.state["epoch"], resume, fit_cw)
             run.state["phase1_epochs"] = len(run.history.get("loss", []))
         if models.is_transfer(opts.architecture) and weights_arg is not None and opts.fine_tune_layers > 0:
             fine_tune(run, fit_cw)
@@ -202,8 +209,9 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     shutil.rmtree(tmp, ignore_errors=True)
     if curves_html:
         storage.atomic_write_text(curves_html, reports.page(f"Training: {opts.architecture}", [
-            ("Learning curves", reports.img(reports.fig_to_data_uri(reports.learning_curves(run.history)))),
-            ("Summary", reports.table(["", "value"], [[k, v] for k, v in asdict(result).items()]))]))
+            ("Learning curves", reports.img(reports.fig_to_data_uri(
+                reports.learning_curves(run.history, result.best_epoch)), "learning curves")),
+            ("Summary", reports.table(None, [[k, v] for k, v in asdict(result).items()]))]))
     print(f"train: {result.epochs_run} epochs in {result.seconds:.1f}s; steady {result.images_per_second:.0f} "
           f"images/s (first epoch {result.first_epoch_images_per_second:.0f}), input wait "
           f"{result.input_wait_share:.1%} of step time; best epoch {result.best_epoch}: "
@@ -260,19 +268,52 @@ def resume_model(run: _Session):
     return keras.saving.load_model(run.backup.checkpoint_file)
 
 
-def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight) -> None:
+def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight,
+        whole=None) -> None:
     """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup."""
     from components.train import checkpoint, throughput
 
     stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
+    extra_state = {"phase1_epochs": run.state.get("phase1_epochs"), "features": whole is not None}
     saver = checkpoint.Checkpoint(run.backup, phase, run.history, run.monitor, run.state["best"], stopper,
-                                  {"phase1_epochs": run.state.get("phase1_epochs")})
+                                  extra_state, whole)
     callbacks = [_finite_loss_guard(), throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver,
                  *run.extra_callbacks]
     # shuffle=False: the tf.data pipeline already reshuffles every epoch.
     run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
                 steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2, shuffle=False)
     run.state["best"] = saver.best
+
+
+def fit_head_on_features(run: _Session, dataset_dir: str, tmp: str, class_weight) -> None:
+    """Phase 1 on bottleneck features: the backbone runs once per image, the head trains on its output for
+    every epoch, and each improvement is kept as the whole model's weights (head put back in)."""
+    import dataclasses
+
+    import keras
+
+    from components.train import features
+
+    o, meta, batch = run.opts, run.meta, run.opts.batch_size * run.hw.replicas
+    local = Path(tmp) / features.FOLDER
+    splits = ["train"] + (["validation"] if run.val_ds is not None else [])
+    index = features.compute(dataset_dir, meta, run.net, splits, batch, local, run.backup.uri)
+    n = len(meta.classes)
+    train_ds = _input(features.make_dataset(local, index, "train", meta.count("train"), batch, shuffle=True,
+                                            seed=o.seed, repeat=True), n, run.stamps)
+    val_ds = _input(features.make_dataset(local, index, "validation", meta.count("validation"), batch), n) \
+        if run.val_ds is not None else None
+    if run.resume and run.resume.get("features"):
+        head = keras.saving.load_model(run.backup.checkpoint_file)
+    else:
+        head = features.head(run.net)
+        _compile(head, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+    # The whole model takes no optimizer step here; built now, the weights it saves and loads agree.
+    run.net.optimizer.build(run.net.trainable_variables)
+    print(f"train: head phase on cached bottleneck features ({index['dim']} per image, "
+          f"{_trainable(head):,} trainable parameters)", flush=True)
+    fit(dataclasses.replace(run, net=head, train_ds=train_ds, val_ds=val_ds), 1, o.epochs, run.state["epoch"],
+        run.resume, class_weight, whole=lambda h: features.assemble(h, run.net))
 
 
 def fine_tune(run: _Session, class_weight) -> None:
@@ -319,9 +360,12 @@ def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainRes
         (out / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
         if tb_local.exists():
             shutil.copytree(tb_local, out / TENSORBOARD_DIR)
-        params = {**run.opts.to_dict(), "weights": weights, "class_weight": cw}
+        # Class weights by class name: a reader of train.json or the model card should not need the index order.
+        named = {run.meta.classes[i]: w for i, w in cw.items()} if cw else cw
+        params = {**run.opts.to_dict(), "weights": weights, "class_weight": named}
         hardware = {"backend": hw.backend, "devices": hw.devices, "precision": hw.precision, "replicas": hw.replicas,
-                    "global_batch": run.opts.batch_size * hw.replicas, "jit_compile": str(hw.jit_compile)}
+                    "global_batch": run.opts.batch_size * hw.replicas, "jit_compile": str(hw.jit_compile),
+                    "libraries": reports.versions()}
         TrainedModel(run.opts.architecture, run.meta.input, run.meta.data_fingerprint, run.meta.fingerprint, params,
                      hardware, asdict(result)).save(out)
 
