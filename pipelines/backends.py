@@ -211,25 +211,35 @@ def _time(value) -> str:
 
 
 def _kubernetes_core():
-    """A CoreV1Api when a kubeconfig or in-cluster credentials exist, else None."""
+    """A CoreV1Api when in-cluster credentials or a kubeconfig exist, else None. KUBECONFIG is read now:
+    the client's own default is whatever it was when kubernetes was first imported."""
     from kubernetes import client, config
 
-    for load in (config.load_incluster_config, config.load_kube_config):
-        try:
-            load()
-            return client.CoreV1Api()
-        except (config.ConfigException, FileNotFoundError, TypeError):
-            continue
-    return None
+    from components.deploy.kserve import cluster_configured
+
+    if not cluster_configured():
+        return None
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"))
+    except (config.ConfigException, OSError, TypeError, ValueError):
+        return None
+    return client.CoreV1Api()
 
 
 def _pod_log(core, namespace: str, pod: str) -> str:
+    import urllib3
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return core.read_namespaced_pod_log(pod, namespace, container="main", tail_lines=200)
+        return core.read_namespaced_pod_log(pod, namespace, container="main", tail_lines=200,
+                                            _request_timeout=30)
     except ApiException as e:
         return f"(pod log unavailable: {e.status} {e.reason})"
+    except (urllib3.exceptions.HTTPError, OSError) as e:  # the cluster is not reachable from here
+        return f"(pod log unavailable: {type(e).__name__}: {e})"
 
 
 class Vertex:

@@ -47,6 +47,27 @@ TWO = ["Trouser", "Bag"]
 TEN = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
 
 
+def preprocessed(tmp: Path, per_class: int) -> Path:
+    """Real Fashion-MNIST images of all ten classes (every third a JPEG), ingested and preprocessed at
+    32 px grey with 15 % validation and 15 % test: the records the training tests start from."""
+    from components.ingest.step import ingest
+    from components.preprocess.step import preprocess
+
+    ingest(str(make_folder(tmp / "src", TEN, per_class, jpeg_every=3)), str(tmp / "ds"))
+    preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=32, color_mode="grayscale", val_fraction=0.15,
+               test_fraction=0.15, seed=1)
+    return tmp / "pp"
+
+
+@pytest.fixture
+def google_anonymous(monkeypatch):
+    """The Google client libraries with anonymous credentials, for the local API doubles."""
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj"))
+
+
 @pytest.fixture
 def two_class_folder(tmp_path) -> Path:
     return make_folder(tmp_path / "two", TWO, 30, jpeg_every=3)

@@ -3,8 +3,6 @@
 against a strict protobuf double; TF Serving configs parsed by TF Serving's own config message."""
 from __future__ import annotations
 
-import itertools
-import os
 import random
 import shlex
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.deploy import kserve, tf_serving
+from components.deploy import kserve
 from components.deploy.kserve import DeployError
 from components.deploy.options import DeployOptions
 from components.deploy.step import deploy
@@ -272,11 +270,7 @@ def test_a_run_without_registry_says_how_to_serve_its_saved_model(tmp_path):
 # --- Vertex AI ----------------------------------------------------------------------------------------
 
 @pytest.fixture
-def vertex_models(monkeypatch):
-    import google.auth
-    from google.auth.credentials import AnonymousCredentials
-
-    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj"))
+def vertex_models(google_anonymous):
     d = VertexModelsDouble()
     yield d
     d.stop()

@@ -19,7 +19,7 @@ import pytest
 from components.contracts import RecordsMetadata, load_history
 from components.lib.layers import load_model
 from components.train.step import train
-from tests.conftest import REPO, TEN, make_folder
+from tests.conftest import REPO, TEN, make_folder, preprocessed
 
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 FAMILY = "efficientnet_v2_b0"
@@ -30,13 +30,8 @@ HEAD = {"architecture": FAMILY, "epochs": 3, "batch_size": 32, "learning_rate": 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """400 real images (10 classes) at 32 px grey, and a backbone weights file as an air-gapped cluster has it."""
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
-
     tmp = tmp_path_factory.mktemp("features")
-    ingest(str(make_folder(tmp / "src", TEN, 40, jpeg_every=3)), str(tmp / "ds"))
-    preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=32, color_mode="grayscale", val_fraction=0.15,
-               test_fraction=0.15, seed=1)
+    preprocessed(tmp, 40)
     weights = tmp / "backbone.weights.h5"
     keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     return tmp / "pp", str(weights)

@@ -123,14 +123,11 @@ def test_cron_validation(expr, ok):
 
 
 @pytest.fixture
-def vertex_api(monkeypatch):
+def vertex_api(monkeypatch, google_anonymous):
     """Vertex through REST to the double; anonymous credentials; the client's pipeline-root bucket check
     (a GCS call that waits on the network) stubbed."""
-    import google.auth
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud.aiplatform.utils import gcs_utils
 
-    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj"))
     monkeypatch.setattr(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
                         lambda **k: None)
     d = VertexDouble()
@@ -199,7 +196,7 @@ def test_vertex_yaml_loads_in_aiplatform_pipelinejob(tmp_path, vertex_api):
     assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
 
 
-def test_kfp_runs_list_get_logs_cancel_and_json_output(kfp_api, capsys):
+def test_kfp_runs_list_get_logs_cancel_and_json_output(kfp_api, capsys, tmp_path, monkeypatch):
     base = ["--backend", "kfp", "--host", kfp_api.url]
     assert main(["submit", *base, "--allow-local-image", "--run-name", "flowers nightly", "--output", "json",
                  "data=s3://images/flowers"]) == 0
@@ -226,6 +223,17 @@ def test_kfp_runs_list_get_logs_cancel_and_json_output(kfp_api, capsys):
     logs = capsys.readouterr().out
     assert "=== train: FAILED (train: loss diverged)" in logs
     assert f"kubectl logs -n kubeflow imgclf-training-{rid}-train-driver -c main" in logs  # no cluster access here
+    # A kubeconfig whose cluster does not answer: each pod's log says so; the command still reports the run.
+    dead = tmp_path / "kubeconfig"
+    dead.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    assert main(["runs", "logs", *base, rid]) == 0
+    logs = capsys.readouterr().out
+    assert "=== train: FAILED" in logs and logs.count("(pod log unavailable:") == 3
 
     other = rows[0]["id"]
     assert main(["runs", "cancel", *base, other]) == 0

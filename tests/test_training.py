@@ -19,7 +19,7 @@ from components.train import accelerate, models
 from components.contracts import RecordsMetadata, TrainedModel, load_history
 from components.lib.layers import load_model
 from components.train.step import class_weights, train
-from tests.conftest import REPO, TEN, make_folder
+from tests.conftest import REPO, preprocessed
 
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -27,14 +27,7 @@ QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """600 real Fashion-MNIST images (10 classes) preprocessed at 32 px grey."""
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
-
-    tmp = tmp_path_factory.mktemp("records")
-    ingest(str(make_folder(tmp / "src", TEN, 60, jpeg_every=3)), str(tmp / "ds"))
-    preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=32, color_mode="grayscale", val_fraction=0.15,
-               test_fraction=0.15, seed=1)
-    return tmp / "pp"
+    return preprocessed(tmp_path_factory.mktemp("records"), 60)
 
 
 def real_batch(records_dir: Path, n: int = 8):

@@ -95,7 +95,7 @@ def _client():
             namespace = f.read().strip()
     except (config.ConfigException, OSError):
         # Read KUBECONFIG now: the client's default is the value it had when kubernetes was imported.
-        files = os.environ.get("KUBECONFIG") or None
+        files = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         config.load_kube_config(config_file=files)
         _, active = config.list_kube_config_contexts(config_file=files)
         namespace = (active or {}).get("context", {}).get("namespace", "")
