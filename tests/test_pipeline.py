@@ -122,7 +122,8 @@ def test_quiet_cached_reruns_reuse_unchanged_tasks_and_rerun_after_a_data_change
     first, cached, _ = run()
     assert cached == [] and len(first.splitlines()) < 120
     second, cached, report = run()
-    assert set(cached) == {"validate", "ingest", "preprocess", "train", "evaluate", "export", "not-published"}
+    assert set(cached) == {"validate", "ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train",
+                           "evaluate", "export", "not-published"}
     assert "champion lookup" in second and "gate: NO-REGISTRY" in second            # always run
     run_dir = Path(report).parent
     assert (run_dir / "export" / "saved_model" / "saved_model.pb").is_file() and Path(report).stat().st_size > 1000
