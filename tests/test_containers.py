@@ -160,10 +160,10 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     start = time.time() - 1
     result = run_local(params, pipeline_root=str(tmp_path / "root"), runner=runner)
 
-    # One container per task that ran: validate, the five steps, the champion lookup, the gate and publish.
+    # One container per task that ran: validate, the steps, the champion lookup, the gate, publish and deploy.
     assert set(result.step_seconds) == {"validate", "ingest", "preprocess-plan", "preprocess-shard",
                                         "preprocess-merge", "champion", "train", "evaluate", "export", "gate",
-                                        "publish"}
+                                        "publish", "deploy"}   # deploy: the default deploy=none says so and ends
     assert result.decision == "publish"
     assert registry.versions(str(tmp_path / "registry"), "fm") == [1]
     assert (tmp_path / "registry" / "fm" / "1" / "saved_model.pb").is_file()
