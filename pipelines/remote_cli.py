@@ -97,10 +97,11 @@ def _dry_run_text(sent: dict) -> str:
             lines.append(f"  {key:<16}{sent[key]}")
     lines.append("  parameters:")
     lines += [f"    {k} = {v!r}" for k, v in sent["parameters"].items()]
-    lines.append("  tasks:")
+    lines.append("  tasks (image, cpu and memory request/limit):")
     for name, t in sent["tasks"].items():
         r = t["resources"]
-        res = ", ".join(f"{k} {v}" for k, v in r.items() if not isinstance(v, dict))
+        res = (f"cpu {r.get('resourceCpuRequest', '-')}/{r.get('resourceCpuLimit', '-')}, memory "
+               f"{r.get('resourceMemoryRequest', '-')}/{r.get('resourceMemoryLimit', '-')}") if r else "no resources set"
         acc = r.get("accelerator", {})
         gpu = f", {acc.get('resourceCount', acc.get('count', ''))} x {acc.get('resourceType', acc.get('type', ''))}" \
             if acc else ""

@@ -286,6 +286,7 @@ def test_dry_run_compiles_checks_and_shows_what_would_be_sent_sending_nothing(ba
     assert main(["schedule", "create", *base, "--dry-run", "--cron", "0 3 * * *", "data=gs://b/img"]) == 0
     text = capsys.readouterr().out
     assert "nothing sent" in text and "cron 0 3 * * *" in text and "the pipeline version uploaded now" in text
+    assert "ghcr.io/acme/imgclf-gpu:0.1.0  cpu 6/12, memory 16Gi/32Gi, 1 x " in text
     assert main(["submit", *base, "--dry-run", "data=gs://b/img", "epochs=0"]) == 1   # still checked
     assert "parameter epochs=0: too small" in capsys.readouterr().err
 
