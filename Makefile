@@ -60,12 +60,12 @@ compile: install ## compile the pipeline to build/imgclf-training.yaml (IMAGE=, 
 	$(BIN)/imgclf compile -o build/imgclf-training.yaml $(if $(IMAGE),--image $(IMAGE),--allow-local-image) $(if $(GPU_IMAGE),--gpu-image $(GPU_IMAGE))
 
 # Debian packages the tests need beyond what containers/docker-env.sh installs for the container tests:
-# Fashion-MNIST for the benchmark tests. Waits for apt's lock; stops at the first step that fails.
+# Fashion-MNIST for the benchmark tests, Chromium for the report-page checks. Waits for apt's lock; stops at the first step that fails.
 DEBIAN_PACKAGES := dataset-fashion-mnist chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3
 
-system-packages: ## install the Debian packages the tests need (dataset-fashion-mnist) if missing
+system-packages: ## install the Debian packages the tests need (dataset-fashion-mnist, chromium) if missing
 	@set -e; missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing from Debian"; \
@@ -81,7 +81,7 @@ test: install system-packages ## run the whole test suite (what CI runs)
 test-fast: install ## the inner loop: every test not marked slow (no whole-pipeline, container or long training runs)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-docs: install ## regenerate the README's parameter tables from the option declarations
+docs: install ## regenerate the README's generated tables (parameters, per-task resources) from their declarations
 	$(BIN)/python -m pipelines.docs
 
 bench: install system-packages ## CPU benchmarks vs ImageDataGenerator/image_dataset_from_directory; tables in build/bench (~15 min)
