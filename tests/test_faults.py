@@ -434,6 +434,37 @@ def test_concurrent_publishers_take_distinct_versions_and_the_pointer_only_moves
     assert registry.champion(reg, "fm")["version"] == 4
 
 
+def test_a_local_create_only_write_is_never_seen_empty_or_partial(tmp_path):
+    """Found when concurrent publishers failed under load: the pointer was created empty, then
+    filled, and a reader in between parsed "" (json.JSONDecodeError). 300 rounds of a reader polling
+    while a writer creates: the reader sees nothing, or all of it, with a tag that a write_if accepts."""
+    import threading
+
+    from components.lib import storage
+
+    for i in range(300):
+        path = str(tmp_path / f"p{i}.json")
+        data = (b'{"version": %d}' % i) * (1 + i % 50)
+        seen = []
+
+        def reader():
+            while True:
+                got = storage.read_versioned(path)
+                if got is not None:
+                    seen.append(got)
+                    return
+
+        t = threading.Thread(target=reader)
+        t.start()
+        storage.write_if(path, data, None)
+        t.join(timeout=10)
+        assert seen and seen[0][0] == data, (i, seen[:1])
+        storage.write_if(path, b"next", seen[0][1])           # the tag read is the file's current one
+        with pytest.raises(storage.PreconditionFailed):
+            storage.write_if(path, b"stale", seen[0][1])     # and no longer once it was replaced
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
 def test_the_gcs_emulator_ignores_create_only_preconditions(bucket):
     """Said in the README: gcp-storage-emulator accepts a second if_generation_match=0 write, so the GCS
     path of the version claim cannot be shown here; real GCS refuses it (412)."""

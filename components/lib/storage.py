@@ -407,9 +407,8 @@ def read_versioned(uri: str) -> tuple[bytes, str] | None:
     """(content, tag) of a small object, or None if absent; the tag is what `write_if` compares."""
     if is_local(uri):
         try:
-            with open(local_path(uri), "rb") as f:
-                data = f.read()
-            return data, str(os.stat(local_path(uri)).st_mtime_ns)
+            with open(local_path(uri), "rb") as f:  # the tag of the very file read, not of a later one
+                return f.read(), _local_tag(os.fstat(f.fileno()))
         except FileNotFoundError:
             return None
     protocol, rest = uri.split("://", 1)
@@ -453,29 +452,40 @@ def write_if(uri: str, data: bytes, tag: str | None) -> None:
         raise StorageError(f"{uri}: conditional write failed: {_cause(e)}") from e
 
 
+def _local_tag(st: os.stat_result) -> str:
+    """A local file's version: every write below makes a new file (a new inode), so inode and time
+    differ even for two writes within one tick of the clock."""
+    return f"{st.st_ino}-{st.st_mtime_ns}"
+
+
 def _write_if_local(path: str, data: bytes, tag: str | None) -> None:
+    """Create-only: the whole content is written under a temporary name and hard-linked into place (a
+    link fails if the name exists), so a reader never sees the file empty or half-written. Replace:
+    compare and rename under a lock."""
     import fcntl
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if tag is None:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise PreconditionFailed(path) from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if str(os.stat(path).st_mtime_ns) != tag:
-                raise PreconditionFailed(path)
-        except FileNotFoundError:
-            raise PreconditionFailed(path) from None
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        if tag is None:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise PreconditionFailed(path) from None
+            return
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if _local_tag(os.stat(path)) != tag:
+                    raise PreconditionFailed(path)
+            except FileNotFoundError:
+                raise PreconditionFailed(path) from None
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def remove(uri: str, recursive: bool = False) -> None:
