@@ -35,7 +35,7 @@ class PipelineFailed(RuntimeError):
 
 
 class _Quiet:
-    """A stream that passes the steps' own lines and kfp.local's task start/finish lines, and drops the
+    """A line filter that passes the steps' own lines and kfp.local's task start/finish lines, and drops the
     rest of kfp.local's chatter: the executor input JSON it dumps for every task, the executor's
     loading lines, the output listings and separators, and TensorFlow's start-up notices."""
 
@@ -43,17 +43,12 @@ class _Quiet:
     # TensorFlow's start-up notices, printed by every task that imports it (absl and oneDNN).
     _TF_NOTICE = re.compile(r"^\s*(WARNING: All log messages before absl::InitializeLog|I0000 .*\] oneDNN custom)")
 
-    def __init__(self, stream):
-        self.stream, self._partial, self._skip = stream, "", None
+    def __init__(self):
+        self._skip = None
 
-    def write(self, text: str) -> int:
-        *done, self._partial = (self._partial + text).split("\n")
-        for line in done:
-            if self._keep(re.sub(r"\x1b\[[0-9;]*m", "", line)):
-                self.stream.write(line + "\n")
-        return len(text)
-
-    def _keep(self, line: str) -> bool:
+    def keep(self, line: str) -> bool:
+        """Whether to show this whole line (it reads the lines in order: dumps span many)."""
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
         if self._skip == "json":              # the executor input, closed by "    }" at the task's indent
             self._skip = None if line == "    }" else "json"
             return False
@@ -73,25 +68,24 @@ class _Quiet:
             return not (said.startswith("Streamed logs") or said.endswith(" outputs:") or "has no outputs" in said)
         return bool(line.strip()) and not set(line.strip()) <= {"-"}
 
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
 
 class _Tail:
-    """stdout, with the last lines kept: kfp.local prints each task's log there, whatever the runner."""
+    """stdout, with the last lines kept: kfp.local prints each task's log there, whatever the runner.
+    With a `quiet` filter only the lines it keeps are shown; the tail keeps every line, for the
+    failure message."""
 
-    def __init__(self, stream, keep: int = 400):
+    def __init__(self, stream, quiet: _Quiet | None = None, keep: int = 400):
         import collections
 
-        self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
+        self.stream, self.quiet, self.lines, self._partial = stream, quiet, collections.deque(maxlen=keep), ""
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
         *done, self._partial = (self._partial + text).split("\n")
         self.lines.extend(done)
+        if self.quiet is None:
+            self.stream.write(text)
+        else:
+            self.stream.writelines(line + "\n" for line in done if self.quiet.keep(line))
         return len(text)
 
     def flush(self) -> None:
@@ -197,7 +191,7 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     timings: dict[str, float] = {}
     start = time.perf_counter()
     in_docker = exit_codes_kept() if isinstance(runner, local.DockerRunner) else contextlib.nullcontext()
-    tail = _Tail(_Quiet(sys.stdout) if quiet else sys.stdout)
+    tail = _Tail(sys.stdout, _Quiet() if quiet else None)
     if cache is not None:
         from pipelines.local_cache import local_cache
 
