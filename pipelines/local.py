@@ -191,6 +191,12 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     timings: dict[str, float] = {}
     start = time.perf_counter()
     in_docker = exit_codes_kept() if isinstance(runner, local.DockerRunner) else contextlib.nullcontext()
+    if runner is None or isinstance(runner, local.SubprocessRunner) and not runner.use_venv:
+        from pipelines.preloaded_tasks import preloaded_tasks
+
+        preloaded = preloaded_tasks()
+    else:
+        preloaded = contextlib.nullcontext()
     tail = _Tail(sys.stdout, _Quiet() if quiet else None)
     if cache is not None:
         from pipelines.local_cache import local_cache
@@ -198,7 +204,7 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
         cached = local_cache(str(root), cache)
     else:
         cached = contextlib.nullcontext()
-    with _timed_tasks(timings), in_docker, cached, warnings.catch_warnings(), contextlib.redirect_stdout(tail):
+    with preloaded, _timed_tasks(timings), in_docker, cached, warnings.catch_warnings(), contextlib.redirect_stdout(tail):
         # kfp warns when an image name lacks "python"; ours has Python, and SubprocessRunner ignores it.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:

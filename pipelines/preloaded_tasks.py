@@ -1,0 +1,231 @@
+"""Local tasks start in a fork of a process that has already imported TensorFlow, Keras and kfp.
+
+kfp.local's SubprocessRunner starts `python -m kfp.dsl.executor_main` for every task, and each of our
+TensorFlow steps then spends 5-7 s of a 2-core machine importing TensorFlow and Keras before its first
+line of work: on the embedded sample that was a third of the whole run. Here one helper process (the
+"zygote") imports them once, at the start of the run, while the first tasks are dispatched; each task
+is then a `fork()` of it running kfp's own executor on the same command line kfp.local built.
+
+What a task gets is what SubprocessRunner gives it: its own process (memory returned when it ends, a
+crash or `os._exit` ends only it), the run's environment plus the task's variables, the executor's
+stdout and stderr as the task's log, and its exit status. The zygote itself never runs TensorFlow
+(no op, no thread pool, no model), and it is a fresh single-threaded process, never the caller: a
+fork of a process with other threads running (a test server, the caller's own pools) may inherit a
+held lock.
+
+A task falls back to a plain subprocess when its command is not a lightweight Python component's, or
+when its environment changes a variable that the preloaded libraries read at import time (a task set
+to KERAS_BACKEND=jax must import Keras afresh). `IMGCLF_PRELOAD=0` turns the zygote off for a run.
+kfp is pinned at 2.17.0: the command shape and `run_local_subprocess` are read from that version.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+PRELOAD = ("tensorflow", "keras", "numpy", "PIL.Image", "fsspec", "kfp.dsl.executor_main",
+           "components.lib.storage", "components.lib.images", "components.lib.records")
+"""What the zygote imports before its first fork: the libraries every heavy step imports first."""
+
+IMPORT_TIME_ENV = ("KERAS_", "TF_", "XLA_", "CUDA_", "JAX_", "OMP_", "MKL_", "OPENBLAS_", "TPU_", "PYTHON")
+"""Prefixes of environment variables read when TensorFlow, Keras or JAX is imported."""
+
+_CODE_MARK = '"$program_path/ephemeral_component.py"'
+
+
+def split_command(full_command: list[str]) -> tuple[str, list[str]] | None:
+    """(component source, executor arguments) of a lightweight Python component's command, else None.
+
+    kfp 2.17 builds `sh -ec 'program_path=...; printf "%s" "$0" > ephemeral_component.py; python3 -m
+    kfp.dsl.executor_main --component_module_path ... "$@"' <source> <args...>`.
+    """
+    for i, part in enumerate(full_command[:-1]):
+        if _CODE_MARK in part and '"$@"' in part and "kfp.dsl.executor_main" in part and "pip install" not in part:
+            return full_command[i + 1], list(full_command[i + 2:])
+    return None
+
+
+def import_time_env(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key.startswith(IMPORT_TIME_ENV)}
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+# ------------------------------------------------------------------------------------------- zygote side
+def _run_task(request: dict) -> int:
+    """In the forked child: become the task kfp.local would have started, and run kfp's executor."""
+    import io
+    import logging
+    import tempfile
+    import traceback
+
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.environ["_KFP_RUNTIME"] = "true"
+    sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    folder = tempfile.mkdtemp(prefix="imgclf-task-")
+    module = os.path.join(folder, "ephemeral_component.py")
+    with open(module, "w") as f:
+        f.write(request["source"])
+    sys.argv = ["kfp.dsl.executor_main", "--component_module_path", module, *request["args"]]
+    try:
+        from kfp.dsl import executor_main
+
+        executor_main.executor_main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the task's failure is its log and exit status, as in a subprocess
+        traceback.print_exc()
+        code = 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
+
+
+def serve(sock: socket.socket) -> None:
+    """The zygote's loop: preload, then one fork per request; answers each with the task's exit status."""
+    import importlib
+
+    preloaded, failed = [], []
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+            preloaded.append(name)
+        except Exception as e:  # noqa: BLE001 - a library this venv lacks is imported by the task, as before
+            failed.append(f"{name}: {e}")
+    sock.sendall(json.dumps({"ready": preloaded, "failed": failed}).encode() + b"\n")
+    while True:
+        # A request is an 8-byte length sent with the task's log pipe, then that many bytes of JSON.
+        header, fds, _, _ = socket.recv_fds(sock, 8, 1)
+        if not header:
+            return
+        header += _recv_exact(sock, 8 - len(header))
+        request = json.loads(_recv_exact(sock, int.from_bytes(header, "big")))
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock.close()
+                os.dup2(fds[0], 1)
+                os.dup2(fds[0], 2)
+                os.close(fds[0])
+                code = _run_task(request)
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        _, status = os.waitpid(pid, 0)
+        sock.sendall(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+
+
+# ------------------------------------------------------------------------------------------- caller side
+class Zygote:
+    """The caller's handle: starts the zygote, sends it tasks one at a time, stops it."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock, self._lock, self._replies = ours, threading.Lock(), ours.makefile("rb")
+        self._ready: dict | None = None
+        self.import_env = import_time_env(dict(os.environ))
+        self.process = subprocess.Popen([sys.executable, "-m", "pipelines.preloaded_tasks", "--serve",
+                                         str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=os.getcwd(),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONPATH": _import_path()})
+        theirs.close()
+
+    def _reply(self) -> dict:
+        line = self._replies.readline()
+        if not line:
+            raise ConnectionError(f"the task zygote (pid {self.process.pid}) ended (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a task with this environment gets what a fresh process would import."""
+        return self.process.poll() is None and import_time_env(env) == self.import_env
+
+    def run(self, source: str, args: list[str], env: dict[str, str]) -> int:
+        """Run one task in a fork, printing its log lines as SubprocessRunner does; its exit status."""
+        with self._lock:
+            if self._ready is None:
+                self._ready = self._reply()
+            body = json.dumps({"source": source, "args": args, "cwd": os.getcwd(), "env": env}).encode()
+            read, write = os.pipe()
+            try:
+                socket.send_fds(self._sock, [len(body).to_bytes(8, "big")], [write])
+                self._sock.sendall(body)
+            finally:
+                os.close(write)
+            with os.fdopen(read, "r", errors="replace") as log:
+                for line in log:
+                    print(line, end="")
+            print("\n")
+            return int(self._reply()["exit"])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._replies.close()
+        self._sock.close()
+
+
+def _import_path() -> str:
+    """The caller's import path, so the zygote finds `pipelines` and `components` wherever it was run."""
+    return os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
+
+
+def enabled() -> bool:
+    return os.environ.get("IMGCLF_PRELOAD", "1") not in ("0", "false", "no")
+
+
+@contextlib.contextmanager
+def preloaded_tasks():
+    """While open, kfp.local's SubprocessRunner starts tasks as forks of one preloaded zygote."""
+    if not enabled():
+        yield None
+        return
+    from kfp.local import subprocess_task_handler
+
+    original = subprocess_task_handler.run_local_subprocess
+    zygote = Zygote()
+
+    def run_local_subprocess(full_command, env_vars=None):
+        split, env = split_command(full_command), {**os.environ, **(env_vars or {})}
+        if split is None or not zygote.serves(env):
+            return original(full_command=full_command, env_vars=env_vars)
+        return zygote.run(*split, env)
+
+    subprocess_task_handler.run_local_subprocess = run_local_subprocess
+    try:
+        yield zygote
+    finally:
+        subprocess_task_handler.run_local_subprocess = original
+        zygote.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        serve(socket.socket(fileno=int(sys.argv[2])))
