@@ -105,3 +105,50 @@ def test_export_refuses_a_model_that_disagrees_with_evaluate(chain, tmp_path):
     with pytest.raises(ServingMismatch, match="disagrees with evaluate on 1 test image"):
         export(str(tmp / "model"), str(tmp / "pp"), str(bad), str(tmp_path / "sm"))
     assert not (tmp_path / "sm").exists()
+
+
+FORKED_EXPORT = textwrap.dedent("""
+    import json, sys
+    import tensorflow  # imported, runtime not started: as in a task forked from the local zygote
+    from components.export import step
+    seen = []
+    original = step.FreshChecker.check
+    def check(self, *args):
+        seen.append(self.forked)
+        return original(self, *args)
+    step.FreshChecker.check = check
+    model, pp, pred, out, refuse = sys.argv[1:]
+    if refuse:  # the fresh process's own verdict fails, as a bad SavedModel would make it
+        from components.export import serving_check
+        def main(argv, show=True):
+            sys.exit(refuse)
+        serving_check.main = main
+    try:
+        checked, failure = step.export(model, pp, pred, out).checked_images, ""
+    except step.ServingMismatch as e:
+        checked, failure = 0, str(e)
+    print(json.dumps({"forked": seen, "checked": checked, "failure": failure}))
+""")
+
+
+def _export_in_new_process(model, pp, pred, out, refuse="") -> dict:
+    proc = subprocess.run([sys.executable, "-c", FORKED_EXPORT, str(model), str(pp), str(pred), str(out), refuse],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_fresh_check_forks_where_it_can_and_spawns_where_it_cannot(chain, tmp_path):
+    """A fork taken before the model loads checks as a new interpreter does, and its refusal fails the
+    step with its own cause."""
+    tmp, _, _, _, ex = chain
+    from components.contracts import ExportInfo
+    from components.export import step
+
+    assert not step._can_fork(), "this test process's TensorFlow runs thread pools: no fork"
+    got = _export_in_new_process(tmp / "model", tmp / "pp", tmp / "pred", tmp_path / "sm")
+    assert got == {"forked": [True], "checked": ex.checked_images, "failure": ""}
+    assert ExportInfo.load(tmp_path / "sm") == ExportInfo.load(tmp / "saved_model")
+    got = _export_in_new_process(tmp / "model", tmp / "pp", tmp / "pred", tmp_path / "sm-bad", "refused: probe")
+    assert got["forked"] == [True] and "in a fresh process failed" in got["failure"], got
+    assert "refused: probe" in got["failure"] and not (tmp_path / "sm-bad").exists()

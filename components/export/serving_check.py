@@ -3,12 +3,14 @@
 `python -m components.export.serving_check OUT_JSON SAVED_MODEL SHARD...` feeds each test record's original
 encoded bytes to `serving_default` and writes the answers to OUT_JSON. It also checks what a serving
 system adds on top: the same images sent as a base64 REST body (as TF Serving's REST API receives them)
-must give the same answers, and the TF Serving warm-up file, if present, must replay. The answers carry
-`saved_model_cli show --all`'s text: the signatures as TensorFlow's own tool reads them from disk.
+must give the same answers, and the TF Serving warm-up file, if present, must replay. From the command
+line the answers also carry `saved_model_cli show --all`'s text: the signatures as TensorFlow's own
+tool reads them from disk (the export step lists them itself while this check runs).
 
-`--stdin` starts the process before the SavedModel exists: it imports TensorFlow (seconds) while the
-export step builds the model, then reads `OUT_JSON SAVED_MODEL SHARD...` as one JSON list on stdin.
-The process is as fresh either way: it has never seen the Keras model.
+The export step runs `main` in a process started before the SavedModel exists (a fork of the step taken
+before it loads the model, or `--stdin`: a new interpreter that imports TensorFlow meanwhile, then
+reads `OUT_JSON SAVED_MODEL SHARD...` as one JSON list on stdin). Either way the process has never seen
+the Keras model.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], show: bool = True) -> None:
     import tensorflow as tf
 
     from components.export import serving_rest, warmup
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> None:
     if warm.exists():
         checked["warmup_requests"] = warmup.replay(loaded.signatures, str(warm))
     with open(out_json, "w", encoding="utf-8") as f:
-        json.dump({"answers": answers, **checked, "saved_model_cli": show_all(saved_model_dir)}, f)
+        json.dump({"answers": answers, **checked, **({"saved_model_cli": show_all(saved_model_dir)} if show else {})}, f)
 
 
 def show_all(saved_model_dir: str) -> str:
@@ -79,6 +81,6 @@ if __name__ == "__main__":
 
         request = sys.stdin.readline()
         if request:  # an empty line: the caller gave up (its export failed); nothing to check
-            main(json.loads(request))
+            main(json.loads(request), show=False)
     else:
         main(sys.argv[1:])

@@ -11,10 +11,13 @@ SavedModel, so the check costs no second TensorFlow import on the step's clock.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,37 +174,114 @@ def _tflite(model, dataset_dir: str, meta: RecordsMetadata, dest: Path) -> float
 
 
 class FreshChecker:
-    """`components.export.serving_check` in a new interpreter: nothing of the Keras model survives there.
-    Started first, it imports TensorFlow while this process works; `check` hands it the SavedModel."""
+    """`components.export.serving_check` in another process that never holds the Keras model.
+
+    Started before the model is loaded, so nothing of it can survive there. Where TensorFlow is
+    imported but its runtime has not started and no other Python thread runs (a local task forked
+    from the preloaded zygote, a container step at its start), that process is a fork of this one
+    taken now: it skips the seconds of importing TensorFlow again. Anywhere else (a test process whose
+    TensorFlow already runs thread pools, which a fork cannot carry) it is a new interpreter that
+    imports TensorFlow while this process works. Either way `check` hands it the SavedModel.
+    """
 
     def __init__(self):
         self._tmp = tempfile.TemporaryDirectory()
         self._log = open(Path(self._tmp.name) / "stderr.txt", "w+", encoding="utf-8")
-        self.proc = subprocess.Popen([sys.executable, "-m", "components.export.serving_check", "--stdin"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
+        self.forked = _can_fork()
+        if self.forked:
+            read, write = os.pipe()
+            self.pid = os.fork()
+            if self.pid == 0:
+                os.close(write)
+                _serve_check(read, self._log.fileno())  # never returns
+            os.close(read)
+            self._request = os.fdopen(write, "w")
+        else:
+            self.proc = subprocess.Popen([sys.executable, "-m", "components.export.serving_check", "--stdin"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
+            self._request = self.proc.stdin
+
+    def _send(self, line: str) -> None:
+        try:
+            self._request.write(line)
+            self._request.close()
+        except BrokenPipeError:
+            pass  # it died while starting: its stderr says why
+
+    def _wait(self, timeout: float | None = None) -> int:
+        if not self.forked:
+            return self.proc.wait(timeout=timeout)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
 
     def check(self, saved_model_dir: str, test_shards: list[str]) -> dict:
+        """The fresh process's answers; meanwhile this process lists the files with `saved_model_cli`."""
+        from components.export.serving_check import show_all
+
         answers = Path(self._tmp.name) / "answers.json"
+        self._send(json.dumps([str(answers), saved_model_dir, *test_shards]) + "\n")
         try:
-            self.proc.stdin.write(json.dumps([str(answers), saved_model_dir, *test_shards]) + "\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died while importing: its stderr says why
-        if self.proc.wait() != 0 or not answers.exists():
+            shown, unreadable = show_all(saved_model_dir), ""
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - reported after the fresh check's own verdict
+            shown, unreadable = "", str(e)
+        if self._wait() != 0 or not answers.exists():
             self._log.seek(0)
             raise ServingMismatch(f"checking {saved_model_dir} in a fresh process failed:\n{self._log.read()[-3000:]}")
-        return json.loads(answers.read_text())
+        if unreadable:
+            raise ServingMismatch(f"saved_model_cli show --all cannot read {saved_model_dir}: {unreadable}")
+        return {**json.loads(answers.read_text()), "saved_model_cli": shown}
 
     def close(self) -> None:
-        if self.proc.poll() is None:  # the export failed before the check: let it go
-            try:
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.forked and self.pid or not self.forked and self.proc.poll() is None:
+            self._send("")  # the export failed before the check: let it go
+            if self.forked:
+                self._wait()
+            else:
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         self._log.close()
         self._tmp.cleanup()
+
+
+def _can_fork() -> bool:
+    """Whether a fork of this process is a clean TensorFlow process: imported, runtime not started."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return False
+    import tensorflow  # noqa: F401 - the step needs it next anyway; the fork then has it for free
+    from tensorflow.python.eager import context
+
+    return not getattr(context.context(), "_initialized", True)
+
+
+def _serve_check(read_fd: int, log_fd: int) -> None:
+    """The forked checker: wait for the request, check, exit with the check's status."""
+    code = 1
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(log_fd, 2)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False, buffering=1)
+        with os.fdopen(read_fd) as requests:
+            request = requests.readline()
+        if request:
+            from components.export import serving_check
+
+            serving_check.main(json.loads(request), show=False)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int) and e.code is not None:
+            print(e.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - the check's failure is its stderr and exit status
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
