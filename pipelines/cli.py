@@ -11,6 +11,10 @@ from pipelines.deploy_cli import add_deploy_parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.runner != "docker":
+        from pipelines.preloaded_tasks import start_early
+
+        start_early()
     from pipelines.declare import parameters
     from pipelines.local import run_local
     from pipelines.training import STEPS

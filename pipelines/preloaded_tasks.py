@@ -201,16 +201,28 @@ def enabled() -> bool:
     return os.environ.get("IMGCLF_PRELOAD", "1") not in ("0", "false", "no")
 
 
+_started: Zygote | None = None
+
+
+def start_early() -> None:
+    """Start the zygote now, for the next `preloaded_tasks()`: `imgclf run` calls it first thing, so
+    the preloading overlaps checking the parameters and building the pipeline."""
+    global _started
+    if enabled() and _started is None:
+        _started = Zygote()
+
+
 @contextlib.contextmanager
 def preloaded_tasks():
     """While open, kfp.local's SubprocessRunner starts tasks as forks of one preloaded zygote."""
+    global _started
     if not enabled():
         yield None
         return
     from kfp.local import subprocess_task_handler
 
     original = subprocess_task_handler.run_local_subprocess
-    zygote = Zygote()
+    zygote, _started = _started or Zygote(), None
 
     def run_local_subprocess(full_command, env_vars=None):
         split, env = split_command(full_command), {**os.environ, **(env_vars or {})}

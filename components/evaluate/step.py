@@ -162,9 +162,9 @@ def write_report(path: str, model, meta: RecordsMetadata, info: TrainedModel, mo
     errors = examples.worst_errors()
     if errors:
         sections.append((f"Misclassified: each class's most confident errors ({len(errors)}, most confident first)",
-                         reports.img(reports.fig_to_data_uri(reports.image_grid(
-                             [e[2] for e in errors], [_tile_title(classes, e) for e in errors])),
-                             "most confident errors")))
+                         reports.img(reports.image_grid([e[2] for e in errors],
+                                                        [_tile_title(classes, e) for e in errors]),
+                                     "most confident errors")))
     sections.append(("What the network looked at (Grad-CAM)", _gradcam_section(model, classes, errors, examples,
                                                                                  weakest)))
     storage.atomic_write_text(path, reports.page(
@@ -190,7 +190,6 @@ def _gradcam_section(model, classes: list[str], errors: list[tuple], examples: E
                       (f"Right answers, weakest classes first ({len(chosen) - n_wrong})", slice(n_wrong, None))):
         picked = chosen[sl]
         if picked:
-            parts.append(f"<h3>{title}</h3>" + reports.img(reports.fig_to_data_uri(reports.image_grid(
-                [e[2] for e in picked], [_tile_title(classes, e) for e in picked], overlays=list(maps[sl]))),
-                title))
+            parts.append(f"<h3>{title}</h3>" + reports.img(reports.image_grid(
+                [e[2] for e in picked], [_tile_title(classes, e) for e in picked], overlays=list(maps[sl])), title))
     return "".join(parts)

@@ -91,6 +91,6 @@ def write_report(path: str, summary, by_class_split, examples: dict[str, list[di
                     picks.append(t)
                     titles.append(c)
         if picks:
-            sections.append((f"Samples per class (up to {GRID_PER_CLASS})", reports.img(reports.fig_to_data_uri(
-                reports.image_grid(picks, titles, cols=GRID_PER_CLASS)))))
+            sections.append((f"Samples per class (up to {GRID_PER_CLASS})",
+                             reports.img(reports.image_grid(picks, titles, cols=GRID_PER_CLASS), "samples per class")))
     storage.atomic_write_text(path, reports.page(f"Ingest: {summary.data}", sections))
