@@ -156,7 +156,7 @@ def table(result: dict) -> str:
     rows = ["| workload | contender | wall time (median) | each run | accuracy | ours / this | goal |",
             "|---|---|---:|---|---:|---:|---|"]
     for name, wl in result["workloads"].items():
-        head = f"{name}: {wl['label']}, {wl['epochs']} epochs, batch {wl['batch_size']}"
+        head = f"{name}: {wl['label']}, {wl['epochs']} epoch{'s' * (wl['epochs'] != 1)}, batch {wl['batch_size']}"
         for c, label in CONTENDERS.items():
             each = ", ".join(f"{x['wall_seconds']}" for x in wl["runs"] if x["contender"] == c)
             where = "test split" if c == "ours" else "validation subset"
