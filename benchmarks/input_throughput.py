@@ -1,4 +1,7 @@
-"""Input throughput against the notebook path users have today, on the same JPEG folder, 160x160, batch 32.
+"""Input throughput against the notebook path users have today, on the same JPEG folders, 160x160, batch 32.
+
+The folders hold Fashion-MNIST upscaled to each source size (`--source-sizes`, default 500 and 1024 px),
+one table row group per size: every contender reads each folder, decoding and resizing to 160 px.
 
 Contenders (each in a fresh process, after the folder has been read once so the page cache is warm for all):
 - `ImageDataGenerator.flow_from_directory` (rescale only, and with the tutorials' classic augmentation:
@@ -26,6 +29,10 @@ from benchmarks import datasets, harness
 
 MODULE = "benchmarks.input_throughput"
 SIZE, BATCH = 160, 32
+SOURCE_SIZES = (500, 1024)
+"""JPEG sizes on disk by default: photo-like sources, which must be decoded and resized to SIZE every
+epoch by the notebook paths and once by ours (at SIZE itself there is nothing to resize).
+"""
 IDG_AUGMENT = {"shear_range": 0.2, "zoom_range": 0.2, "horizontal_flip": True}
 CONTENDERS = {
     "idg": "ImageDataGenerator.flow_from_directory, rescale only",
@@ -124,6 +131,59 @@ def break_even_epochs(one_off_s: float, n: int, ours_ips: float, base_ips: float
     return round(one_off_s / saved_per_epoch, 1) if saved_per_epoch > 0 else None
 
 
+def measure_source(source_size: int, n: int, epochs: int, tmp: Path) -> dict:
+    """Every contender on one folder of `n` JPEGs of `source_size` px, with the like-with-like ratios."""
+    folder = datasets.jpeg_folder(tmp / f"jpeg{source_size}", n, source_size)
+    mb = datasets.warm_page_cache(folder) / 2**20
+    result = {"source_size": source_size, "images": n, "folder_mb": round(mb, 1), "contenders": {}}
+    print(f"input_throughput: {n} JPEGs of {source_size}x{source_size} ({mb:.1f} MB) read at "
+          f"{SIZE}x{SIZE}, batch {BATCH}, {epochs} epochs each", flush=True)
+    prep = harness.in_fresh_process(MODULE, "prepare", folder, tmp / f"ours{source_size}")
+    prep["one_off_seconds"] = round(prep["ingest_seconds"] + prep["preprocess_seconds"], 2)
+    result["ours_one_off"] = prep
+    print(f"  ours, one-off ingest + preprocess: {prep['one_off_seconds']} s, peak {prep['peak_rss_mb']} MB",
+          flush=True)
+    for name in CONTENDERS:
+        source = prep["dataset_dir"] if name.startswith("ours") else folder
+        r = harness.in_fresh_process(MODULE, name, source, epochs)
+        result["contenders"][name] = r
+        print(f"  {name}: first epoch {r['first_epoch_images_per_second']:,} images/s, steady "
+              f"{r['steady_images_per_second']:,} images/s, peak {r['peak_rss_mb']} MB", flush=True)
+    c = result["contenders"]
+    # Like with like: augmenting baselines against ours with augmentation, the others against ours without.
+    result["ratios"] = {}
+    for b in BASELINES:
+        ours = c["ours" if b in AUGMENTING else "ours_no_augment"]
+        result["ratios"][b] = {
+            "against": ours["contender"],
+            "steady": round(ours["steady_images_per_second"] / c[b]["steady_images_per_second"], 2),
+            "first_epoch": round(ours["first_epoch_images_per_second"] / c[b]["first_epoch_images_per_second"], 2),
+            "break_even_epochs": break_even_epochs(prep["one_off_seconds"], n, ours["steady_images_per_second"],
+                                                   c[b]["steady_images_per_second"])}
+    return result
+
+
+def rows_for(r: dict) -> list[str]:
+    """One source size's group of rows: every contender, then our one-off cost."""
+    c, prep, n = r["contenders"], r["ours_one_off"], r["images"]
+    source = f"{r['source_size']} px ({r['folder_mb']:.1f} MB)"
+    rows = []
+    for i, (name, label) in enumerate(CONTENDERS.items()):
+        m, ratio = c[name], r["ratios"].get(name)
+        times = (f"{ratio['steady']}x ({'with' if ratio['against'] == 'ours' else 'without'} augmentation)"
+                 if ratio else "")
+        pays = (f"{ratio['break_even_epochs']} epochs" if ratio and ratio["break_even_epochs"] is not None
+                else "never" if ratio else "")
+        rows.append(f"| {source if i == 0 else ''} | {label} | {m['first_epoch_images_per_second']:,.0f} "
+                    f"| {m['steady_images_per_second']:,.0f} | {times} | {pays} | {m['setup_seconds']} s "
+                    f"| {m['peak_rss_mb']:,.0f} MB |")
+    rows.append(f"| | one-off: imgclf ingest + preprocess of the same {n:,} JPEGs | | "
+                f"{n / prep['one_off_seconds']:,.0f} | | | {prep['one_off_seconds']} s "
+                f"(ingest {prep['ingest_seconds']} s, preprocess {prep['preprocess_seconds']} s) "
+                f"| {prep['peak_rss_mb']:,.0f} MB |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--measure"]:
@@ -137,60 +197,27 @@ def main(argv: list[str] | None = None) -> int:
             harness.child_report(measure_contender(argv[1], argv[2], int(argv[3])))
         return 0
     args = harness.parse_args(__doc__, argv, **{
-        "--images": {"type": int, "help": "JPEGs in the folder (default 2,000; 200 with --quick)"},
+        "--images": {"type": int, "help": "JPEGs in each folder (default 2,000; 200 with --quick)"},
         "--epochs": {"type": int, "help": "epochs per contender (default 4; 3 with --quick)"},
-        "--source-size": {"type": int, "default": SIZE,
-                          "help": f"pixel size of the JPEGs on disk (default {SIZE}: no resizing for anyone)"}})
+        "--source-sizes": {"default": ",".join(map(str, SOURCE_SIZES)),
+                           "help": "pixel sizes of the JPEGs on disk, one folder and one row group each "
+                                   f"(default {','.join(map(str, SOURCE_SIZES))}; {SIZE} means no resizing "
+                                   "for anyone)"}})
     n = args.images or (200 if args.quick else 2_000)
     epochs = args.epochs or (3 if args.quick else 4)
+    sizes = [int(v) for v in args.source_sizes.split(",") if v]
     result = {"machine": harness.machine(), "image_size": SIZE, "batch_size": BATCH, "epochs": epochs,
-              "contenders": {}}
+              "images": n, "sources": {}}
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
-        tmp = Path(tmp)
-        folder = datasets.jpeg_folder(tmp / "jpeg", n, args.source_size)
-        mb = datasets.warm_page_cache(folder) / 2**20
-        result.update(source_size=args.source_size, folder_mb=round(mb, 1))
-        print(f"input_throughput: {n} JPEGs of {args.source_size}x{args.source_size} ({mb:.1f} MB) read at "
-              f"{SIZE}x{SIZE}, batch {BATCH}, {epochs} epochs each", flush=True)
-        prep = harness.in_fresh_process(MODULE, "prepare", folder, tmp / "ours")
-        prep["one_off_seconds"] = round(prep["ingest_seconds"] + prep["preprocess_seconds"], 2)
-        result["ours_one_off"] = prep
-        print(f"  ours, one-off ingest + preprocess: {prep['one_off_seconds']} s, peak {prep['peak_rss_mb']} MB",
-              flush=True)
-        for name in CONTENDERS:
-            source = prep["dataset_dir"] if name.startswith("ours") else folder
-            r = harness.in_fresh_process(MODULE, name, source, epochs)
-            result["contenders"][name] = r
-            print(f"  {name}: first epoch {r['first_epoch_images_per_second']:,} images/s, steady "
-                  f"{r['steady_images_per_second']:,} images/s, peak {r['peak_rss_mb']} MB", flush=True)
-    c = result["contenders"]
-    # Like with like: augmenting baselines against ours with augmentation, the others against ours without.
-    result["ratios"] = {}
-    for b in BASELINES:
-        ours = c["ours" if b in AUGMENTING else "ours_no_augment"]
-        result["ratios"][b] = {
-            "against": ours["contender"],
-            "steady": round(ours["steady_images_per_second"] / c[b]["steady_images_per_second"], 2),
-            "first_epoch": round(ours["first_epoch_images_per_second"] / c[b]["first_epoch_images_per_second"], 2),
-            "break_even_epochs": break_even_epochs(prep["one_off_seconds"], n, ours["steady_images_per_second"],
-                                                   c[b]["steady_images_per_second"])}
-    rows = ["| pipeline | first epoch images/s | steady images/s | ours, like with like (steady) | ours pays back its "
-            "one-off cost after | setup | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, label in CONTENDERS.items():
-        r, ratio = c[name], result["ratios"].get(name)
-        times = (f"{ratio['steady']}x ({'with' if ratio['against'] == 'ours' else 'without'} augmentation)"
-                 if ratio else "")
-        pays = (f"{ratio['break_even_epochs']} epochs" if ratio and ratio["break_even_epochs"] is not None
-                else "never" if ratio else "")
-        rows.append(f"| {label} | {r['first_epoch_images_per_second']:,.0f} | {r['steady_images_per_second']:,.0f} "
-                    f"| {times} | {pays} | {r['setup_seconds']} s | {r['peak_rss_mb']:,.0f} MB |")
-    rows.append(f"| one-off: imgclf ingest + preprocess of the same {n:,} JPEGs | | "
-                f"{n / prep['one_off_seconds']:,.0f} | | | {prep['one_off_seconds']} s "
-                f"(ingest {prep['ingest_seconds']} s, preprocess {prep['preprocess_seconds']} s) "
-                f"| {prep['peak_rss_mb']:,.0f} MB |")
+        for size in sizes:
+            result["sources"][str(size)] = measure_source(size, n, epochs, Path(tmp))
+    rows = ["| source JPEGs | pipeline | first epoch images/s | steady images/s | ours, like with like (steady) "
+            "| ours pays back its one-off cost after | setup | peak RSS |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["sources"].values():
+        rows += rows_for(r)
     harness.save("input_throughput", args.out, result, "\n".join(rows),
-                 f"Input throughput, {n:,} JPEGs of {args.source_size} px ({mb:.1f} MB) read at {SIZE}x{SIZE}, "
-                 f"batch {BATCH}, steady = median of epochs 2-{epochs}", args.quick)
+                 f"Input throughput, {n:,} JPEGs per source size ({', '.join(f'{s} px' for s in sizes)}) read at "
+                 f"{SIZE}x{SIZE}, batch {BATCH}, steady = median of epochs 2-{epochs}", args.quick)
     return 0
 
 

@@ -57,18 +57,68 @@ def test_gpu_benchmark_trains_on_jax_with_real_input_and_never_imports_tensorflo
     assert "QUICK MODE" in proc.stdout
 
 
-def test_input_throughput_compares_every_pipeline_on_the_same_images(tmp_path):
+def test_input_throughput_compares_every_pipeline_on_the_same_images_per_source_size(tmp_path):
     _run(["-m", "benchmarks.input_throughput", "--quick", "--images", "100", "--epochs", "2", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "input_throughput.json").read_text())
-    contenders = result["contenders"]
-    assert set(contenders) == {"idg", "idg_augment", "idfd", "idfd_prefetch", "ours", "ours_no_augment"}
-    for r in contenders.values():
-        # Every contender saw every image in every epoch (the script checks each epoch's count).
-        assert r["images"] == 100 and len(r["epoch_seconds"]) == 2 and r["steady_images_per_second"] > 0
-    assert set(result["ratios"]) == {"idg", "idg_augment", "idfd", "idfd_prefetch"}
-    assert result["ours_one_off"]["images"] == 100 and result["ours_one_off"]["one_off_seconds"] > 0
+    assert list(result["sources"]) == ["500", "1024"]  # the default: photo-sized sources, resized to 160 px
+    for size, source in result["sources"].items():
+        assert source["source_size"] == int(size) and source["folder_mb"] > 0
+        contenders = source["contenders"]
+        assert set(contenders) == {"idg", "idg_augment", "idfd", "idfd_prefetch", "ours", "ours_no_augment"}
+        for r in contenders.values():
+            # Every contender saw every image in every epoch (the script checks each epoch's count).
+            assert r["images"] == 100 and len(r["epoch_seconds"]) == 2 and r["steady_images_per_second"] > 0
+        assert set(source["ratios"]) == {"idg", "idg_augment", "idfd", "idfd_prefetch"}
+        assert source["ours_one_off"]["images"] == 100 and source["ours_one_off"]["one_off_seconds"] > 0
+    # The 1024 px JPEGs are larger files than the 500 px ones: the folders really differ in size.
+    assert result["sources"]["1024"]["folder_mb"] > result["sources"]["500"]["folder_mb"]
     table = (tmp_path / "input_throughput.md").read_text()
-    assert table.count("\n| ") == 8  # header + 6 pipelines + the one-off row
+    assert table.count("\n| ") == 1 + 2 * 7  # header, then per source size 6 pipelines + the one-off row
+    assert table.count("\n| 500 px (") == 1 and table.count("\n| 1024 px (") == 1
+
+
+@pytest.mark.parametrize("script, color_mode", [("notebook_idg", "grayscale"), ("notebook_idfd", "rgb")])
+def test_notebook_scripts_train_evaluate_and_save_a_model_that_loads(tmp_path, script, color_mode):
+    src = make_folder(tmp_path / "src", ["Bag", "Sandal", "Trouser"], 10)
+    proc = _run(["-m", f"benchmarks.{script}", "--data", str(src), "--image-size", "32", "--color-mode", color_mode,
+                 "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "out")])
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["epochs"] == 2 and 0 <= last["accuracy"] <= 1
+    assert 0 < last["fit_seconds"] < last["wall_seconds"]
+    assert last["images"] == {"train": 24, "validation": 6}  # 20 % held back
+    import keras
+
+    model = keras.models.load_model(tmp_path / "out" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 1 if color_mode == "grayscale" else 3)
+    assert model.output_shape == (None, 3)
+
+
+def test_end_to_end_pairs_imgclf_run_with_both_notebook_scripts(tmp_path):
+    proc = _run(["-m", "benchmarks.end_to_end", "--quick", "--workloads", "sample", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "end_to_end.json").read_text())
+    assert result["quick"] is True and result["repeats"] == 1 and list(result["workloads"]) == ["sample"]
+    wl = result["workloads"]["sample"]
+    assert wl["images"] == 300 and wl["image_size"] == 28 and wl["goal_ratio"] == 1.3
+    assert [r["contender"] for r in wl["runs"]] == ["ours", "notebook_idg", "notebook_idfd"]
+    for r in wl["runs"]:
+        # Every side trained every epoch (ours with patience = epochs) and reported its accuracy.
+        assert r["epochs"] == wl["epochs"] == 2 and 0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0
+    ours = wl["runs"][0]
+    assert {"ingest", "train", "evaluate", "export"} <= set(ours["step_seconds"])
+    for nb in ("notebook_idg", "notebook_idfd"):
+        assert wl["ratios"][nb] == round(wl["median_wall_seconds"]["ours"] / wl["median_wall_seconds"][nb], 2)
+        assert wl["meets_goal"][nb] == (wl["ratios"][nb] <= 1.3)
+    table = (tmp_path / "end_to_end.md").read_text()
+    assert table.count("\n| ") == 4  # header + 3 contenders
+    assert table.count("| ≤ 1.3x: ") == 2
+    assert "QUICK MODE" in proc.stdout
+
+
+def test_end_to_end_refuses_an_unknown_workload_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--workloads", "sample,cifar",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown workload(s) cifar" in proc.stderr
+    assert not (tmp_path / "end_to_end.json").exists()
 
 
 def test_preprocess_shards_runs_kfp_local_over_shard_tasks_and_checks_the_output(tmp_path):

@@ -248,7 +248,8 @@ def test_the_readme_parameter_tables_are_current_and_the_layout_lists_every_file
     assert docs.main(["--check"]) == 0
     readme = (REPO / "README.md").read_text()
     layout = readme[readme.index("## Layout"):readme.index("## Measured figures")]
-    files = [p for d in ("components", "pipelines") for p in (REPO / d).rglob("*.py") if p.name != "__init__.py"]
+    files = [p for d in ("components", "pipelines", "benchmarks") for p in (REPO / d).rglob("*.py")
+             if p.name != "__init__.py"]
     missing = [str(p.relative_to(REPO)) for p in files if f"`{p.relative_to(REPO)}`" not in layout]
     assert not missing, f"README Layout does not list {missing}"
 
