@@ -110,3 +110,29 @@ def test_inspect_animation_policy_and_hash():
     def dist(a, b):
         return bin(int(images.inspect(a).dhash, 16) ^ int(images.inspect(b).dhash, 16)).count("1")
     assert dist(png, jpg) <= 10 < 40 < dist(png, other)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_decoder_matches_one_at_a_time_and_isolates_bad_images(seed):
+    """Generated batches of JPEG/PNG/RGBA/grey/EXIF-rotated images with corrupt ones mixed in: the
+    batch call gives each image exactly the pixels of the single-image decoder, and each bad image its
+    own cause while the good ones around it still pass."""
+    rng = np.random.default_rng(seed)
+    photo = _photo()
+    kinds = [lambda: _enc(photo, "JPEG", quality=90), lambda: _enc(photo, "PNG"),
+             lambda: _enc(photo.convert("RGBA"), "PNG"), lambda: _enc(photo.convert("L"), "PNG"),
+             lambda: _with_app1(_enc(photo, "JPEG", quality=95), _exif_le(int(rng.integers(1, 9)))),
+             lambda: _enc(photo, "PNG")[:int(rng.integers(20, 200))], lambda: b"not an image at all"]
+    datas = [kinds[int(k)]() for k in rng.integers(0, len(kinds), int(rng.integers(1, 40)))]
+    size, channels = int(rng.choice([16, 28, 33])), int(rng.choice([1, 3]))
+    single = images.decoder(size, channels)
+    got = images.batch_decoder(size, channels)(datas)
+    assert len(got) == len(datas)
+    for data, (pixels, cause) in zip(datas, got):
+        try:
+            want = single(tf.constant(data)).numpy()
+        except Exception as e:  # noqa: BLE001
+            assert pixels is None and cause == images.decode_error_cause(e) and cause
+            continue
+        assert cause == "" and pixels.dtype == np.uint8
+        np.testing.assert_array_equal(pixels, want)

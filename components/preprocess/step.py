@@ -189,28 +189,51 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
     return summary
 
 
+DECODE_BATCH = 64
+"""Images decoded per TensorFlow call."""
+
+
 def image_loader(dataset_dir: str, rows: list, spec: InputSpec):
-    """`load(i)`: row i's (i, encoded bytes, pixels, problem); a problem is that image's quarantine reason."""
-    import tensorflow as tf
+    """(read, decode): `read(i)` is row i's (i, encoded bytes, problem), checked against the manifest's
+    sha256; `decode(list of bytes)` is each one's (pixels, problem). A problem is that image's
+    quarantine reason; a store's failure ends the step."""
+    batch = images.batch_decoder(spec.image_size, spec.channels)
 
-    decode = images.decoder(spec.image_size, spec.channels)
-
-    def load(i: int):
+    def read(i: int):
         row = rows[i]
         try:
             data = storage.read_bytes(location_uri(dataset_dir, row["location"]))
         except Exception as e:  # noqa: BLE001 - one image's failure is its quarantine entry, a store's ends the step
             if storage.is_store_failure(e, row["location"]):
                 raise
-            return i, None, None, f"unreadable since ingest: {e}"
+            return i, None, f"unreadable since ingest: {e}"
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            return i, None, None, "changed since ingest (sha256 differs)"
-        try:
-            return i, data, decode(tf.constant(data)).numpy().tobytes(), ""
-        except Exception as e:  # noqa: BLE001 - as above
-            return i, None, None, f"TensorFlow cannot decode it: {images.decode_error_cause(e)}"
+            return i, None, "changed since ingest (sha256 differs)"
+        return i, data, ""
 
-    return load
+    def decode(datas: list[bytes]) -> list[tuple]:
+        return [(pixels, f"TensorFlow cannot decode it: {cause}" if cause else "") for pixels, cause in batch(datas)]
+
+    return read, decode
+
+
+def _loaded(idx: list[int], loader, pool):
+    """(i, bytes, pixels, problem) for rows `idx` in order: the pool reads the next batch while this
+    one is decoded."""
+    read, decode = loader
+    chunks = [idx[k:k + DECODE_BATCH] for k in range(0, len(idx), DECODE_BATCH)]
+    pending = [pool.submit(read, i) for i in chunks[0]] if chunks else []
+    for n in range(len(chunks)):
+        got = [f.result() for f in pending]
+        pending = [pool.submit(read, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
+        readable = [(i, data) for i, data, problem in got if not problem]
+        decoded = dict(zip((i for i, _ in readable), decode([data for _, data in readable])))
+        for i, data, problem in got:
+            if problem:
+                yield i, None, None, problem
+            else:
+                pixels, problem = decoded[i]
+                yield (i, None, None, problem) if problem else (i, data, pixels.tobytes(), "")
 
 
 def write_file(path: str, split: str, idx: list[int], rows: list, spec: InputSpec, load, pool, progress,
@@ -221,7 +244,7 @@ def write_file(path: str, split: str, idx: list[int], rows: list, spec: InputSpe
     class_index = {c: i for i, c in enumerate(spec.classes)}
     per_class = Counter()
     with tf.io.TFRecordWriter(path) as writer:
-        for i, data, pixels, problem in pool.map(load, idx):
+        for i, data, pixels, problem in _loaded(idx, load, pool):
             progress.update()
             row = rows[i]
             if problem:
