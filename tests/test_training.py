@@ -264,3 +264,20 @@ def test_throughput_is_measured_per_epoch(records, tmp_path):
     assert hist["images_per_second"][1] * hist["epoch_seconds"][1] >= 420 * 0.9
     assert list((tmp_path / "m" / "tensorboard").rglob("events.out.tfevents.*"))
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))  # mirrored live to the given location
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_every_epochs_scalars(records, tmp_path):
+    """Epoch summaries for train and validation, as Keras' TensorBoard writes them (without its idle
+    per-batch calls)."""
+    import tensorflow as tf
+
+    train(str(records), str(tmp_path / "m"), epochs=2, batch_size=32, width=8, depth=2, patience=2)
+    steps: dict[str, set] = {}
+    for events in (tmp_path / "m" / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                steps.setdefault(f"{events.parent.name}/{value.tag}", set()).add(event.step)
+    assert steps["train/epoch_loss"] == steps["validation/epoch_loss"] == {0, 1}
+    assert steps["train/epoch_accuracy"] == {0, 1}
+    assert not [t for t in steps if "/batch_" in t]
