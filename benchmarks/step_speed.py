@@ -71,11 +71,12 @@ def measure_ingest(source: str, out: str, cold: bool) -> dict:
 
     if not cold:
         start = time.perf_counter()
+    preloaded = "tensorflow" in sys.modules
     t = time.perf_counter()
     s = ingest(source, out, report_html=f"{out}.html")
     end = time.perf_counter()
     return {"seconds": end - start, "call_seconds": end - t, "images": s.images, "quarantined": s.quarantined,
-            "check_seconds": s.seconds, "workers": s.workers}
+            "check_seconds": s.seconds, "workers": s.workers, "tensorflow_imported_before_clock": preloaded}
 
 
 def list_images(folder: str) -> list[Path]:
