@@ -18,19 +18,16 @@ batch 128). The goals are issue 17's. Writes <out>/end_to_end.{json,md}.
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import datasets, harness
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = harness.REPO
 SAMPLE = REPO / "data" / "fashion-mnist-sample"
 CONTENDERS = {
     "ours": "imgclf run (checked ingest, preprocess, train, evaluate, checked SavedModel)",
@@ -77,33 +74,13 @@ def build_source(name: str, folder: Path, quick: bool) -> Path:
     return folder
 
 
-def _imgclf() -> list[str]:
-    cli = Path(sys.executable).parent / "imgclf"
-    return [str(cli)] if cli.exists() else [sys.executable, "-m", "pipelines.cli"]
-
-
 def command(contender: str, source: Path, w: Workload, work: Path) -> list[str]:
     common = ["--image-size", str(w.image_size), "--color-mode", w.color_mode, "--epochs", str(w.epochs),
               "--batch-size", str(w.batch_size)]
     if contender == "ours":
-        return [*_imgclf(), "run", "--data", str(source), *common, "--patience", str(w.epochs), "--quiet",
+        return [*harness.imgclf(), "run", "--data", str(source), *common, "--patience", str(w.epochs), "--quiet",
                 "--pipeline-root", str(work)]
     return [sys.executable, "-m", f"benchmarks.{contender}", "--data", str(source), *common, "--out", str(work)]
-
-
-def timed_process(argv: list[str], log: Path) -> tuple[float, float, str]:
-    """Wall and CPU seconds (the process and every child it waited for) of one whole process, and its
-    stdout; raises with the log's tail if it fails."""
-    with open(log, "w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    text = log.read_text()
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{text[-4000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, text
 
 
 def read_ours(stdout: str, work: Path) -> dict:
@@ -131,7 +108,7 @@ def run_workload(name: str, w: Workload, source: Path, repeats: int, tmp: Path) 
     for r in range(repeats):
         for contender in (order if r % 2 == 0 else order[::-1]):
             work = tmp / f"{name}-{contender}-{r}"
-            wall, cpu, stdout = timed_process(command(contender, source, w, work), tmp / f"{work.name}.log")
+            wall, cpu, stdout = harness.timed_process(command(contender, source, w, work), tmp / f"{work.name}.log")
             got = read_ours(stdout, work) if contender == "ours" else read_notebook(stdout)
             if got["epochs"] != w.epochs:
                 raise RuntimeError(f"{contender} trained {got['epochs']} epochs, not {w.epochs}: not a fair pair")

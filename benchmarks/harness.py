@@ -14,9 +14,11 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_OUT = "build/bench"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(doc: str, argv: list[str] | None = None, **extra: dict) -> argparse.Namespace:
@@ -46,6 +48,27 @@ def in_fresh_process(module: str, *args: str) -> dict:
         raise RuntimeError(f"{module} --measure {' '.join(map(str, args))} failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def imgclf() -> list[str]:
+    """The `imgclf` command of this virtualenv (the module where the entry point is not installed)."""
+    cli = Path(sys.executable).parent / "imgclf"
+    return [str(cli)] if cli.exists() else [sys.executable, "-m", "pipelines.cli"]
+
+
+def timed_process(argv: list[str], log: Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds (the process and every child it waited for) of one whole process, and its
+    stdout; raises with the log's tail if it fails."""
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{text[-4000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, text
 
 
 def _cpu_model() -> str:

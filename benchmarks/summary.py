@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks import harness
 
-ORDER = ("end_to_end", "input_throughput", "training_throughput", "feature_cache", "steps_scaling", "storage_ingest",
+ORDER = ("end_to_end", "step_speed", "input_throughput", "training_throughput", "feature_cache", "steps_scaling", "storage_ingest",
          "preprocess_shards", "gpu_training")
 
 

@@ -121,6 +121,42 @@ def test_end_to_end_refuses_an_unknown_workload_before_any_work(tmp_path):
     assert not (tmp_path / "end_to_end.json").exists()
 
 
+def test_step_speed_times_ingest_warm_and_cold_and_predict_against_a_plain_loop(tmp_path):
+    proc = _run(["-m", "benchmarks.step_speed", "--quick", "--out", str(tmp_path)])  # 100 JPEGs per size
+    result = json.loads((tmp_path / "step_speed.json").read_text())
+    assert result["quick"] is True and result["repeats"] == 1
+    assert list(result["ingest"]) == ["500", "1024"] and list(result["predict"]) == ["1024", "160"]  # the defaults
+    for size, g in result["ingest"].items():
+        assert [r["contender"] for r in g["runs"]] == ["warm", "cold"]
+        # The warm process has TensorFlow imported before its clock starts, as a forked local task; the cold not.
+        assert [r["tensorflow_imported_before_clock"] for r in g["runs"]] == [True, False]
+        for r in g["runs"]:
+            assert r["images"] == 100 and r["quarantined"] == 0 and r["seconds"] > 0
+        for row in g["contenders"].values():
+            assert row["files"] == 100
+            assert row["seconds_per_2000"] == round(row["median_seconds"] * 2000 / 100, 2)
+        # Only the 1024 px sources have issue 17's reference, and the goal is judged on the warm row.
+        assert ("times_faster_than_reference" in g["contenders"]["warm"]) == (size == "1024")
+    warm = result["ingest"]["1024"]["contenders"]["warm"]
+    assert warm["times_faster_than_reference"] == round(18.8 / warm["seconds_per_2000"], 2)
+    assert result["ingest"]["1024"]["meets_goal"] == (warm["times_faster_than_reference"] >= 3)
+    for g in result["predict"].values():
+        assert [r["contender"] for r in g["runs"]] == ["plain", "ours", "cli"]
+        # Every side classified every image; the plain loop and predict() gave the same class counts.
+        assert all(r["images"] == 100 and r["failed"] == 0 for r in g["runs"])
+        plain, ours = (next(r for r in g["runs"] if r["contender"] == c) for c in ("plain", "ours"))
+        assert plain["class_counts"] == ours["class_counts"] and sum(ours["class_counts"].values()) == 100
+        rows = g["contenders"]
+        assert rows["ours"]["ratio_to_plain"] == round(rows["ours"]["images_per_second"]
+                                                      / rows["plain"]["images_per_second"], 2)
+        assert g["meets_goal"] == (rows["ours"]["ratio_to_plain"] >= 0.9)
+    table = (tmp_path / "step_speed.md").read_text()
+    assert table.count("\n| 500 px |") == 2 and table.count("\n| 1024 px |") == 2 + 1 + 3  # + reference row
+    assert table.count("\n| 160 px |") == 3
+    assert "issue 17's measurement before the change, same machine (reference figure, not a result)" in table
+    assert "QUICK MODE" in proc.stdout
+
+
 def test_preprocess_shards_runs_kfp_local_over_shard_tasks_and_checks_the_output(tmp_path):
     _run(["-m", "benchmarks.preprocess_shards", "--quick", "--tasks", "1,2", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "preprocess_shards.json").read_text())
