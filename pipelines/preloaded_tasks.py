@@ -13,6 +13,10 @@ stdout and stderr as the task's log, and its exit status. The zygote itself neve
 fork of a process with other threads running (a test server, the caller's own pools) may inherit a
 held lock.
 
+The zygote runs one task at a time: the iterations of a ParallelFor (shard tasks, sweep trials), which
+kfp.local dispatches from several threads, wait their turn, where plain subprocesses would share the
+cores (on our 2-core machine one shard task was faster than two; `IMGCLF_PRELOAD=0` restores them).
+
 A task falls back to a plain subprocess when its command is not a lightweight Python component's, or
 when its environment changes a variable that the preloaded libraries read at import time (a task set
 to KERAS_BACKEND=jax must import Keras afresh). `IMGCLF_PRELOAD=0` turns the zygote off for a run.
