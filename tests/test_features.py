@@ -108,7 +108,8 @@ def test_killed_head_phase_resumes_with_features_read_back(records, tmp_path):
     backup = str(tmp_path / "model.backup")
     cmd = [sys.executable, "-m", "components", "train", "--dataset-dir", str(pp), "--model-dir", str(tmp_path / "m"),
            "--architecture", FAMILY, "--weights", weights, "--no-augment", "--epochs", "150", "--patience", "150",
-           "--batch-size", "32", "--learning-rate", "0.05", "--backup-uri", backup]
+           "--batch-size", "32", "--learning-rate", "0.05", "--backup-uri", backup,
+           "--backup-seconds", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=QUIET, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = tmp_path / "model.backup" / "state.json"
     deadline = time.time() + 300

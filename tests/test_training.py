@@ -143,7 +143,7 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
 def _train_cmd(records_dir, out, backup, *extra):
     return [sys.executable, "-m", "components", "train", "--dataset-dir", str(records_dir), "--model-dir", str(out),
             "--epochs", "8", "--patience", "8", "--batch-size", "16", "--width", "48", "--depth", "3",
-            "--backup-uri", backup, *extra]
+            "--backup-uri", backup, "--backup-seconds", "0", *extra]
 
 
 @pytest.mark.slow
@@ -281,3 +281,50 @@ def test_tensorboard_gets_every_epochs_scalars(records, tmp_path):
     assert steps["train/epoch_loss"] == steps["validation/epoch_loss"] == {0, 1}
     assert steps["train/epoch_accuracy"] == {0, 1}
     assert not [t for t in steps if "/batch_" in t]
+
+
+def test_backups_are_spaced_and_the_best_weights_survive_them(tmp_path, monkeypatch):
+    """Generated epoch lengths, intervals and losses: a backup is taken exactly at the first epoch ending
+    `backup_seconds` after the previous one (every epoch at 0), state.json always names a checkpoint and
+    best weights of the same backup, the in-memory best is the best epoch's, and a restore reads back
+    the last backup's best."""
+    from components.train import checkpoint
+
+    rng = np.random.default_rng(7)
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    clock = [0.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    for case in range(12):
+        every = float(rng.choice([0, 0.5, 2, 5, 30]))
+        lengths, losses = rng.uniform(0.2, 3, 8), rng.uniform(0, 1, 8)
+        uri = str(tmp_path / f"case{case}")
+        clock[0] = 0.0
+        backup = checkpoint.Backup(uri, every)
+        last, best, best_weights, expected = 0.0, None, None, []
+        for epoch, (length, loss) in enumerate(zip(lengths, losses), start=1):
+            clock[0] += length
+            net.set_weights([rng.normal(size=w.shape).astype("float32") for w in net.get_weights()])
+            improved = best is None or loss < best
+            if improved:
+                best, best_weights = loss, [w.copy() for w in net.get_weights()]
+            took = backup.epoch_end(net, {"epoch": epoch, "best": best}, improved)
+            due = clock[0] - last >= every
+            assert took == due, (case, epoch, every)
+            if due:
+                last = clock[0]
+                expected.append((epoch, [w.copy() for w in best_weights]))
+            for got, want in zip(backup.best, best_weights):
+                np.testing.assert_array_equal(got, want)
+        if not expected:
+            assert not (tmp_path / f"case{case}" / checkpoint.STATE).exists()
+            continue
+        again = checkpoint.Backup(uri, every)
+        state = again.restore()
+        epoch, weights = expected[-1]
+        assert state["epoch"] == epoch and state["checkpoint"] == f"checkpoint-{epoch:04d}.keras"
+        assert sorted(p.name for p in (tmp_path / f"case{case}").iterdir()) == sorted(
+            [state["checkpoint"], checkpoint.BEST, checkpoint.STATE]), "older checkpoints are removed"
+        other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        again.load_best(other)
+        for got, want in zip(other.get_weights(), weights):
+            np.testing.assert_array_equal(got, want)

@@ -100,27 +100,56 @@ def near_duplicates(rows: list[dict], splits: dict[str, list[int]], max_distance
     Exact copies never get here (ingest keeps one per content); these are re-encodings, resizes and
     light edits of the same picture, which inflate test scores when they straddle the split.
     """
-    import numpy as np
-
     if max_distance < 0 or not splits["train"]:
         return []
-    def hashes(idx):
-        return np.frombuffer(b"".join(bytes.fromhex(rows[i]["dhash"]) for i in idx), dtype=np.uint64).reshape(len(idx), -1)
-
-    train = hashes(splits["train"])
+    train = hash_bits(rows, splits["train"])
     found = []
     for split in ("validation", "test"):
         idx = splits[split]
-        for start in range(0, len(idx), 32):  # 32 x 56k train hashes x 32 bytes: about 60 MB at a time
-            chunk = idx[start:start + 32]
-            dist = np.bitwise_count(hashes(chunk)[:, None, :] ^ train[None, :, :]).sum(-1)
-            best = dist.argmin(1)
-            for i, b, d in zip(chunk, best, dist[np.arange(len(chunk)), best]):
+        for start in range(0, len(idx), QUERY_CHUNK):
+            chunk = idx[start:start + QUERY_CHUNK]
+            best, dist = nearest(hash_bits(rows, chunk), train)
+            for i, b, d in zip(chunk, best, dist):
                 if d <= max_distance:
                     found.append({"location": rows[i]["location"], "split": split, "label": rows[i]["label"],
                                   "train_location": rows[splits["train"][b]]["location"],
                                   "train_label": rows[splits["train"][b]]["label"], "distance": int(d)})
     return found
+
+
+QUERY_CHUNK, TRAIN_CHUNK = 512, 8192
+"""512 x 8,192 distances (16 MB) at a time, whatever the number of images."""
+
+
+def hash_bits(rows: list[dict], idx: list[int]):
+    """The rows' dHashes as one 0/1 byte per bit (n x 256)."""
+    import numpy as np
+
+    packed = np.frombuffer(b"".join(bytes.fromhex(rows[i]["dhash"]) for i in idx), dtype=np.uint8)
+    return np.unpackbits(packed.reshape(len(idx), -1), axis=1)
+
+
+def nearest(query, train):
+    """(index of the nearest training hash, its Hamming distance) per query hash; ties go to the first.
+
+    Hamming distance as |a| + |b| - 2 a.b over the bits, one float32 matrix product per block (exact:
+    every term is a small integer). Against 56,000 training hashes this took 2-3 s for 14,000 queries
+    on 2 cores, where XOR and popcount over every pair took 19 s.
+    """
+    import numpy as np
+
+    q = query.astype(np.float32)
+    q_ones = q.sum(1)
+    best = np.zeros(len(q), dtype=np.int64)
+    dist = np.full(len(q), np.inf, dtype=np.float32)
+    for start in range(0, len(train), TRAIN_CHUNK):
+        t = train[start:start + TRAIN_CHUNK].astype(np.float32)
+        d = q_ones[:, None] + t.sum(1)[None, :] - 2.0 * (q @ t.T)
+        arg = d.argmin(1)
+        got = d[np.arange(len(q)), arg]
+        closer = got < dist  # strictly: an earlier block keeps a tie
+        best[closer], dist[closer] = arg[closer] + start, got[closer]
+    return best, np.rint(dist).astype(np.int64)
 
 
 def plan_splits(rows: list, opts: PreprocessOptions) -> tuple[dict[str, list[int]], list[dict]]:

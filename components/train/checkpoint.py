@@ -1,40 +1,54 @@
-"""Preemption-safe training: the whole training state goes to the artifact store after every epoch, and a
-restarted task (KFP's retry, a preempted spot VM) carries on from the last finished epoch.
+"""Preemption-safe training: the whole training state goes to the artifact store at the end of an epoch,
+and a restarted task (KFP's retry, a preempted spot VM) carries on from the last epoch backed up.
 
 The state is a full `.keras` checkpoint (weights, optimizer slots and step counter, so the learning-rate
 schedule continues where it was), the best weights so far, and `state.json` with the phase, the epoch,
 the history and EarlyStopping's counters. `state.json` is written last and names the checkpoint it
-belongs to, so a task killed mid-upload resumes from the previous complete epoch.
+belongs to, so a task killed mid-upload resumes from the previous complete backup.
+
+A backup is taken at the end of the first epoch that ends `backup_seconds` or more after the previous one
+(0: every epoch), the way TensorFlow's own `save_checkpoints_secs` spaces them: on the embedded sample an
+epoch lasts about a second and writing the state after each cost a tenth of the fit. The best weights are
+kept in memory between backups (a copy of the arrays at each improvement), so restoring them at the end
+reads no file.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from components.lib import storage
 
-STATE, BEST = "state.json", "best.weights.h5"
+STATE, BEST = "state.json", "best.weights.npz"
 
 
 class Backup:
     """Local working copy of the state, mirrored to `uri` (local path or bucket) when one is given."""
 
-    def __init__(self, uri: str = ""):
+    def __init__(self, uri: str = "", every_seconds: float = 0.0):
         self.uri = uri.rstrip("/")
+        self.every_seconds = every_seconds
         self.local = Path(tempfile.mkdtemp(prefix="imgclf-backup-"))
         self.state: dict | None = None
+        self.best: list[np.ndarray] | None = None
+        self.last_backup = time.monotonic()
 
     def restore(self) -> dict | None:
         """The last complete state, with its files staged locally; None when there is nothing to resume."""
         if not self.uri or not storage.exists(storage.join(self.uri, STATE)):
             return None
         state = json.loads(storage.read_bytes(storage.join(self.uri, STATE)))
-        for name in (state["checkpoint"], BEST):
+        for name in (state["checkpoint"], BEST)[:1 + bool(state.get("has_best", True))]:
             storage.download_file(storage.join(self.uri, name), str(self.local / name))
+        if state.get("has_best", True):
+            with np.load(self.local / BEST) as saved:
+                self.best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         self.state = state
         return state
 
@@ -42,21 +56,33 @@ class Backup:
     def checkpoint_file(self) -> str:
         return str(self.local / self.state["checkpoint"])
 
-    @property
-    def best_file(self) -> str:
-        return str(self.local / BEST)
+    def load_best(self, model: keras.Model) -> None:
+        """Put the best weights so far into `model` (the one `epoch_end`'s `best` named)."""
+        if self.best is None:
+            raise RuntimeError("no epoch has finished: there are no best weights to restore")
+        model.set_weights(self.best)
 
-    def save(self, model: keras.Model, state: dict, improved: bool, best: keras.Model | None = None) -> None:
-        """`best`: the model whose weights are kept when improved, if not `model` (the head phase on
-        bottleneck features checkpoints the head but keeps the whole model's weights)."""
+    def epoch_end(self, model: keras.Model, state: dict, improved: bool, best: keras.Model | None = None) -> bool:
+        """Keep the best weights (of `best`, when not `model`: the head phase on bottleneck features
+        checkpoints the head but keeps the whole model's weights), and back up when one is due.
+        Whether it backed up."""
+        if improved:
+            self.best = [np.array(w, copy=True) for w in (best or model).get_weights()]
+        if time.monotonic() - self.last_backup < self.every_seconds:
+            return False
+        self.save(model, state)
+        self.last_backup = time.monotonic()
+        return True
+
+    def save(self, model: keras.Model, state: dict) -> None:
         name = f"checkpoint-{state['epoch']:04d}.keras"
         model.save(self.local / name)
-        if improved:
-            (best or model).save_weights(self.local / BEST)
-        state = {**state, "checkpoint": name}
+        if self.best is not None:
+            np.savez(self.local / BEST, *self.best)
+        state = {**state, "checkpoint": name, "has_best": self.best is not None}
         if self.uri:
             storage.copy_file(str(self.local / name), storage.join(self.uri, name))
-            if improved:
+            if self.best is not None:
                 storage.copy_file(str(self.local / BEST), storage.join(self.uri, BEST))
             storage.write_text(storage.join(self.uri, STATE), json.dumps(state))
         old = self.state and self.state.get("checkpoint")
@@ -74,7 +100,7 @@ class Backup:
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Keeps the run's history across restarts and saves the state after every epoch."""
+    """Keeps the run's history across restarts, the best weights, and the state when a backup is due."""
 
     def __init__(self, backup: Backup, phase: int, history: dict[str, list[float]], monitor: str,
                  best: float | None, stopper: ResumableEarlyStopping, extra_state: dict | None = None,
@@ -94,7 +120,7 @@ class Checkpoint(keras.callbacks.Callback):
         improved = value is not None and (self.best is None or value < self.best)
         if improved:
             self.best = float(value)
-        self.backup.save(self.model, {
+        self.backup.epoch_end(self.model, {
             **self.extra_state, "phase": self.phase, "epoch": epoch + 1, "history": self.history, "best": self.best,
             "wait": self.stopper.wait, "best_epoch": self.stopper.best_epoch}, improved,
             self.whole(self.model) if self.whole and improved else None)

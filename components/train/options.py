@@ -55,6 +55,9 @@ class TrainOptions(Seeded):
                                          "the backbone is frozen and augment is off), on (also with augment: the "
                                          "head then sees unaugmented images), off", choices=CACHE_FEATURES)
     patience: int = option(5, "EarlyStopping patience in epochs", min=1)
+    backup_seconds: float = option(30.0, "back up the training state (what a retried or preempted task resumes "
+                                         "from) after the first epoch ending at least this long after the last "
+                                         "backup; 0: after every epoch", min=0, max=86_400)
     fine_tune_layers: int = option(0, "after the frozen-backbone phase, fine-tune the backbone's top N layers "
                                       "(BatchNormalization stays frozen); 0: no fine-tuning", min=0)
     fine_tune_epochs: int = option(10, "maximum epochs of the fine-tuning phase", min=1, max=10_000)

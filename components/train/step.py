@@ -2,7 +2,8 @@
 
 Transfer-learning families train in two phases, as in the classic tutorials: a new head on the frozen
 pretrained backbone (on bottleneck features computed once, see features.py, when `cache_features`
-says so), then (with `fine_tune_layers`) the backbone's top layers at a lower learning rate. The training state goes to `backup_uri` after every epoch, so a retried task resumes.
+says so), then (with `fine_tune_layers`) the backbone's top layers at a lower learning rate. The training state goes to `backup_uri`
+(every `backup_seconds`, see checkpoint.py), so a retried task resumes.
 """
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
           curves_html: str = "") -> TrainResult:
     """Fit with EarlyStopping on validation loss and keep the best epoch's weights.
 
-    `backup_uri` receives the training state after every epoch (a retried task resumes from it);
+    `backup_uri` receives the training state every `backup_seconds` (a retried task resumes from it);
     `curves_html`, if given, receives a learning-curve page (the KFP HTML artifact).
     """
     import keras
@@ -173,7 +174,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     meta = RecordsMetadata.load(dataset_dir)
     keras.utils.set_random_seed(opts.seed)
     tmp = tempfile.mkdtemp(prefix="imgclf-train-")
-    backup = checkpoint.Backup(backup_uri)
+    backup = checkpoint.Backup(backup_uri, opts.backup_seconds)
     resume = backup.restore()
     weights = opts.weights if opts.weights != "auto" else "imagenet" if models.is_transfer(opts.architecture) else "none"
     weights_arg = None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
@@ -201,7 +202,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
         if models.is_transfer(opts.architecture) and weights_arg is not None and opts.fine_tune_layers > 0:
             fine_tune(run, fit_cw)
         seconds = time.perf_counter() - start
-        run.net.load_weights(backup.best_file)
+        backup.load_best(run.net)
 
     result = summarize(run, seconds)
     save_model(model_dir, run, weights, cw, result, Path(tmp) / TENSORBOARD_DIR)
@@ -325,7 +326,7 @@ def fine_tune(run: _Session, class_weight) -> None:
     phase1 = run.state["phase1_epochs"]
     resumed_in_phase2 = bool(resume and resume["phase"] == 2 and resume["epoch"] > phase1)
     if not resumed_in_phase2:
-        run.net.load_weights(run.backup.best_file)
+        run.backup.load_best(run.net)
         opened = models.unfreeze_top(run.net, o.fine_tune_layers)
         lr = o.learning_rate * o.fine_tune_lr_factor
         _compile(run.net, lr, o.lr_schedule, o.fine_tune_epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
