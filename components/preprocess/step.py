@@ -133,8 +133,9 @@ def nearest(query, train):
     """(index of the nearest training hash, its Hamming distance) per query hash; ties go to the first.
 
     Hamming distance as |a| + |b| - 2 a.b over the bits, one float32 matrix product per block (exact:
-    every term is a small integer). Against 56,000 training hashes this took 2-3 s for 14,000 queries
-    on 2 cores, where XOR and popcount over every pair took 19 s.
+    every term is a small integer). On all 70,000 Fashion-MNIST images (14,000 queries against 56,000
+    training hashes, 2 cores shared with a test run) this took 7.4 s, where XOR and popcount over every
+    pair took 20.8 s, with the same findings.
     """
     import numpy as np
 

@@ -8,7 +8,7 @@ belongs to, so a task killed mid-upload resumes from the previous complete backu
 
 A backup is taken at the end of the first epoch that ends `backup_seconds` or more after the previous one
 (0: every epoch), the way TensorFlow's own `save_checkpoints_secs` spaces them: on the embedded sample an
-epoch lasts about a second and writing the state after each cost a tenth of the fit. The best weights are
+epoch lasts about 1.2 s, and writing the state after each took 1.9 s of a 24 s fit (profiled). The best weights are
 kept in memory between backups (a copy of the arrays at each improvement), so restoring them at the end
 reads no file.
 """
@@ -44,9 +44,9 @@ class Backup:
         if not self.uri or not storage.exists(storage.join(self.uri, STATE)):
             return None
         state = json.loads(storage.read_bytes(storage.join(self.uri, STATE)))
-        for name in (state["checkpoint"], BEST)[:1 + bool(state.get("has_best", True))]:
-            storage.download_file(storage.join(self.uri, name), str(self.local / name))
-        if state.get("has_best", True):
+        storage.download_file(storage.join(self.uri, state["checkpoint"]), self.checkpoint_path(state))
+        if state["has_best"]:
+            storage.download_file(storage.join(self.uri, BEST), str(self.local / BEST))
             with np.load(self.local / BEST) as saved:
                 self.best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         self.state = state
@@ -54,7 +54,10 @@ class Backup:
 
     @property
     def checkpoint_file(self) -> str:
-        return str(self.local / self.state["checkpoint"])
+        return self.checkpoint_path(self.state)
+
+    def checkpoint_path(self, state: dict) -> str:
+        return str(self.local / state["checkpoint"])
 
     def load_best(self, model: keras.Model) -> None:
         """Put the best weights so far into `model` (the one `epoch_end`'s `best` named)."""
@@ -67,6 +70,7 @@ class Backup:
         checkpoints the head but keeps the whole model's weights), and back up when one is due.
         Whether it backed up."""
         if improved:
+            # Copied: on the torch backend get_weights() can share memory with the parameters.
             self.best = [np.array(w, copy=True) for w in (best or model).get_weights()]
         if time.monotonic() - self.last_backup < self.every_seconds:
             return False

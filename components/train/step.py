@@ -2,8 +2,8 @@
 
 Transfer-learning families train in two phases, as in the classic tutorials: a new head on the frozen
 pretrained backbone (on bottleneck features computed once, see features.py, when `cache_features`
-says so), then (with `fine_tune_layers`) the backbone's top layers at a lower learning rate. The training state goes to `backup_uri`
-(every `backup_seconds`, see checkpoint.py), so a retried task resumes.
+says so), then (with `fine_tune_layers`) the backbone's top layers at a lower learning rate. The training
+state goes to `backup_uri` (every `backup_seconds`, see checkpoint.py), so a retried task resumes.
 """
 from __future__ import annotations
 
