@@ -3,6 +3,7 @@ on the clean rest, and no test image with a copy in training."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 
@@ -175,3 +176,63 @@ def test_converted_pixels_in_records(dirty, tmp_path):
         raw = next(dirty.rglob(name)).read_bytes()
         np.testing.assert_array_equal(seen[name], images.tf_decode_resize(tf.constant(raw), 28, 3).numpy())
     assert seen["alpha.png"].shape == (28, 28, 3)
+
+
+def _damaged(rng: np.random.Generator, data: bytes) -> bytes:
+    """A generated fault in an image file: cut short, bytes flipped, or its header smashed."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return data[: int(rng.integers(1, len(data)))]
+    buf = bytearray(data)
+    at = rng.integers(0, len(buf), size=int(rng.integers(1, 12))) if kind == 1 else np.arange(min(16, len(buf)))
+    for i in at:
+        buf[i] ^= int(rng.integers(1, 256))
+    return bytes(buf)
+
+
+def test_forked_readers_find_exactly_what_threads_find(dirty, tmp_path):
+    """Local files are checked in forked reader processes, in windows of batches; the served-decoder check
+    runs in the step's own process. On the dirty folder plus 150 generated faults (cut, bit-flipped or
+    header-smashed copies of real JPEGs and PNGs, and generated exact duplicates), the manifest,
+    quarantine and summary are the ones a single thread writes, row for row, in the same order."""
+    rng = np.random.default_rng(17)
+    for k, src in enumerate(sample_files("Bag", 50, skip=200) + sample_files("Trouser", 50, skip=200)):
+        data = src.read_bytes()
+        if k % 2:
+            data = _save(Image.open(src).convert("RGB"), tmp_path / "scratch.jpg", "JPEG", quality=int(rng.integers(50, 95)))
+        cls = dirty / src.parent.name
+        (cls / f"gen{k:03d}.{'jpg' if k % 2 else 'png'}").write_bytes(_damaged(rng, data) if k % 3 else data)
+        if k % 7 == 0:
+            (cls / f"gen{k:03d} copy.{'jpg' if k % 2 else 'png'}").write_bytes(data)
+    outs = {}
+    for workers in (1, 3):
+        s = ingest(str(dirty), str(tmp_path / f"w{workers}"), workers=workers)
+        assert s.workers == workers
+        outs[workers] = {name: (tmp_path / f"w{workers}" / name).read_text()
+                         for name in ("manifest.csv", "quarantine.csv", "classes.json")}
+        summary = json.loads((tmp_path / f"w{workers}" / "summary.json").read_text())
+        outs[workers]["summary"] = {k: v for k, v in summary.items() if k not in ("seconds", "workers")}
+    assert outs[1] == outs[3]
+    reasons = outs[3]["summary"]["quarantine_reasons"]
+    assert reasons["truncated or corrupt"] + reasons.get("not decodable when served", 0) > 40, reasons
+    # the fixture's own copy, and a generated copy of every undamaged image with k % 7 == 0
+    assert reasons["exact duplicate"] == 1 + sum(k % 7 == 0 and k % 3 == 0 for k in range(100)), reasons
+
+
+def test_a_store_failure_in_a_forked_reader_ends_ingest_naming_the_file(dirty, tmp_path, monkeypatch):
+    """A failure of the store itself, raised in a reader process, ends the step with the URI, and no
+    output is left: not one quarantined file among many."""
+    from components.lib import storage
+
+    real = storage.read_bytes
+
+    def failing(uri, *a, **kw):
+        if uri.endswith("palette.png"):
+            raise storage.StorageError(f"{uri}: the disk went away")
+        return real(uri, *a, **kw)
+
+    monkeypatch.setattr(storage, "read_bytes", failing)  # the forked readers inherit it
+    with pytest.raises(storage.StorageError, match=r"palette\.png: the disk went away"):
+        ingest(str(dirty), str(tmp_path / "ds"), workers=2)
+    assert not (tmp_path / "ds").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds")]

@@ -238,9 +238,23 @@ def test_class_weights():
         class_weights("d=2", classes, {})
 
 
-def test_precision_and_devices_are_chosen_from_the_hardware():
-    assert accelerate.choose_precision("auto", ["cpu:0"]) == "float32"
-    assert accelerate.choose_precision("auto", ["cpu:0", "gpu:0"]) == "mixed_float16"
+def test_precision_and_devices_are_chosen_from_the_hardware(monkeypatch, tmp_path):
+    native, plain = {"fma", "avx512f", "avx512_bf16"}, {"fma", "avx2", "avx512f"}
+    assert accelerate.choose_precision("auto", ["cpu:0"], flags=plain) == "float32"
+    assert accelerate.choose_precision("auto", ["cpu:0"], flags=native) == "mixed_bfloat16"
+    assert accelerate.choose_precision("auto", ["cpu:0"], flags={"amx_bf16", "amx_tile"}) == "mixed_bfloat16"
+    assert accelerate.choose_precision("auto", ["cpu:0"], "jax", flags=native) == "float32"  # XLA CPU emulates it
+    assert accelerate.choose_precision("auto", ["cpu:0", "gpu:0"], flags=native) == "mixed_float16"
+    assert accelerate.choose_precision("float32", ["cpu:0"], flags=native) == "float32"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # without oneDNN, TensorFlow emulates bfloat16 too
+    assert accelerate.choose_precision("auto", ["cpu:0"], flags=native) == "float32"
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    assert accelerate.choose_precision("auto", ["cpu:0"], flags=native) == "mixed_bfloat16"
+    # This machine's own flags are read from /proc/cpuinfo's first "flags" line.
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 sse\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert accelerate.cpu_flags(str(info)) == {"fpu", "avx512_bf16", "sse"}
+    assert accelerate.cpu_flags("/nonexistent/cpuinfo") == set()
     assert accelerate.choose_precision("mixed_bfloat16", ["cpu:0"]) == "mixed_bfloat16"
     with pytest.raises(ValueError, match="precision must be one of"):
         accelerate.choose_precision("fp8", ["cpu:0"])
@@ -250,6 +264,30 @@ def test_precision_and_devices_are_chosen_from_the_hardware():
         assert net.layers[-1].dtype_policy.compute_dtype == "float32"  # the softmax stays float32
         assert net.get_layer(index=3).compute_dtype == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"  # restored afterwards
+
+
+@pytest.mark.slow
+def test_mixed_precision_training_saves_a_float32_model_with_the_trained_weights(records, tmp_path):
+    """Trained under mixed bfloat16 (what auto picks on a CPU with native bfloat16), the saved model computes
+    in float32 throughout, holds the trained weights (it scores on the validation split what training saw
+    at its best epoch, within bfloat16's rounding), and train.json records the policy it trained under."""
+    from components.evaluate.step import evaluate
+
+    r = train(str(records), str(tmp_path / "m"), epochs=4, batch_size=32, width=8, depth=2, patience=4,
+              precision="mixed_bfloat16", seed=5)
+    info = TrainedModel.load(str(tmp_path / "m"))
+    assert info.hardware["precision"] == "mixed_bfloat16"
+    net = load_model(str(tmp_path / "m"))
+    assert {layer.compute_dtype for layer in net.layers} == {"float32"}
+    assert {w.dtype for w in net.weights} == {"float32"}
+    meta = RecordsMetadata.load(str(records))
+    from components.lib import records as rec
+
+    xs, ys = zip(*((np.asarray(x), np.asarray(y)) for x, y in rec.make_dataset(str(records), meta, "validation", 64)))
+    accuracy = float(np.mean(np.argmax(net.predict(np.concatenate(xs), verbose=0), 1) == np.concatenate(ys)))
+    assert r.best_val_accuracy > 0.3  # trained: well above chance (0.1)
+    assert abs(accuracy - r.best_val_accuracy) <= 0.05, (accuracy, r.best_val_accuracy)
+    assert evaluate(str(records), str(tmp_path / "m"), str(tmp_path / "pred")).metrics["accuracy"] > 0.3
 
 
 @pytest.mark.slow

@@ -24,8 +24,9 @@ class IngestOptions(PixelLimit):
                                          "the images of the smallest", min=1)
     max_quarantined_share: float = option(0.5, "ingest fails if more than this share of the files is "
                                                "quarantined (a wrong source, most likely)", min=0, max=1)
-    workers: int = option(0, "threads reading and checking files (0: one per core when every file is local, "
-                             "16 when files are read from a bucket or URL and wait on the network)",
+    workers: int = option(0, "parallel readers checking files: processes when every file is local (0: one per "
+                             "core), threads when files are read from a bucket or URL (0: 16, which wait on "
+                             "the network)",
                           min=0, max=256, pipeline=False)
     max_download_bytes: int = option(DEFAULT_MAX_DOWNLOAD, "largest zip archive downloaded or extracted",
                                      min=1, pipeline=False)

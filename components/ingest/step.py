@@ -9,13 +9,16 @@ step with one clear message. The user's source is only read.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import unicodedata
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -65,34 +68,50 @@ def label_problem(label: str) -> str:
 def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str, str]:
     """(manifest fields, reason, detail) for one item; path problems are found before any byte is
     read, so a stray or hidden file is reported for what it is."""
+    row, reason, detail, data = _inspect(item, max_pixels, animated)
+    return _served_check(row, reason, detail, data)
+
+
+def _inspect(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str, str, bytes]:
+    """Every check but the served decoder's, and the bytes that one needs: the part of a file's check
+    that needs no TensorFlow, so it can run in a forked process."""
     if item.entry.skip_reason or item.problem:
-        return None, item.entry.skip_reason or item.problem, ""
+        return None, item.entry.skip_reason or item.problem, "", b""
     if os.path.basename(item.entry.rel).startswith("."):
-        return None, "hidden file", ""
+        return None, "hidden file", "", b""
     if problem := label_problem(item.label):
-        return None, "invalid class name", problem
+        return None, "invalid class name", problem, b""
     # One guard per item: whatever fails for this file (its URI, the read, the image library anywhere in
     # opening, counting frames or hashing) becomes its quarantine entry with the real cause; only a
     # failure of the store itself ends the step.
     try:
         data = storage.read_bytes(item.entry.uri)
     except FileNotFoundError as e:
-        return None, "missing", str(e)
+        return None, "missing", str(e), b""
     except Exception as e:  # noqa: BLE001 - see above
         if storage.is_store_failure(e, item.entry.uri):
             raise
-        return None, "unreadable", f"{type(e).__name__}: {e}"
+        return None, "unreadable", f"{type(e).__name__}: {e}", b""
     try:
         info = images.inspect(data, max_pixels=max_pixels, animated=animated)
     except images.ImageRejected as e:
-        return None, e.reason, e.detail
+        return None, e.reason, e.detail, b""
     except Exception as e:  # noqa: BLE001 - see above
-        return None, "truncated or corrupt", f"{type(e).__name__}: {e}"
-    if problem := images.served_decoder_problem(data):
-        return None, "not decodable when served", f"TensorFlow: {problem}"
+        return None, "truncated or corrupt", f"{type(e).__name__}: {e}", b""
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "width": info.width,
             "height": info.height, "mode": info.mode, "format": info.format, "frames": info.frames,
-            "dhash": info.dhash}, "", ""
+            "dhash": info.dhash}, "", "", data
+
+
+def _served_check(row: dict | None, reason: str, detail: str, data: bytes) -> tuple[dict | None, str, str]:
+    if row is not None and (problem := images.served_decoder_problem(data)):
+        return None, "not decodable when served", f"TensorFlow: {problem}"
+    return row, reason, detail
+
+
+def _inspect_many(items: list[Item], max_pixels: int, animated: str) -> list[tuple]:
+    """A forked reader's batch (one round trip per batch, not per file)."""
+    return [_inspect(item, max_pixels, animated) for item in items]
 
 
 def _resolve_duplicates(groups: list[list[int]], labels: list[str], splits: list[str],
@@ -192,8 +211,8 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
     """Write `manifest.csv`, `classes.json`, `quarantine.csv` and `summary.json` to `output_dir`
     (and, with `report_html`, the ingest report).
 
-    Files are checked by a thread pool (object-store reads and PIL decoding release the GIL) in
-    bounded windows: memory holds the manifest rows, never more than a window of images.
+    Files are checked by forked reader processes (local files) or threads (buckets, URLs) in bounded
+    windows: memory holds the manifest rows, never more than two windows of images.
     """
     with storage.atomic_dir(output_dir) as out:
         src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
@@ -215,13 +234,18 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
 
 
 def reader_threads(items: list[Item]) -> int:
-    """Local files: one thread per core (decoding is the work; more threads only contend, 1.46x slower
-    with 16 than with 2 on 2 cores). Any file in a bucket or behind a URL: 16, to overlap the waits."""
-    remote = any("://" in item.entry.uri and not item.entry.uri.startswith("file://") for item in items)
-    return REMOTE_READERS if remote else max(1, os.cpu_count() or 1)
+    """Local files: one reader per core (decoding is the work; more only contend, 1.46x slower with 16
+    threads than with 2 on 2 cores). Any file in a bucket or behind a URL: 16, to overlap the waits."""
+    return REMOTE_READERS if _remote(items) else max(1, os.cpu_count() or 1)
+
+
+def _remote(items: list[Item]) -> bool:
+    return any("://" in item.entry.uri and not item.entry.uri.startswith("file://") for item in items)
 
 
 REMOTE_READERS = 16
+PROCESS_BATCH = 64
+"""Files per round trip to a forked reader."""
 
 
 def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: IngestOptions) -> tuple[_Checked, float]:
@@ -230,7 +254,7 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
     checked = _Checked()
     with open(staged, "w", newline="", encoding="utf-8") as mf, \
             open(quarantine_csv, "w", newline="", encoding="utf-8") as qf, \
-            ThreadPoolExecutor(max_workers=opts.workers) as pool:
+            _checker(items, opts) as results:
         manifest = tables.Writer(mf, MANIFEST_FIELDS)
         quarantine = tables.Writer(qf, QUARANTINE_FIELDS)
 
@@ -240,17 +264,13 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
             if len(checked.examples[entry["reason"]]) < 3:
                 checked.examples[entry["reason"]].append(entry)
 
-        window = max(64, opts.workers * 8)
-        for start in range(0, len(items), window):
-            chunk = items[start:start + window]
-            for item, (row, reason, detail) in zip(
-                    chunk, pool.map(lambda i: _check(i, opts.max_pixels, opts.animated), chunk)):
-                progress.update()
-                if row is None:
-                    quarantined({"location": item.location, "label": item.label, "reason": reason, "detail": detail})
-                    continue
-                manifest.writerow({"location": item.location, "label": item.label, "split": item.split, **row})
-                checked.admit(item, row)
+        for item, (row, reason, detail) in zip(items, results):
+            progress.update()
+            if row is None:
+                quarantined({"location": item.location, "label": item.label, "reason": reason, "detail": detail})
+                continue
+            manifest.writerow({"location": item.location, "label": item.label, "split": item.split, **row})
+            checked.admit(item, row)
         seconds = progress.close()
         if checked.dup_groups:
             mf.flush()
@@ -263,6 +283,44 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
                 quarantined(e)
     checked.first_of.clear()
     return checked, seconds
+
+
+@contextlib.contextmanager
+def _checker(items: list[Item], opts: IngestOptions):
+    """Every item's (row, reason, detail), in order, at most two windows of files in flight (memory holds
+    a window's bytes, never the dataset's).
+
+    Local files go to forked reader processes: a file's check is about 0.6 ms of mostly Python (PIL,
+    hashing, the calls into TensorFlow), so threads hold the GIL by turns and 2 checked the embedded
+    sample no faster than 1 (3.0 s). The readers never touch TensorFlow (forking is safe whatever this
+    process has run); this process runs the served-decoder check of each file they pass back, while they
+    read the next ones. Files in a bucket or behind a URL go to threads, which overlap the network waits.
+    """
+    fork = opts.workers > 1 and not _remote(items) and "fork" in multiprocessing.get_all_start_methods()
+    if not fork:
+        with ThreadPoolExecutor(max_workers=opts.workers) as pool:
+            check = functools.partial(_check, max_pixels=opts.max_pixels, animated=opts.animated)
+            yield _windows(items, max(64, opts.workers * 8), lambda chunk: pool.map(check, chunk))
+        return
+    inspect = functools.partial(_inspect_many, max_pixels=opts.max_pixels, animated=opts.animated)
+    with ProcessPoolExecutor(max_workers=opts.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        def submit(chunk: list[Item]):
+            futures = [pool.submit(inspect, chunk[i:i + PROCESS_BATCH]) for i in range(0, len(chunk), PROCESS_BATCH)]
+            return (_served_check(*found) for future in futures for found in future.result())
+
+        yield _windows(items, PROCESS_BATCH * opts.workers * 4, submit)
+
+
+def _windows(items: list[Item], window: int, start):
+    """`start(chunk)` for each window of `items`, the next window started before this one is read."""
+    pending = None
+    for begin in range(0, len(items), window):
+        started = start(items[begin:begin + window])
+        if pending is not None:
+            yield from pending
+        pending = started
+    if pending is not None:
+        yield from pending
 
 
 def check_class_names(items: list[Item]) -> None:

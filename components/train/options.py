@@ -66,8 +66,9 @@ class TrainOptions(Seeded):
     label_smoothing: float = option(0.0, "categorical cross-entropy label smoothing", min=0, max=0.99)
     class_weight: str = option("auto", "auto (every class weighs the same, from the training counts), none, "
                                        "or comma-separated name=weight pairs", check=class_weight_problem)
-    precision: str = option("auto", "auto (mixed_float16 on NVIDIA GPUs, float32 on CPU) or a Keras dtype "
-                                    "policy", choices=PRECISIONS)
+    precision: str = option("auto", "auto (mixed_float16 on NVIDIA GPUs; mixed_bfloat16 on CPUs with native "
+                                    "bfloat16 under TensorFlow; else float32) or a Keras dtype policy; the saved "
+                                    "model is float32 either way", choices=PRECISIONS)
     distribute: str = option("auto", "auto (replicate over all GPUs when there are 2 or more), mirrored "
                                      "(every device of the main kind), none", choices=DISTRIBUTE)
     jit_compile: str = option("auto", "XLA compilation: Keras' auto, true or false", choices=JIT_COMPILE)

@@ -357,7 +357,7 @@ def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainRes
     """model.keras, history.json, tensorboard/ and train.json (every option as given) in one atomic step."""
     hw = run.hw
     with storage.atomic_dir(model_dir) as out:
-        run.net.save(out / MODEL_FILE)
+        float32_model(run).save(out / MODEL_FILE)
         (out / HISTORY_FILE).write_text(json.dumps(run.history, indent=1))
         if tb_local.exists():
             shutil.copytree(tb_local, out / TENSORBOARD_DIR)
@@ -369,6 +369,40 @@ def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainRes
                     "libraries": reports.versions()}
         TrainedModel(run.opts.architecture, run.meta.input, run.meta.data_fingerprint, run.meta.fingerprint, params,
                      hardware, asdict(result)).save(out)
+
+
+def float32_model(run: _Session):
+    """The trained network with float32 computation. A model trained under a mixed policy keeps float32
+    variables but computes in float16 or bfloat16, and saved as it is, evaluate, export and every server
+    would too, slowly or emulated on hardware without those units. The same network built under float32
+    takes the same variables."""
+    import keras
+
+    from components.train import models
+
+    if run.hw.precision == "float32":
+        return run.net
+    o = run.opts
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        twin = models.build(o.architecture, run.meta.input.shape, len(run.meta.classes), weights=None,
+                            width=o.width, depth=o.depth, dropout=o.dropout, augment=o.augment, seed=o.seed)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    ours, theirs = run.net.weights, twin.weights
+    if [tuple(w.shape) for w in ours] != [tuple(w.shape) for w in theirs]:
+        raise RuntimeError("train: the float32 copy of the model does not have the trained model's weights")
+    twin.set_weights([w.numpy() for w in ours])
+    _copy_trainable(run.net, twin)
+    return twin
+
+
+def _copy_trainable(source, target) -> None:
+    """Fine-tuning opened some backbone layers; the saved model says which, as the trained one does."""
+    target.trainable = source.trainable
+    for a, b in zip(getattr(source, "layers", []), getattr(target, "layers", [])):
+        _copy_trainable(a, b)
 
 
 def _epoch_tensorboard(log_dir: str):
