@@ -124,3 +124,28 @@ def test_manifest_is_valid_csv_with_awkward_names(tmp_path):
     with open(tmp_path / "out" / "manifest.csv", newline="", encoding="utf-8") as f:
         names = {os.path.basename(r["location"]) for r in csv.DictReader(f)}
     assert {"with space.png", "ünïcødé.png", "-leading-dash.png", "comma,in,name.png"} <= names
+
+
+def test_reader_batches_are_bounded_by_files_and_bytes():
+    """Forked readers pass each file's bytes back: a batch holds at most `files` files and `max_bytes` of
+    them (a larger file alone), and the batches are the items in order, none lost or repeated. 300
+    generated listings, sizes from empty files to ones larger than a batch."""
+    import random
+
+    from components.ingest.sources import Item
+    from components.ingest.step import batched
+    from components.lib.storage import Entry
+
+    rng = random.Random(11)
+    for case in range(300):
+        files, max_bytes = rng.randint(1, 70), rng.randint(1, 5000)
+        sizes = [rng.choice([0, rng.randint(1, 200), rng.randint(1, 2 * max_bytes)]) for _ in range(rng.randint(0, 400))]
+        items = [Item(Entry(f"{k}.png", f"/x/{k}.png", size), f"/x/{k}.png", "a", "") for k, size in enumerate(sizes)]
+        out = list(batched(items, files, max_bytes))
+        assert [i for b in out for i in b] == items, case
+        for b in out:
+            assert 1 <= len(b) <= files, case
+            assert len(b) == 1 or sum(i.entry.size for i in b) <= max_bytes, case
+        # greedy: a batch ends only when the next file would break a bound
+        for b, nxt in zip(out, out[1:]):
+            assert len(b) == files or sum(i.entry.size for i in b) + nxt[0].entry.size > max_bytes, case

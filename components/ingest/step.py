@@ -244,8 +244,6 @@ def _remote(items: list[Item]) -> bool:
 
 
 REMOTE_READERS = 16
-PROCESS_BATCH = 64
-"""Files per round trip to a forked reader."""
 
 
 def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: IngestOptions) -> tuple[_Checked, float]:
@@ -287,35 +285,77 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
 
 @contextlib.contextmanager
 def _checker(items: list[Item], opts: IngestOptions):
-    """Every item's (row, reason, detail), in order, at most two windows of files in flight (memory holds
-    a window's bytes, never the dataset's).
+    """Every item's (row, reason, detail), in order, with at most two windows of files in flight.
 
     Local files go to forked reader processes: a file's check is about 0.6 ms of mostly Python (PIL,
     hashing, the calls into TensorFlow), so threads hold the GIL by turns and 2 checked the embedded
     sample no faster than 1 (3.0 s). The readers never touch TensorFlow (forking is safe whatever this
-    process has run); this process runs the served-decoder check of each file they pass back, while they
-    read the next ones. Files in a bucket or behind a URL go to threads, which overlap the network waits.
+    process has run); this process's threads run the served-decoder check of each batch they pass back,
+    while they read the next ones. Files in a bucket or behind a URL go to threads, which overlap the
+    network waits.
     """
     fork = opts.workers > 1 and not _remote(items) and "fork" in multiprocessing.get_all_start_methods()
     if not fork:
         with ThreadPoolExecutor(max_workers=opts.workers) as pool:
             check = functools.partial(_check, max_pixels=opts.max_pixels, animated=opts.animated)
-            yield _windows(items, max(64, opts.workers * 8), lambda chunk: pool.map(check, chunk))
+            window = max(64, opts.workers * 8)
+            yield _pipelined((items[i:i + window] for i in range(0, len(items), window)),
+                             lambda chunk: pool.map(check, chunk))
         return
     inspect = functools.partial(_inspect_many, max_pixels=opts.max_pixels, animated=opts.animated)
-    with ProcessPoolExecutor(max_workers=opts.workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        def submit(chunk: list[Item]):
-            futures = [pool.submit(inspect, chunk[i:i + PROCESS_BATCH]) for i in range(0, len(chunk), PROCESS_BATCH)]
-            return (_served_check(*found) for future in futures for found in future.result())
+    with ProcessPoolExecutor(max_workers=opts.workers, mp_context=multiprocessing.get_context("fork")) as readers, \
+            ThreadPoolExecutor(max_workers=opts.workers) as deciders:
+        def start(window: list[list[Item]]):
+            decided = [deciders.submit(_served_checks, readers.submit(inspect, batch)) for batch in window]
+            return (checked for future in decided for checked in future.result())
 
-        yield _windows(items, PROCESS_BATCH * opts.workers * 4, submit)
+        batches = batched(items, PROCESS_BATCH, PROCESS_BATCH_BYTES)
+        yield _pipelined(_groups(batches, 2 * opts.workers), start)
 
 
-def _windows(items: list[Item], window: int, start):
-    """`start(chunk)` for each window of `items`, the next window started before this one is read."""
+PROCESS_BATCH = 64
+PROCESS_BATCH_BYTES = 16 * 2 ** 20
+"""A forked reader's batch: at most this many files, and of bytes (unless one file is larger). Its
+bytes come back for the served-decoder check, so with two windows of 2 x workers batches in flight,
+memory holds at most 4 x workers x 16 MiB of files."""
+
+
+def batched(items: list[Item], files: int, max_bytes: int):
+    """Consecutive runs of `items`: at most `files` each, and at most `max_bytes` by their listed sizes
+    unless a single file is larger."""
+    batch, size = [], 0
+    for item in items:
+        if batch and (len(batch) == files or size + item.entry.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item.entry.size
+    if batch:
+        yield batch
+
+
+def _groups(iterable, n: int):
+    group = []
+    for x in iterable:
+        group.append(x)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _served_checks(batch) -> list[tuple]:
+    """The served-decoder check of a reader's batch, on one of `workers` threads: TensorFlow decodes
+    outside the GIL, and a 1024 px JPEG's full decode (about 5 ms) is most of such a file's check."""
+    return [_served_check(*found) for found in batch.result()]
+
+
+def _pipelined(chunks, start):
+    """`start(chunk)` for each chunk, the next one started before this one's results are read."""
     pending = None
-    for begin in range(0, len(items), window):
-        started = start(items[begin:begin + window])
+    for chunk in chunks:
+        started = start(chunk)
         if pending is not None:
             yield from pending
         pending = started
