@@ -246,13 +246,19 @@ def make_session(dataset_dir: str, meta: RecordsMetadata, opts: TrainOptions, hw
                     backup, resume, state, extra)
 
 
-def build_model(run: _Session, weights, tmp: str):
-    """A new model (optionally warm-started from an earlier one's weights), compiled for phase 1."""
+def network(run: _Session, weights):
+    """The network the options describe, under the current dtype policy."""
     from components.train import models
 
     o = run.opts
-    net = models.build(o.architecture, run.meta.input.shape, len(run.meta.classes), weights=weights, width=o.width,
-                       depth=o.depth, dropout=o.dropout, augment=o.augment, seed=o.seed)
+    return models.build(o.architecture, run.meta.input.shape, len(run.meta.classes), weights=weights, width=o.width,
+                        depth=o.depth, dropout=o.dropout, augment=o.augment, seed=o.seed)
+
+
+def build_model(run: _Session, weights, tmp: str):
+    """A new model (optionally warm-started from an earlier one's weights), compiled for phase 1."""
+    o = run.opts
+    net = network(run, weights)
     if o.warm_start_from:
         print(f"train: warm start from {o.warm_start_from}: {warm_start_from(net, o.warm_start_from, tmp)} layers "
               "copied", flush=True)
@@ -378,16 +384,12 @@ def float32_model(run: _Session):
     takes the same variables."""
     import keras
 
-    from components.train import models
-
     if run.hw.precision == "float32":
         return run.net
-    o = run.opts
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        twin = models.build(o.architecture, run.meta.input.shape, len(run.meta.classes), weights=None,
-                            width=o.width, depth=o.depth, dropout=o.dropout, augment=o.augment, seed=o.seed)
+        twin = network(run, None)
     finally:
         keras.config.set_dtype_policy(previous)
     ours, theirs = run.net.weights, twin.weights
