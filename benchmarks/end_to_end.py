@@ -12,8 +12,8 @@ measures it: ours on its test split (10 %, held out from training and model sele
 their 20 % validation subset (also their `validation_data`).
 
 Workloads (`--workloads`): the embedded sample (5,000 PNGs, 28 px grey, 15 epochs, batch 64), 2,000 JPEGs
-of 400 px at 160 px RGB (5 epochs, batch 32), all 70,000 Fashion-MNIST images (28 px grey, 15 epochs,
-batch 128). The goals are issue 17's. Writes <out>/end_to_end.{json,md}.
+of 400 px at 160 px RGB (5 epochs, batch 32), all 70,000 Fashion-MNIST images (28 px grey, 11 epochs,
+batch 128; ours at learning rate 0.003). The goals are issue 17's. Writes <out>/end_to_end.{json,md}.
 """
 from __future__ import annotations
 
@@ -46,14 +46,26 @@ class Workload:
     batch_size: int
     goal: float
     """Issue 17's goal for ours / notebook wall time."""
+    rounds: int = 2
+    """Interleaved rounds when `--repeats` is not given (a 70,000-image round takes about 20 minutes)."""
+    min_accuracy: float | None = None
+    max_seconds: float | None = None
+    """Issue 17's goals for ours alone: test accuracy at least this, wall time under this."""
+    ours_flags: tuple[str, ...] = ()
+    """Ours only: options the notebooks do not have, which change no work done (the same epochs of the same
+    images at the same batch on both sides)."""
 
 
-# Batch 128 on the 70,000 images: the README's 70,000-image figure (0.917 after 15 epochs) was trained at
-# 128; it was not compared with 64 there. The same batch runs on both sides.
+# The 70,000 images: the run issue 17's other 70,000-image goal (at least 0.92 test accuracy, the whole
+# pipeline under 5 minutes) is measured with, so one round shows both: 11 epochs at batch 128, ours with
+# Adam at 0.003 (at batch 128 the default 0.001 reached 0.9096 validation accuracy in 10 epochs, 0.003
+# reached 0.9206; batch 64 at 0.001 reached 0.9200 but trains 1.25x slower). The same epochs and batch
+# run on both sides; the notebooks keep the tutorials' Adam defaults.
 WORKLOADS = {
     "sample": Workload("embedded sample, 5,000 PNGs 28 px grey", 28, "grayscale", 15, 64, 1.3),
     "photos": Workload("2,000 JPEGs of 400 px at 160 px RGB", 160, "rgb", 5, 32, 1.0),
-    "fashion70k": Workload("all 70,000 Fashion-MNIST images, 28 px grey", 28, "grayscale", 15, 128, 1.0),
+    "fashion70k": Workload("all 70,000 Fashion-MNIST images, 28 px grey", 28, "grayscale", 11, 128, 1.0, 1,
+                           0.92, 300.0, ("--learning-rate", "0.003")),
 }
 QUICK = {
     "sample": Workload("300 PNGs of the sample's kind, 28 px grey", 28, "grayscale", 2, 64, 1.3),
@@ -79,7 +91,7 @@ def command(contender: str, source: Path, w: Workload, work: Path) -> list[str]:
               "--batch-size", str(w.batch_size)]
     if contender == "ours":
         return [*harness.imgclf(), "run", "--data", str(source), *common, "--patience", str(w.epochs), "--quiet",
-                "--pipeline-root", str(work)]
+                *w.ours_flags, "--pipeline-root", str(work)]
     return [sys.executable, "-m", f"benchmarks.{contender}", "--data", str(source), *common, "--out", str(work)]
 
 
@@ -126,14 +138,27 @@ def run_workload(name: str, w: Workload, source: Path, repeats: int, tmp: Path) 
             "goal_ratio": w.goal, "runs": runs, "median_wall_seconds": median, "ratios": ratios,
             "meets_goal": {nb: ratio <= w.goal for nb, ratio in ratios.items()},
             "median_accuracy": {c: round(statistics.median(x["accuracy"] for x in rs), 4) for c, rs in by.items()},
-            "ours_median_step_seconds": ours_steps}
+            "ours_median_step_seconds": ours_steps, "rounds": repeats, **own_goals(w, by["ours"])}
+
+
+def own_goals(w: Workload, ours: list[dict]) -> dict:
+    """Ours against the workload's absolute goals (median accuracy, median wall time), where it has any."""
+    acc = statistics.median(x["accuracy"] for x in ours)
+    wall = statistics.median(x["wall_seconds"] for x in ours)
+    goals = {}
+    if w.min_accuracy is not None:
+        goals["accuracy_goal"] = {"goal": w.min_accuracy, "measured": round(acc, 4), "met": acc >= w.min_accuracy}
+    if w.max_seconds is not None:
+        goals["seconds_goal"] = {"goal": w.max_seconds, "measured": round(wall, 1), "met": wall < w.max_seconds}
+    return goals
 
 
 def table(result: dict) -> str:
     rows = ["| workload | contender | wall time (median) | each run | accuracy | ours / this | goal |",
             "|---|---|---:|---|---:|---:|---|"]
     for name, wl in result["workloads"].items():
-        head = f"{name}: {wl['label']}, {wl['epochs']} epoch{'s' * (wl['epochs'] != 1)}, batch {wl['batch_size']}"
+        head = (f"{name}: {wl['label']}, {wl['epochs']} epoch{'s' * (wl['epochs'] != 1)}, batch {wl['batch_size']}, "
+                f"{wl['rounds']} round{'s' * (wl['rounds'] != 1)}")
         for c, label in CONTENDERS.items():
             each = ", ".join(f"{x['wall_seconds']}" for x in wl["runs"] if x["contender"] == c)
             where = "test split" if c == "ours" else "validation subset"
@@ -145,24 +170,30 @@ def table(result: dict) -> str:
     steps = [f"- {name}, imgclf run's steps (median): " + ", ".join(f"{s} {sec} s" for s, sec in
                                                                      wl["ours_median_step_seconds"].items())
              for name, wl in result["workloads"].items()]
-    return "\n".join(rows + [""] + steps)
+    own = [f"- {name}, imgclf run alone: " + "; ".join(
+        f"{what} {g['measured']}{unit} (goal {sign} {g['goal']}{unit}: {'met' if g['met'] else 'not met'})"
+        for key, what, sign, unit in (("accuracy_goal", "test accuracy", "≥", ""),
+                                      ("seconds_goal", "wall time", "<", " s")) if (g := wl.get(key)))
+           for name, wl in result["workloads"].items() if "accuracy_goal" in wl or "seconds_goal" in wl]
+    return "\n".join(rows + [""] + steps + own)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = harness.parse_args(__doc__, argv, **{
-        "--workloads": {"default": "sample,photos", "help": f"comma-separated, of {','.join(WORKLOADS)} "
-                                                            "(default sample,photos)"},
-        "--repeats": {"type": int, "help": "interleaved rounds per workload (default 2; 1 with --quick)"}})
+        "--workloads": {"default": ",".join(WORKLOADS), "help": f"comma-separated, of {','.join(WORKLOADS)} "
+                                                               "(default all)"},
+        "--repeats": {"type": int, "help": "interleaved rounds per workload (default: 2, and 1 for fashion70k; "
+                                           "1 with --quick)"}})
     names = [n for n in args.workloads.split(",") if n]
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
         raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    repeats = args.repeats or (1 if args.quick else 2)
-    result = {"machine": harness.machine(), "repeats": repeats, "contenders": CONTENDERS, "workloads": {}}
+    result = {"machine": harness.machine(), "repeats": args.repeats, "contenders": CONTENDERS, "workloads": {}}
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         tmp = Path(tmp)
         for name in names:
             w = (QUICK if args.quick else WORKLOADS)[name]
+            repeats = args.repeats or (1 if args.quick else w.rounds)
             source = build_source(name, tmp / f"{name}-images", args.quick)
             mb = datasets.warm_page_cache(source) / 2**20
             print(f"end_to_end: {name}: {w.label} ({mb:.1f} MB), {w.epochs} epochs, batch {w.batch_size}, "
@@ -172,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: ours / {nb} = {ratio}x (goal ≤ {w.goal}x)", flush=True)
     harness.save("end_to_end", args.out, result, table(result),
                  f"End to end: imgclf run vs notebook scripts, whole processes timed from outside, "
-                 f"{repeats} interleaved round(s), median wall time", args.quick)
+                 "interleaved rounds, median wall time", args.quick)
     return 0
 
 

@@ -96,8 +96,9 @@ def test_notebook_scripts_train_evaluate_and_save_a_model_that_loads(tmp_path, s
 def test_end_to_end_pairs_imgclf_run_with_both_notebook_scripts(tmp_path):
     proc = _run(["-m", "benchmarks.end_to_end", "--quick", "--workloads", "sample", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "end_to_end.json").read_text())
-    assert result["quick"] is True and result["repeats"] == 1 and list(result["workloads"]) == ["sample"]
+    assert result["quick"] is True and list(result["workloads"]) == ["sample"]
     wl = result["workloads"]["sample"]
+    assert wl["rounds"] == 1 and "accuracy_goal" not in wl and "seconds_goal" not in wl
     assert wl["images"] == 300 and wl["image_size"] == 28 and wl["goal_ratio"] == 1.3
     assert [r["contender"] for r in wl["runs"]] == ["ours", "notebook_idg", "notebook_idfd"]
     for r in wl["runs"]:
@@ -112,6 +113,21 @@ def test_end_to_end_pairs_imgclf_run_with_both_notebook_scripts(tmp_path):
     assert table.count("\n| ") == 4  # header + 3 contenders
     assert table.count("| ≤ 1.3x: ") == 2
     assert "QUICK MODE" in proc.stdout
+
+
+@pytest.mark.parametrize("accuracies,walls", [([0.93], [299.9]), ([0.9199], [300.0]), ([0.91, 0.92, 0.95], [250, 400, 290]),
+                                               ([0.5, 0.99, 0.6], [301, 10, 302])])
+def test_end_to_end_judges_ours_alone_by_the_median_against_the_workloads_own_goals(accuracies, walls):
+    import statistics
+
+    from benchmarks.end_to_end import WORKLOADS, own_goals
+
+    w = WORKLOADS["fashion70k"]
+    got = own_goals(w, [{"accuracy": a, "wall_seconds": s} for a, s in zip(accuracies, walls)])
+    acc, wall = statistics.median(accuracies), statistics.median(walls)
+    assert got["accuracy_goal"] == {"goal": 0.92, "measured": round(acc, 4), "met": acc >= 0.92}
+    assert got["seconds_goal"] == {"goal": 300.0, "measured": round(wall, 1), "met": wall < 300}
+    assert own_goals(WORKLOADS["sample"], [{"accuracy": 0.9, "wall_seconds": 1.0}]) == {}
 
 
 def test_end_to_end_refuses_an_unknown_workload_before_any_work(tmp_path):

@@ -16,13 +16,42 @@ def test_baseline_shapes_and_float32_output():
 
 
 def test_augmentation_is_inactive_at_inference():
-    m = models.build("baseline", (28, 28, 1), 3, width=8, depth=2)
-    x = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1)).astype("float32")
+    m = models.build("baseline", (28, 28, 1), 3, width=8, depth=2, seed=4)
+    x = np.random.default_rng(0).integers(0, 255, (16, 28, 28, 1)).astype("float32")
     a = np.asarray(m(x, training=False))
     np.testing.assert_array_equal(a, np.asarray(m(x, training=False)))
     aug = m.get_layer("augmentation")
     assert not np.array_equal(np.asarray(aug(x, training=True)), x)
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+
+
+def test_baseline_flips_only_and_pads_only_its_first_block():
+    """The baseline's augmentation is an exact flip or the identity per image (no resampling), and
+    only its first convolution keeps the size."""
+    m = models.build("baseline", (28, 28, 1), 3, seed=2)
+    x = np.random.default_rng(2).integers(0, 255, (16, 28, 28, 1)).astype("float32")
+    y = np.asarray(m.get_layer("augmentation")(x, training=True))
+    flipped = [np.allclose(y[i], x[i, :, ::-1], atol=1e-3) for i in range(16)]
+    same = [np.allclose(y[i], x[i], atol=1e-3) for i in range(16)]
+    assert all(f or s for f, s in zip(flipped, same)) and 0 < sum(flipped) < 16
+    convs = [layer for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.padding for c in convs] == ["same", "valid", "valid"]
+    assert [tuple(c.output.shape[1:3]) for c in convs] == [(28, 28), (12, 12), (4, 4)]
+
+
+@pytest.mark.parametrize("depth", range(1, 7))
+def test_smallest_accepted_image_builds_and_one_less_is_refused(depth):
+    """The size check and the network agree at the boundary, for every depth."""
+    import re
+
+    with pytest.raises(ValueError, match="too small") as refused:
+        models.build("baseline", (2, 2, 1), 2, width=2, depth=depth) if depth > 1 else \
+            models.build("baseline", (1, 1, 1), 2, width=2, depth=depth)
+    need = int(re.search(r"at least (\d+) pixels", str(refused.value)).group(1))
+    m = models.build("baseline", (need, need, 1), 2, width=2, depth=depth, augment=False)
+    assert tuple(m(np.zeros((1, need, need, 1), "float32")).shape) == (1, 2)
+    with pytest.raises(ValueError, match=f"at least {need} pixels"):
+        models.build("baseline", (need - 1, need - 1, 1), 2, width=2, depth=depth)
 
 
 def test_unknown_model_and_too_small_image():
@@ -44,7 +73,7 @@ def test_one_pass_augmentation_flips_exactly_and_round_trips(tmp_path):
     assert all(f or s for f, s in zip(flipped, same)) and 0 < sum(flipped) < 16
     moved = np.asarray(models.RandomFlipRotateZoom("", 0.05, 0.1, seed=3)(x, training=True))
     assert moved.shape == x.shape and not np.allclose(moved, x)
-    net = models.build("baseline", (24, 24, 3), 2, width=4, depth=1)
+    net = keras.Sequential([keras.Input((24, 24, 3)), models.augmentation(seed=3)])
     net.save(tmp_path / "m.keras")
-    layer = keras.saving.load_model(tmp_path / "m.keras").get_layer("augmentation").layers[0]
+    layer = keras.saving.load_model(tmp_path / "m.keras").layers[0].layers[0]
     assert isinstance(layer, models.RandomFlipRotateZoom) and (layer.rotation, layer.zoom) == (0.02, 0.05)

@@ -50,7 +50,8 @@ class TrainOptions(Seeded):
     width: int = option(32, "baseline CNN: filters of the first block (doubling per block)", min=1, max=4096)
     depth: int = option(3, "baseline CNN: conv/max-pool/dropout blocks", min=1, max=12)
     dropout: float = option(0.3, "dropout before the classification head", min=0, max=0.95)
-    augment: bool = option(True, "random flip, rotation and zoom inside the model (training only)")
+    augment: bool = option(True, "random horizontal flip inside the model, training only (transfer families "
+                                   "also rotate by up to 7 degrees and zoom by up to 5 %)")
     cache_features: str = option("auto", "head phase on bottleneck features computed once per split: auto (when "
                                          "the backbone is frozen and augment is off), on (also with augment: the "
                                          "head then sees unaugmented images), off", choices=CACHE_FEATURES)
