@@ -84,7 +84,7 @@ test-fast: install ## the inner loop: every test not marked slow (no whole-pipel
 docs: install ## regenerate the README's generated tables (parameters, per-task resources) from their declarations
 	$(BIN)/python -m pipelines.docs
 
-bench: install system-packages ## CPU benchmarks: end to end and input vs the notebook scripts (ImageDataGenerator, image_dataset_from_directory), ingest and predict speed vs issue 17's goals, training, steps; tables in build/bench (~45 min)
+bench: install system-packages ## CPU benchmarks: end to end and input vs the notebook scripts (ImageDataGenerator, image_dataset_from_directory), ingest and predict speed vs issue 17's goals, training, steps; tables in build/bench (~65 min)
 	$(BIN)/python -m benchmarks.end_to_end $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.input_throughput $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.training_throughput $(BENCH_ARGS)
