@@ -104,7 +104,7 @@ def test_quiet_cached_reruns_reuse_unchanged_tasks_and_rerun_after_a_data_change
     from tests.conftest import TWO
 
     data = make_folder(tmp_path / "data", TWO, 20)
-    argv = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "16", "--color-mode",
+    argv = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "20", "--color-mode",
             "grayscale", "--epochs", "1", "--batch-size", "16", "--pipeline-root", str(tmp_path / "runs"),
             "--quiet", "--cache"]
 
