@@ -27,14 +27,14 @@ the embedded sample 0.816 against 0.810: from scratch, a small network at small 
 from the sharp images than it gains from resampled ones. Transfer families keep all three."""
 
 
-def _unpadded_sizes(size: int, depth: int) -> list[int]:
-    """Each block's convolution output size: the first keeps the size, later ones lose 2 pixels."""
-    sizes = []
-    for i in range(depth):
-        size = size if i == 0 else size - 2
-        sizes.append(size)
-        size //= 2
-    return sizes
+def smallest_image(depth: int) -> int:
+    """The smallest side the baseline takes at this depth. Worked back from the last block, whose
+    convolution must leave 2 pixels to pool: each later block's unpadded 3x3 convolution takes 2
+    pixels, and the block before it must pool to what is left (twice as many before pooling)."""
+    need = 2
+    for _ in range(depth - 1):
+        need = 2 * (need + 2)
+    return need
 
 
 def baseline(input_shape: tuple[int, int, int], num_classes: int, width: int = 32, depth: int = 3,
@@ -49,8 +49,7 @@ def baseline(input_shape: tuple[int, int, int], num_classes: int, width: int = 3
     """
     if depth < 1 or width < 1:
         raise ValueError(f"baseline needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
-    if min(_unpadded_sizes(min(input_shape[:2]), depth)) < 2:
-        need = next(s for s in range(2, 1 << 20) if min(_unpadded_sizes(s, depth)) >= 2)
+    if min(input_shape[:2]) < (need := smallest_image(depth)):
         raise ValueError(f"image_size {input_shape[0]} is too small for depth {depth} (each block halves it, "
                          f"the later ones after an unpadded 3x3 convolution; need at least {need} pixels)")
     inputs = keras.Input(shape=input_shape, name="pixels")
