@@ -16,6 +16,7 @@ held lock.
 The zygote runs one task at a time: the iterations of a ParallelFor (shard tasks, sweep trials), which
 kfp.local dispatches from several threads, wait their turn, where plain subprocesses would share the
 cores (on our 2-core machine one shard task was faster than two; `IMGCLF_PRELOAD=0` restores them).
+Each task is told so (`IMGCLF_TASKS_IN_SERIES=1`), and preprocess's plan then asks for one shard task.
 
 A task falls back to a plain subprocess when its command is not a lightweight Python component's, or
 when its environment changes a variable that the preloaded libraries read at import time (a task set
@@ -225,6 +226,9 @@ def preloaded_tasks():
         return
     from kfp.local import subprocess_task_handler
 
+    # Every task the zygote runs is told that tasks run one at a time (preprocess then plans one shard task).
+    from components.preprocess.shards import IN_SERIES_ENV
+
     original = subprocess_task_handler.run_local_subprocess
     zygote, _started = _started or Zygote(), None
 
@@ -232,7 +236,7 @@ def preloaded_tasks():
         split, env = split_command(full_command), {**os.environ, **(env_vars or {})}
         if split is None or not zygote.serves(env):
             return original(full_command=full_command, env_vars=env_vars)
-        return zygote.run(*split, env)
+        return zygote.run(*split, {**env, IN_SERIES_ENV: "1"})
 
     subprocess_task_handler.run_local_subprocess = run_local_subprocess
     try:

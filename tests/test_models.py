@@ -60,6 +60,28 @@ def test_unknown_model_and_too_small_image():
         models.build("baseline", (8, 8, 1), 2, depth=4)
 
 
+@pytest.mark.parametrize("case", range(12))
+def test_a_flip_alone_gives_the_pixels_the_resampling_gives(case):
+    """Generated batches (shapes, flip modes, seeds): without rotation and zoom the layer takes its
+    short path, and that equals the affine resampling of the same draws, pixel for pixel."""
+    import keras
+
+    rng = np.random.default_rng(case)
+    flip = ("horizontal", "vertical", "horizontal_and_vertical", "")[case % 4]
+    n, h, w, c = int(rng.integers(1, 20)), int(rng.integers(1, 40)), int(rng.integers(1, 40)), int(rng.choice([1, 3]))
+    x = rng.integers(0, 256, (n, h, w, c)).astype("float32")
+    fx = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype("float32") if "horizontal" in flip else np.ones(n, "float32")
+    fy = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype("float32") if "vertical" in flip else np.ones(n, "float32")
+    layer = models.RandomFlipRotateZoom(flip, 0.0, 0.0, seed=case)
+    zero, one = keras.ops.zeros((n,)), keras.ops.ones((n,))
+    short = np.asarray(layer.flipped(x, fx, fy))
+    np.testing.assert_array_equal(short, np.asarray(layer.resampled(x, zero, one, fx, fy)))
+    expect = np.stack([x[i, ::int(fy[i]), ::int(fx[i])] for i in range(n)])
+    np.testing.assert_array_equal(short, expect)
+    a = np.asarray(models.RandomFlipRotateZoom(flip, 0.0, 0.0, seed=case)(x, training=True))
+    assert all(any(np.array_equal(a[i], x[i, ::sy, ::sx]) for sy in (1, -1) for sx in (1, -1)) for i in range(n))
+
+
 def test_one_pass_augmentation_flips_exactly_and_round_trips(tmp_path):
     """With rotation and zoom off, the single affine pass is an exact flip or the identity per image;
     with them on it moves pixels; the layer survives a .keras round trip."""

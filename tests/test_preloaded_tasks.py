@@ -24,7 +24,8 @@ def probe(tag: str, leave: str) -> str:
     storage._probe_left_by = leave          # a module global a later task must not see
     return json.dumps({"tag": tag, "pid": os.getpid(), "ppid": os.getppid(), "seen": seen,
                        "tf_before": "tensorflow" in sys.modules and tag != "imported-here",
-                       "env": os.environ.get("PROBE_VALUE", ""), "backend": os.environ.get("KERAS_BACKEND", "")})
+                       "env": os.environ.get("PROBE_VALUE", ""), "backend": os.environ.get("KERAS_BACKEND", ""),
+                       "in_series": os.environ.get("IMGCLF_TASKS_IN_SERIES", "")})
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -77,6 +78,7 @@ def test_tasks_are_separate_forks_of_one_preloaded_process(tmp_path):
     assert a["tf_before"] and b["tf_before"], "TensorFlow was imported before the task started"
     assert b["seen"] == "", "a module global set by the first task is not in the second"
     assert (a["env"], b["env"]) == ("", "set-on-b"), "each task sees its own environment variables"
+    assert a["in_series"] == b["in_series"] == "1", "a forked task is told that tasks run one at a time"
 
 
 def test_import_time_variables_get_a_fresh_process(tmp_path, monkeypatch):
@@ -85,6 +87,7 @@ def test_import_time_variables_get_a_fresh_process(tmp_path, monkeypatch):
     [t] = _tasks(tmp_path)
     assert t["backend"] == "jax"
     assert not t["tf_before"], "a KERAS_BACKEND change must not run on the TensorFlow-preloaded zygote"
+    assert t["in_series"] == "", "a plain subprocess may run beside others: it is not told otherwise"
 
 
 def test_preload_off(tmp_path, monkeypatch):
@@ -92,6 +95,7 @@ def test_preload_off(tmp_path, monkeypatch):
     run_pipeline(probes, {"first": "a", "second": "b"}, str(tmp_path))
     a, b = _tasks(tmp_path)
     assert not a["tf_before"] and not b["tf_before"]
+    assert a["in_series"] == b["in_series"] == ""
 
 
 @pytest.mark.parametrize("how, cause", [("raise", "ValueError: probe failed on purpose"), ("exit", "")])

@@ -70,6 +70,25 @@ def test_the_task_count_follows_the_image_count_and_is_capped():
     assert task_count(70_000, 35, 4) == 4 and task_count(100, 1, 4) == 1 and task_count(70_000, 3, 0) == 3
 
 
+@pytest.mark.parametrize("images, files, requested", [(1, 1, 0), (70_000, 35, 0), (10_000_000, 5000, 0),
+                                                      (70_000, 35, 4), (70_000, 3, 9), (100, 1, 4)])
+def test_tasks_in_series_get_one_shard_task_unless_asked_for_more(images, files, requested):
+    """Where tasks run one after another (imgclf run's preloaded tasks), the automatic count is one; a
+    count the user asked for is kept, within the files there are."""
+    assert task_count(images, files, requested, in_series=True) == (min(requested, files) if requested else 1)
+    assert task_count(images, files, requested, in_series=False) == task_count(images, files, requested)
+
+
+def test_the_plan_reads_the_in_series_variable(manifest, tmp_path, monkeypatch):
+    from components.preprocess import shards
+
+    monkeypatch.setattr(shards, "IMAGES_PER_TASK", 10)  # 60 images: 6 automatic tasks
+    assert plan(str(manifest), str(tmp_path / "a"), shard_tasks=0, **OPTS) == list(range(6))
+    monkeypatch.setenv(shards.IN_SERIES_ENV, "1")
+    assert plan(str(manifest), str(tmp_path / "b"), shard_tasks=0, **OPTS) == [0]
+    assert plan(str(manifest), str(tmp_path / "c"), shard_tasks=3, **OPTS) == [0, 1, 2]
+
+
 def test_a_shard_index_outside_the_plan_and_missing_parts_are_refused(manifest, tmp_path):
     plan(str(manifest), str(tmp_path / "plan"), shard_tasks=2, **OPTS)
     with pytest.raises(ValueError, match="shard 2: the plan has shard tasks 0 to 1"):

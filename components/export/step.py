@@ -30,6 +30,7 @@ from components.lib.options import takes
 CLI_SHOW = "assets.extra/saved_model_cli.txt"
 TFLITE_FILE = "assets.extra/model.tflite"
 WARMUP_IMAGES = 3
+PARSE_BATCH = 512
 
 
 class ServingMismatch(RuntimeError):
@@ -135,12 +136,15 @@ def _warmup_images(shards: list[str]) -> list[bytes]:
     spec = {records.ENCODED: tf.io.FixedLenFeature([], tf.string)}
     picked: dict[bytes, bytes] = {}
     rest = []
-    for raw in tf.data.TFRecordDataset(shards).as_numpy_iterator():
-        data = tf.io.parse_single_example(raw, spec)[records.ENCODED].numpy()
-        if data[:4] not in picked:
-            picked[data[:4]] = data
-        elif len(rest) < WARMUP_IMAGES:
-            rest.append(data)
+    # Every test image is looked at (the last one may be the only GIF), parsed a batch per call: one
+    # eager parse per record took 5.0 s of export's 13.4 s on 7,000 test images.
+    batches = tf.data.TFRecordDataset(shards).batch(PARSE_BATCH).map(lambda raw: tf.io.parse_example(raw, spec))
+    for batch in batches.as_numpy_iterator():
+        for data in batch[records.ENCODED]:
+            if data[:4] not in picked:
+                picked[data[:4]] = data
+            elif len(rest) < WARMUP_IMAGES:
+                rest.append(data)
     return (list(picked.values()) + rest)[:WARMUP_IMAGES]
 
 

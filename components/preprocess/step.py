@@ -132,25 +132,29 @@ def hash_bits(rows: list[dict], idx: list[int]):
 def nearest(query, train):
     """(index of the nearest training hash, its Hamming distance) per query hash; ties go to the first.
 
-    Hamming distance as |a| + |b| - 2 a.b over the bits, one float32 matrix product per block (exact:
-    every term is a small integer). On all 70,000 Fashion-MNIST images (14,000 queries against 56,000
-    training hashes, 2 cores shared with a test run) this took 7.4 s, where XOR and popcount over every
-    pair took 20.8 s, with the same findings.
+    Hamming distance as |a| + |b| - 2 a.b over the bits. Per query |a| is a constant, so the nearest
+    is the smallest |b| - 2 a.b: one float32 matrix product per block with each training hash as
+    (-2 b, |b|) against the query as (a, 1), exact since every term is a small integer. On all 70,000
+    Fashion-MNIST images (14,000 queries against 56,000 training hashes) XOR and popcount over every
+    pair took 20.8 s; the product with |a| + |b| added as two more passes over each block 4.8 s, this
+    form 3.3 s (both under a profiler), with the same findings, byte for byte in the plan.
     """
     import numpy as np
 
-    q = query.astype(np.float32)
-    q_ones = q.sum(1)
+    q = np.hstack([query.astype(np.float32), np.ones((len(query), 1), np.float32)])
+    q_ones = query.sum(1, dtype=np.int64)
     best = np.zeros(len(q), dtype=np.int64)
     dist = np.full(len(q), np.inf, dtype=np.float32)
+    rows = np.arange(len(q))
     for start in range(0, len(train), TRAIN_CHUNK):
-        t = train[start:start + TRAIN_CHUNK].astype(np.float32)
-        d = q_ones[:, None] + t.sum(1)[None, :] - 2.0 * (q @ t.T)
+        t = train[start:start + TRAIN_CHUNK]
+        t = np.hstack([-2.0 * t.astype(np.float32), t.sum(1, dtype=np.float32)[:, None]])
+        d = q @ t.T
         arg = d.argmin(1)
-        got = d[np.arange(len(q)), arg]
+        got = d[rows, arg]
         closer = got < dist  # strictly: an earlier block keeps a tie
         best[closer], dist[closer] = arg[closer] + start, got[closer]
-    return best, np.rint(dist).astype(np.int64)
+    return best, np.rint(dist).astype(np.int64) + q_ones
 
 
 def plan_splits(rows: list, opts: PreprocessOptions) -> tuple[dict[str, list[int]], list[dict]]:
