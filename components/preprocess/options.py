@@ -24,7 +24,8 @@ class PreprocessOptions(Seeded):
     drop_near_duplicates: bool = option(False, "leave validation/test near-duplicates of training images out "
                                                "(they are always reported)")
     shard_tasks: int = option(0, "preprocess tasks the TFRecord shards are spread over (each writes whole files); "
-                            "0: automatic, one per 10,000 images up to 32", min=0, max=MAX_SHARDS)
+                            "0: automatic, one per 10,000 images up to 32 (one under imgclf run, whose tasks "
+                            "take turns)", min=0, max=MAX_SHARDS)
     images_per_shard: int = option(2048, "images per TFRecord shard", min=1, pipeline=False)
     workers: int = option(4, "threads reading and decoding images", min=1, max=256, pipeline=False)
 
