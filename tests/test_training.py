@@ -298,6 +298,9 @@ def test_throughput_is_measured_per_epoch(records, tmp_path):
     assert len(hist["images_per_second"]) == len(hist["epoch_seconds"]) == len(hist["input_wait_share"]) == 3
     assert all(0.0 <= s <= 1.0 for s in hist["input_wait_share"])
     assert r.images_per_second > 0 and 0.0 <= r.input_wait_share <= 1.0
+    # Time in no epoch: never negative, and with the epochs never more than the whole fit.
+    assert len(hist["seconds_before_epoch"]) == 3 and min(hist["seconds_before_epoch"]) >= 0
+    assert sum(hist["seconds_before_epoch"]) + sum(hist["epoch_seconds"]) <= r.seconds + 0.01
     # 420 images per epoch: the rate and the epoch time agree.
     assert hist["images_per_second"][1] * hist["epoch_seconds"][1] >= 420 * 0.9
     assert list((tmp_path / "m" / "tensorboard").rglob("events.out.tfevents.*"))

@@ -213,11 +213,12 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
             ("Learning curves", reports.img(reports.fig_to_data_uri(
                 reports.learning_curves(run.history, result.best_epoch)), "learning curves")),
             ("Summary", reports.table(None, [[k, v] for k, v in asdict(result).items()]))]))
-    # Time in fit but in no epoch (between epochs, before the first, after the last): some pipelines spent
-    # tens of seconds there and the step alone never did; shown on every run so the next one is caught.
-    outside = result.seconds - sum(run.history.get("epoch_seconds", []))
-    print(f"train: {result.epochs_run} epochs in {result.seconds:.1f}s ({max(0.0, outside):.1f}s of it outside "
-          f"the epochs); steady {result.images_per_second:.0f} "
+    # Time in fit but in no epoch: some pipelines spent tens of seconds there and the step alone never did;
+    # shown on every run, split into before or between epochs and after the last, so the next one is placed.
+    before = sum(run.history.get("seconds_before_epoch", []))
+    after = result.seconds - sum(run.history.get("epoch_seconds", [])) - before
+    print(f"train: {result.epochs_run} epochs in {result.seconds:.1f}s (outside the epochs: {max(0.0, before):.1f}s "
+          f"before or between them, {max(0.0, after):.1f}s after the last); steady {result.images_per_second:.0f} "
           f"images/s (first epoch {result.first_epoch_images_per_second:.0f}), input wait "
           f"{result.input_wait_share:.1%} of step time; best epoch {result.best_epoch}: "
           f"val_accuracy {result.best_val_accuracy:.4f}", flush=True)

@@ -38,7 +38,8 @@ class InputStamps:
 
 
 class Throughput(keras.callbacks.Callback):
-    """Adds `images_per_second`, `epoch_seconds` and `input_wait_share` to each epoch's logs."""
+    """Adds `images_per_second`, `epoch_seconds`, `input_wait_share` and `seconds_before_epoch` (since
+    the previous epoch's end, or since `fit` began: time in no epoch) to each epoch's logs."""
 
     def __init__(self, stamps: InputStamps, images_per_epoch: int):
         super().__init__()
@@ -48,9 +49,11 @@ class Throughput(keras.callbacks.Callback):
         # A new fit() gets a new iterator: batches the last one prefetched but never used are not ours.
         self.stamps.ready.clear()
         self.traced = False
+        self.previous_end = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
+        self.before = self.epoch_start - self.previous_end
         self.first_step = self.last_step_end = None
         self.waited = 0.0
 
@@ -75,8 +78,10 @@ class Throughput(keras.callbacks.Callback):
         train_seconds = self.last_step_end - self.epoch_start
         self.waited += self.first_step - self.epoch_start
         logs["images_per_second"] = self.images / train_seconds
-        logs["epoch_seconds"] = time.perf_counter() - self.epoch_start
+        self.previous_end = time.perf_counter()
+        logs["epoch_seconds"] = self.previous_end - self.epoch_start
         logs["input_wait_share"] = min(1.0, self.waited / train_seconds)
+        logs["seconds_before_epoch"] = self.before
 
 
 def summary(history: dict[str, list[float]]) -> dict[str, float]:
