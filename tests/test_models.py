@@ -83,7 +83,7 @@ def test_a_flip_alone_gives_the_pixels_the_resampling_gives(case):
 
 
 def test_one_pass_augmentation_flips_exactly_and_round_trips(tmp_path):
-    """With rotation and zoom off, the single affine pass is an exact flip or the identity per image;
+    """With rotation and zoom off, the layer gives an exact flip or the identity per image;
     with them on it moves pixels; the layer survives a .keras round trip."""
     import keras
 
