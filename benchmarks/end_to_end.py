@@ -98,13 +98,14 @@ def command(contender: str, source: Path, w: Workload, work: Path) -> list[str]:
 
 def read_ours(stdout: str, work: Path) -> dict:
     """Test accuracy and step times from the summary `imgclf run` prints; epochs trained from train.json."""
-    from components.contracts import TrainedModel
+    from components.contracts import TrainedModel, load_history
 
     acc = re.search(r"^test accuracy : ([0-9.]+)$", stdout, re.M)
     if not acc:
         raise RuntimeError(f"no 'test accuracy' line in imgclf run's summary:\n{stdout[-2000:]}")
     steps = dict(re.findall(r"^  (\S+) +([0-9.]+) s$", stdout.split("\nstep times:\n")[-1], re.M))
     (model_dir,) = [p.parent for p in work.glob("*/train/model/train.json")]
+    history = load_history(str(model_dir))
     # The train task's own account of time in fit but in no epoch (README, Performance): kept per run so a
     # slow round can be told apart from slow epochs.
     outside = re.search(r"^\s*train: \d+ epochs in ([0-9.]+)s \(outside the epochs: ([0-9.]+)s before or between "
@@ -113,7 +114,8 @@ def read_ours(stdout: str, work: Path) -> dict:
             "step_seconds": {k: float(v) for k, v in steps.items()},
             "fit_seconds": float(outside.group(1)) if outside else None,
             "fit_outside_epochs_seconds": round(float(outside.group(2)) + float(outside.group(3)), 1)
-            if outside else None}
+            if outside else None,
+            "seconds_before_each_epoch": [round(s, 2) for s in history.get("seconds_before_epoch", [])]}
 
 
 def read_notebook(stdout: str) -> dict:
@@ -208,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             repeats = args.repeats or (1 if args.quick else w.rounds)
             source = build_source(name, tmp / f"{name}-images", args.quick)
             mb = datasets.warm_page_cache(source) / 2**20
+            imports = harness.warm_imports()
             print(f"end_to_end: {name}: {w.label} ({mb:.1f} MB), {w.epochs} epochs, batch {w.batch_size}, "
-                  f"{repeats} interleaved round(s)", flush=True)
-            result["workloads"][name] = run_workload(name, w, source, repeats, tmp)
+                  f"{repeats} interleaved round(s); imports warmed in {imports:.1f} s", flush=True)
+            result["workloads"][name] = {**run_workload(name, w, source, repeats, tmp),
+                                         "imports_warmed_seconds": round(imports, 1)}
             for nb, ratio in result["workloads"][name]["ratios"].items():
                 print(f"  {name}: ours / {nb} = {ratio}x (goal ≤ {w.goal}x)", flush=True)
     harness.save("end_to_end", args.out, result, table(result),

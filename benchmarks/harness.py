@@ -56,6 +56,26 @@ def imgclf() -> list[str]:
     return [str(cli)] if cli.exists() else [sys.executable, "-m", "pipelines.cli"]
 
 
+# What the contenders import first: our zygote's list, the notebook scripts' model module and our CLI.
+WARM_IMPORTS = ("pipelines.preloaded_tasks", "benchmarks.notebook_model", "pipelines.cli")
+
+
+def warm_imports() -> float:
+    """Import what the contenders import, in a throwaway process, and return its seconds. This machine
+    drops file pages no process has mapped or touched for about a minute (README, Performance), so
+    otherwise whichever contender runs first after a pause alone reads TensorFlow from disk (an
+    `imgclf run` whose first task took 14.2 s against 4.7 s a round later); as `warm_page_cache` does for
+    the images."""
+    from pipelines.preloaded_tasks import PRELOAD
+
+    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)" % ((*PRELOAD, *WARM_IMPORTS),)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"warming the contenders' imports failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
 def timed_process(argv: list[str], log: Path) -> tuple[float, float, str]:
     """Wall and CPU seconds (the process and every child it waited for) of one whole process, and its
     stdout; raises with the log's tail if it fails."""

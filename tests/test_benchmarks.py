@@ -99,6 +99,7 @@ def test_end_to_end_pairs_imgclf_run_with_both_notebook_scripts(tmp_path):
     assert result["quick"] is True and list(result["workloads"]) == ["sample"]
     wl = result["workloads"]["sample"]
     assert wl["rounds"] == 1 and "accuracy_goal" not in wl and "seconds_goal" not in wl
+    assert wl["imports_warmed_seconds"] > 0  # what the contenders import, read once before the first of them
     assert wl["images"] == 300 and wl["image_size"] == 28 and wl["goal_ratio"] == 1.3
     assert [r["contender"] for r in wl["runs"]] == ["ours", "notebook_idg", "notebook_idfd"]
     for r in wl["runs"]:
@@ -106,12 +107,17 @@ def test_end_to_end_pairs_imgclf_run_with_both_notebook_scripts(tmp_path):
         assert r["epochs"] == wl["epochs"] == 2 and 0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0
     ours = wl["runs"][0]
     assert {"ingest", "train", "evaluate", "export"} <= set(ours["step_seconds"])
+    # The train task's own split of its fit time was read from its line, and shown per run.
+    assert 0 < ours["fit_seconds"] < ours["step_seconds"]["train"]
+    assert 0 <= ours["fit_outside_epochs_seconds"] <= ours["fit_seconds"]
+    assert len(ours["seconds_before_each_epoch"]) == 2 and sum(ours["seconds_before_each_epoch"]) <= ours["fit_seconds"]
     for nb in ("notebook_idg", "notebook_idfd"):
         assert wl["ratios"][nb] == round(wl["median_wall_seconds"]["ours"] / wl["median_wall_seconds"][nb], 2)
         assert wl["meets_goal"][nb] == (wl["ratios"][nb] <= 1.3)
     table = (tmp_path / "end_to_end.md").read_text()
     assert table.count("\n| ") == 4  # header + 3 contenders
     assert table.count("| ≤ 1.3x: ") == 2
+    assert f"`fit` (each run): {ours['fit_seconds']} s, {ours['fit_outside_epochs_seconds']} s of it outside" in table
     assert "QUICK MODE" in proc.stdout
 
 

@@ -369,3 +369,80 @@ def test_backups_are_spaced_and_the_best_weights_survive_them(tmp_path, monkeypa
         again.load_best(other)
         for got, want in zip(other.get_weights(), weights):
             np.testing.assert_array_equal(got, want)
+
+
+def test_train_input_runs_without_the_autotuning_thread(records):
+    """Deleting an iterator with autotuning joins its model thread, which may be asleep for up to 60 s
+    (seen as 9-59 s after the last epoch of pipeline runs): every input the train step fits on is built
+    with autotuning off, and still delivers one-hot batches."""
+    from components.lib import records as rec
+    from components.train.step import _input
+    from components.train.throughput import InputStamps
+
+    meta = RecordsMetadata.load(str(records))
+    for split, stamps, repeat in (("train", InputStamps(), True), ("validation", None, False)):
+        ds = _input(rec.make_dataset(str(records), meta, split, 16, shuffle=repeat, prefetch=False, repeat=repeat),
+                    10, stamps)
+        assert ds.options().autotune.enabled is False
+        x, y = next(iter(ds))
+        assert x.shape[1:] == (32, 32, 1) and y.shape[1:] == (10,)
+        np.testing.assert_array_equal(np.asarray(y).sum(1), 1.0)
+
+
+GAP_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import keras, numpy as np
+    from components.train import throughput
+
+    class Pause(keras.callbacks.Callback):  # runs after Throughput: its time is in no epoch
+        def __init__(self, seconds):
+            super().__init__(); self.seconds = seconds
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(self.seconds)
+
+    x, y = np.zeros((32, 4), "float32"), keras.utils.to_categorical(np.arange(32) % 2, 2)
+    for case in sys.argv[1:]:
+        watch, gap = case.split(":")
+        os.environ[throughput.WATCH_ENV] = watch
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        net.compile("adam", "categorical_crossentropy")
+        print(f"=== case {case}", file=sys.stderr, flush=True)
+        try:
+            net.fit(x, y, epochs=2, batch_size=16, verbose=0,
+                    callbacks=[throughput.Throughput(throughput.InputStamps(), 32), Pause(float(gap))])
+        finally:
+            throughput.end_gap()
+        time.sleep(float(watch) + 0.5)  # a watch left armed would fire here
+    print("=== end", file=sys.stderr, flush=True)
+""")
+
+
+@pytest.mark.parametrize("cases", [["0.3:1.2", "2.5:0", "0:1.2"], ["4:0.1", "0.2:0.8", "1.5:0"]])
+def test_a_long_gap_in_fit_dumps_every_threads_stack_and_nothing_else_does(cases):
+    """Generated watches and gaps in one process: a gap longer than the watch dumps the stacks once per gap
+    (naming the line that waits), shorter gaps, a watch of 0 and the time after fit returns dump nothing."""
+    proc = subprocess.run([sys.executable, "-c", GAP_SCRIPT, *cases], cwd=REPO, env=QUIET, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = proc.stderr.split("=== case ")[1:]
+    assert len(parts) == len(cases) and parts[-1].rstrip().endswith("=== end")
+    for case, text in zip(cases, parts):
+        watch, gap = map(float, case.split(":"))
+        dumps = text.count("Timeout (")
+        # Two epochs, so two gaps (between them and after the last), each dumped at most once.
+        assert dumps == (2 if 0 < watch < gap else 0), (case, text[-2000:])
+        if dumps:
+            assert "in on_epoch_end" in text and "in fit" in text
+
+
+def test_a_bad_fit_watch_is_refused_before_any_work(records, tmp_path, monkeypatch):
+    from components.train import throughput
+
+    for bad in ("ten", "5s", "1e"):
+        monkeypatch.setenv(throughput.WATCH_ENV, bad)
+        with pytest.raises(ValueError, match=throughput.WATCH_ENV):
+            train(str(records), str(tmp_path / "m"), epochs=1, batch_size=32, width=8, depth=2)
+        assert not (tmp_path / "m").exists()
+    for good, expected in (("0", 0.0), ("-1", 0.0), ("2.5", 2.5), ("", 10.0)):
+        monkeypatch.setenv(throughput.WATCH_ENV, good)
+        assert throughput.watch_seconds() == expected

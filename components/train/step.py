@@ -169,8 +169,9 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     """
     import keras
 
-    from components.train import accelerate, checkpoint, features, models
+    from components.train import accelerate, checkpoint, features, models, throughput
 
+    throughput.watch_seconds()  # a bad IMGCLF_FIT_WATCH_SECONDS is refused before any work
     meta = RecordsMetadata.load(dataset_dir)
     keras.utils.set_random_seed(opts.seed)
     tmp = tempfile.mkdtemp(prefix="imgclf-train-")
@@ -292,8 +293,12 @@ def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resume
     callbacks = [_finite_loss_guard(), throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver,
                  *run.extra_callbacks]
     # shuffle=False: the tf.data pipeline already reshuffles every epoch.
-    run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
-                steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2, shuffle=False)
+    try:
+        run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
+                    steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2,
+                    shuffle=False)
+    finally:
+        throughput.end_gap()
     run.state["best"] = saver.best
 
 
@@ -434,7 +439,13 @@ def _input(ds, num_classes: int, stamps=None):
     ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     if stamps is not None:
         ds = stamps.attach(ds)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # No autotuning model: its thread sleeps out an optimization period that doubles up to 60 s, and
+    # deleting the iterator at the end of fit waits for it with the GIL held (py-spy: RootDataset::Iterator's
+    # destructor joining that thread), which cost pipeline runs 9-59 s after their last epoch. AUTOTUNE
+    # then means one parallel call per core and prefetch's own buffer sizing; the input wait stays ~0.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _extra_callbacks(tb_local: Path, tensorboard_uri: str, lr_schedule: str, monitor: str, patience: int) -> list:

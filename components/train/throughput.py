@@ -8,7 +8,10 @@ after the step began. The shares are of the epoch's training time (validation ex
 from __future__ import annotations
 
 import collections
+import faulthandler
+import os
 import statistics
+import sys
 import time
 
 import keras
@@ -37,6 +40,27 @@ class InputStamps:
         return ds.map(mark)
 
 
+# Seconds in fit but in no epoch after which every thread's stack is written to stderr, once per gap
+# (0: never). It is how the 9-59 s some pipeline runs spent after their last epoch were placed (in the
+# input iterator's destructor; see `step._input`). faulthandler's own thread writes the dump, so a main
+# thread holding the GIL in native code is still caught.
+WATCH_ENV = "IMGCLF_FIT_WATCH_SECONDS"
+
+
+def watch_seconds() -> float:
+    """The gap watch from the environment, refused before any training if it is not a number."""
+    text = os.environ.get(WATCH_ENV) or "10"
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"{WATCH_ENV} must be a number of seconds (0: off), not {text!r}") from None
+    return seconds if seconds > 0 and sys.__stderr__ is not None else 0.0
+
+
+def end_gap() -> None:
+    faulthandler.cancel_dump_traceback_later()
+
+
 class Throughput(keras.callbacks.Callback):
     """Adds `images_per_second`, `epoch_seconds`, `input_wait_share` and `seconds_before_epoch` (since
     the previous epoch's end, or since `fit` began: time in no epoch) to each epoch's logs."""
@@ -44,6 +68,7 @@ class Throughput(keras.callbacks.Callback):
     def __init__(self, stamps: InputStamps, images_per_epoch: int):
         super().__init__()
         self.stamps, self.images = stamps, images_per_epoch
+        self.watch = watch_seconds()
 
     def on_train_begin(self, logs=None):
         # A new fit() gets a new iterator: batches the last one prefetched but never used are not ours.
@@ -52,6 +77,7 @@ class Throughput(keras.callbacks.Callback):
         self.previous_end = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
+        end_gap()
         self.epoch_start = time.perf_counter()
         self.before = self.epoch_start - self.previous_end
         self.first_step = self.last_step_end = None
@@ -82,6 +108,8 @@ class Throughput(keras.callbacks.Callback):
         logs["epoch_seconds"] = self.previous_end - self.epoch_start
         logs["input_wait_share"] = min(1.0, self.waited / train_seconds)
         logs["seconds_before_epoch"] = self.before
+        if self.watch:  # cancelled when the next epoch begins or fit returns
+            faulthandler.dump_traceback_later(self.watch, repeat=False, file=sys.__stderr__)
 
 
 def summary(history: dict[str, list[float]]) -> dict[str, float]:
