@@ -78,7 +78,7 @@ system-packages: ## install the Debian packages the tests need (dataset-fashion-
 test: install system-packages ## run the whole test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: install ## the inner loop: every test not marked slow (no whole-pipeline, container or long training runs)
+test-fast: install system-packages ## the inner loop: every test not marked slow (no whole-pipeline, container or long training runs)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 docs: install ## regenerate the README's generated tables (parameters, per-task resources) from their declarations

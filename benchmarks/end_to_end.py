@@ -105,16 +105,13 @@ def read_ours(stdout: str, work: Path) -> dict:
         raise RuntimeError(f"no 'test accuracy' line in imgclf run's summary:\n{stdout[-2000:]}")
     steps = dict(re.findall(r"^  (\S+) +([0-9.]+) s$", stdout.split("\nstep times:\n")[-1], re.M))
     (model_dir,) = [p.parent for p in work.glob("*/train/model/train.json")]
-    history = load_history(str(model_dir))
-    # The train task's own account of time in fit but in no epoch (README, Performance): kept per run so a
-    # slow round can be told apart from slow epochs.
-    outside = re.search(r"^\s*train: \d+ epochs in ([0-9.]+)s \(outside the epochs: ([0-9.]+)s before or between "
-                        r"them, ([0-9.]+)s after the last\)", stdout, re.M)
-    return {"accuracy": float(acc.group(1)), "epochs": TrainedModel.load(str(model_dir)).result["epochs_run"],
+    result, history = TrainedModel.load(str(model_dir)).result, load_history(str(model_dir))
+    # Time in fit but in no epoch, from the train step's own record (README, Performance): kept per run so
+    # a slow round can be told apart from slow epochs.
+    return {"accuracy": float(acc.group(1)), "epochs": result["epochs_run"],
             "step_seconds": {k: float(v) for k, v in steps.items()},
-            "fit_seconds": float(outside.group(1)) if outside else None,
-            "fit_outside_epochs_seconds": round(float(outside.group(2)) + float(outside.group(3)), 1)
-            if outside else None,
+            "fit_seconds": round(result["seconds"], 1),
+            "fit_outside_epochs_seconds": round(max(0.0, result["seconds"] - sum(history["epoch_seconds"])), 1),
             "seconds_before_each_epoch": [round(s, 2) for s in history.get("seconds_before_epoch", [])]}
 
 
