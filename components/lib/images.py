@@ -174,25 +174,30 @@ def tf_exif_orientation(image_bytes):
     """
     import tensorflow as tf
 
-    head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 65536), tf.uint8)
-    head = tf.cast(head, tf.int32)
-    exif = _find(head, [0x45, 0x78, 0x69, 0x66, 0, 0])  # "Exif\0\0"
-    is_jpeg = tf.logical_and(tf.size(head) > 4, tf.reduce_all(tf.equal(head[:2], [0xFF, 0xD8])))
+    # Only a JPEG's first bytes are scanned: for other formats the whole EXIF search would be ~20 graph
+    # ops per image for nothing (preprocess decodes every image through this graph).
+    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 2), b"\xff\xd8")
 
-    def orientation():
-        start = exif[0]
-        seg_end = tf.minimum(start - 2 + head[start - 2] * 256 + head[start - 1], tf.size(head))
-        best = tf.constant(1)
-        for pattern, value_at in (([0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00], 9),
-                                  ([0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00], 8)):
-            pos = _find(head, pattern)
-            pos = tf.boolean_mask(pos, (pos > start) & (pos + value_at < seg_end))
-            found = tf.cond(tf.size(pos) > 0, lambda p=pos, v=value_at: head[p[0] + v], lambda: tf.constant(0))
-            best = tf.where(tf.logical_and(found >= 1, found <= 8), found, best)
-        return best
+    def from_exif():
+        head = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 65536), tf.uint8), tf.int32)
+        exif = _find(head, [0x45, 0x78, 0x69, 0x66, 0, 0])  # "Exif\0\0"
 
-    usable = tf.logical_and(is_jpeg, tf.logical_and(tf.size(exif) > 0, tf.reduce_min(tf.concat([exif, [3]], 0)) >= 2))
-    return tf.cond(usable, orientation, lambda: tf.constant(1))
+        def orientation():
+            start = exif[0]
+            seg_end = tf.minimum(start - 2 + head[start - 2] * 256 + head[start - 1], tf.size(head))
+            best = tf.constant(1)
+            for pattern, value_at in (([0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00], 9),
+                                      ([0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00], 8)):
+                pos = _find(head, pattern)
+                pos = tf.boolean_mask(pos, (pos > start) & (pos + value_at < seg_end))
+                found = tf.cond(tf.size(pos) > 0, lambda p=pos, v=value_at: head[p[0] + v], lambda: tf.constant(0))
+                best = tf.where(tf.logical_and(found >= 1, found <= 8), found, best)
+            return best
+
+        usable = tf.logical_and(tf.size(exif) > 0, tf.reduce_min(tf.concat([exif, [3]], 0)) >= 2)
+        return tf.cond(usable, orientation, lambda: tf.constant(1))
+
+    return tf.cond(is_jpeg, from_exif, lambda: tf.constant(1))
 
 
 def tf_decode_resize(image_bytes, image_size: int, channels: int):
@@ -222,15 +227,17 @@ def tf_decode_resize(image_bytes, image_size: int, channels: int):
         lambda: over_white(img[..., :3], img[..., 3:4]),
     ])
     img = tf.ensure_shape(img, [None, None, 3])
+    # EXIF orientations 1-8 as flips and transposes (tf.image.rot90's own ops for 90, 180 and 270 degrees,
+    # without the 4-way case it wraps them in, which made up a third of this graph).
     img = tf.switch_case(tf_exif_orientation(image_bytes) - 1, [
         lambda: img,
         lambda: tf.reverse(img, [1]),
-        lambda: tf.image.rot90(img, 2),
+        lambda: tf.reverse(img, [0, 1]),                          # rot90 k=2
         lambda: tf.reverse(img, [0]),
         lambda: tf.transpose(img, [1, 0, 2]),
-        lambda: tf.image.rot90(img, 3),
-        lambda: tf.image.rot90(tf.transpose(img, [1, 0, 2]), 2),
-        lambda: tf.image.rot90(img, 1),
+        lambda: tf.reverse(tf.transpose(img, [1, 0, 2]), [1]),    # rot90 k=3
+        lambda: tf.reverse(tf.transpose(img, [1, 0, 2]), [0, 1]),  # transpose, then rot90 k=2
+        lambda: tf.transpose(tf.reverse(img, [1]), [1, 0, 2]),    # rot90 k=1
     ])
     if channels == 1:
         img = tf.image.rgb_to_grayscale(img)
