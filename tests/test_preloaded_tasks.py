@@ -20,10 +20,14 @@ def probe(tag: str, leave: str) -> str:
 
     import components.lib.storage as storage
 
+    jax_before = "jax" in sys.modules
+    import jax  # held back from the preload, importable in a task as in a fresh process
+
     seen = getattr(storage, "_probe_left_by", "")
     storage._probe_left_by = leave          # a module global a later task must not see
     return json.dumps({"tag": tag, "pid": os.getpid(), "ppid": os.getppid(), "seen": seen,
                        "tf_before": "tensorflow" in sys.modules and tag != "imported-here",
+                       "jax_before": jax_before, "jax_imported": callable(getattr(jax, "jit", None)),
                        "env": os.environ.get("PROBE_VALUE", ""), "backend": os.environ.get("KERAS_BACKEND", ""),
                        "in_series": os.environ.get("IMGCLF_TASKS_IN_SERIES", "")})
 
@@ -76,6 +80,7 @@ def test_tasks_are_separate_forks_of_one_preloaded_process(tmp_path):
     assert a["pid"] != b["pid"] != os.getpid() and a["pid"] != os.getpid()
     assert a["ppid"] == b["ppid"] != os.getpid(), "both tasks are children of the zygote, not of the caller"
     assert a["tf_before"] and b["tf_before"], "TensorFlow was imported before the task started"
+    assert not a["jax_before"] and a["jax_imported"], "jax is held back from the preload, and still importable"
     assert b["seen"] == "", "a module global set by the first task is not in the second"
     assert (a["env"], b["env"]) == ("", "set-on-b"), "each task sees its own environment variables"
     assert a["in_series"] == b["in_series"] == "1", "a forked task is told that tasks run one at a time"
