@@ -260,3 +260,55 @@ def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypa
         assert {"name": "IMGCLF_S3_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"} in ex["container"]["env"]
     assert main(["compile", "--allow-local-image", "-o", str(tmp_path / "plain.yaml"), "--s3-secret", "my-minio"]) == 0
     assert "secretName: my-minio" in (tmp_path / "plain.yaml").read_text()
+
+
+def _os_walk_listing(root: str) -> list[tuple]:
+    """What a local listing must be, written with os.walk: each folder's symlinked subfolders (reported,
+    not followed), then its files sorted (a symlink leaving the folder, or broken, reported), then its
+    subfolders in sorted order."""
+    from pathlib import Path
+
+    base, real, found = Path(root), Path(root).resolve(), []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        here = Path(dirpath)
+        for d in dirnames:
+            if (here / d).is_symlink():
+                found.append(((here / d).relative_to(base).as_posix(), str(here / d), 0, "symlinked folder not followed"))
+        for name in sorted(filenames):
+            p = here / name
+            if p.is_symlink() and (not p.resolve().is_relative_to(real) or not p.resolve().is_file()):
+                found.append((p.relative_to(base).as_posix(), str(p), 0, "symlink pointing outside the source folder"))
+                continue
+            found.append((p.relative_to(base).as_posix(), str(p), p.stat().st_size, ""))
+    return found
+
+
+def test_local_listing_matches_os_walk_on_generated_trees(tmp_path):
+    import random
+    from dataclasses import astuple
+
+    rng, outside = random.Random(17), tmp_path / "outside.png"
+    outside.write_bytes(b"o")
+    listed = 0
+    for case in range(60):
+        root = tmp_path / f"tree{case}"
+        root.mkdir()
+        folders, files = [root], []
+        for _ in range(rng.randint(0, 6)):
+            d = rng.choice(folders) / rng.choice(["a", "B", "c d", "é", "z", "_x"])
+            d.mkdir(exist_ok=True)
+            folders.append(d)
+        for i in range(rng.randint(0, 15)):
+            f = rng.choice(folders) / f"{rng.choice(['f', 'G', '.h', 'ü'])}{i}.png"
+            f.write_bytes(b"x" * rng.randint(0, 50))
+            files.append(f)
+        for i in range(rng.randint(0, 4)):
+            kind, link = rng.choice(["in", "out", "broken", "folder"]), rng.choice(folders) / f"link{i}"
+            target = {"in": rng.choice(files) if files else outside, "out": outside, "broken": root / "gone",
+                      "folder": rng.choice(folders)}[kind]
+            os.symlink(target, link)
+        got = [astuple(e) for e in storage.walk_files(str(root))]
+        assert got == _os_walk_listing(str(root)), case
+        listed += len(got)
+    assert listed > 300

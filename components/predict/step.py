@@ -93,7 +93,8 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
                 ThreadPoolExecutor(max_workers=8) as pool:
             tmp_out = Path(tmp) / f"predictions.{fmt or 'jsonl'}"
             with open(tmp_out, "w", newline="", encoding="utf-8") as f:
-                writer = _writer(f, fmt, classes)
+                # Without --output there is nothing to write: the rows are only counted (or kept).
+                writer = _writer(f, fmt, classes) if output else (lambda row: None)
                 chunks = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
                 reading = [pool.submit(lambda e: _read(e, max_pixels), e) for e in chunks[0]]
                 for n, chunk in enumerate(chunks):
