@@ -107,7 +107,7 @@ def test_end_to_end_pairs_imgclf_run_with_both_notebook_scripts(tmp_path):
         assert r["epochs"] == wl["epochs"] == 2 and 0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0
     ours = wl["runs"][0]
     assert {"ingest", "train", "evaluate", "export"} <= set(ours["step_seconds"])
-    # The train task's own split of its fit time was read from its line, and shown per run.
+    # The train task's own split of its fit time, read from its train.json and history.json, shown per run.
     assert 0 < ours["fit_seconds"] < ours["step_seconds"]["train"]
     assert 0 <= ours["fit_outside_epochs_seconds"] <= ours["fit_seconds"]
     assert len(ours["seconds_before_each_epoch"]) == 2 and sum(ours["seconds_before_each_epoch"]) <= ours["fit_seconds"]
