@@ -81,6 +81,37 @@ def test_undecodable_files_anywhere_in_any_batch_are_named_and_the_rest_answered
                 and not row["file"].rsplit("/", 1)[1].startswith("bad")} == alone
 
 
+def test_a_bucket_and_a_local_folder_in_one_run_give_each_file_its_own_answer(exported, tmp_path, bucket):
+    """Local batches are read by one task and a store's files by a task each; batches that hold both
+    kinds, broken files among them, must still answer every file as it is answered alone, in order."""
+    from components.lib import storage
+
+    tmp, classes, _, _, _ = exported
+    s3, gs = bucket
+    good = sorted(p for c in classes for p in (tmp / "src" / c).iterdir())[:24]
+    alone = predict(str(tmp / "saved_model"), [str(p) for p in good], keep_rows=True, batch_size=64).rows
+    local = tmp_path / "here"
+    local.mkdir()
+    for p in good[:12]:
+        shutil.copy(p, local / p.name)
+    (local / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    remote = storage.join(s3, "incoming")
+    for p in good[12:]:
+        storage.put_file(str(p), storage.join(remote, p.name))
+    storage.write_text(storage.join(remote, "zz-bad.jpg"), "garbage")
+    expected = {p.name: row["class"] for p, row in zip(good, alone)}
+    listed = [e.uri.rsplit("/", 1)[1] for root in (str(local), remote) for e in storage.walk_files(root)]
+    assert len(listed) == 26
+    for batch_size in (1, 5, 13, 64):
+        r = predict(str(tmp / "saved_model"), [str(local), remote], keep_rows=True, batch_size=batch_size)
+        names = [row["file"].rsplit("/", 1)[1] for row in r.rows]
+        assert names == listed, batch_size  # the order the inputs list them in, remote last
+        got = {n: row.get("class") for n, row in zip(names, r.rows) if "error" not in row}
+        errors = {n for n, row in zip(names, r.rows) if "error" in row}
+        assert got == expected and errors == {"bad.png", "zz-bad.jpg"}, batch_size
+        assert r.rows[-1]["file"] == storage.join(remote, "zz-bad.jpg")
+
+
 def test_cli_prints_a_table_and_exits_nonzero_when_nothing_could_be_read(exported, tmp_path, capsys):
     tmp, classes, _, _, _ = exported
     img = sorted((tmp / "src" / classes[1]).iterdir())[0]
