@@ -112,6 +112,74 @@ def test_a_bucket_and_a_local_folder_in_one_run_give_each_file_its_own_answer(ex
         assert r.rows[-1]["file"] == storage.join(remote, "zz-bad.jpg")
 
 
+@pytest.mark.slow  # retries and back-off against a real server that went away
+@pytest.mark.parametrize("after", [2, 9])
+def test_a_store_outage_mid_predict_ends_it_naming_the_uri_and_writes_nothing(exported, tmp_path, bucket, stores,
+                                                                             monkeypatch, after):
+    """Two batches are in flight at once: a store failure in either still ends the run, never becomes
+    a row per file, and leaves no predictions file."""
+    from components.lib import storage
+    from tests import stores as st
+
+    tmp, classes, _, _, _ = exported
+    s3, _ = bucket
+    good = sorted(p for c in classes for p in (tmp / "src" / c).iterdir())[:30]
+    for p in good:
+        storage.put_file(str(p), storage.join(s3, "in", p.name))
+    monkeypatch.setenv("IMGCLF_STORAGE_RETRIES", "2")
+    proxy = st.OutageProxy(stores["s3"].port, requests=after)
+    monkeypatch.setenv("IMGCLF_S3_ENDPOINT_URL", proxy.url)
+    storage.reset()
+    out = tmp_path / "p.csv"
+    try:
+        with pytest.raises(storage.StorageError, match=rf"{s3}/in.*failed"):
+            predict(str(tmp / "saved_model"), [f"{s3}/in"], output=str(out), batch_size=4)
+    finally:
+        proxy.stop()
+        storage.reset()
+    assert not out.exists()
+
+
+def test_batches_in_flight_are_handed_out_in_order_and_never_more_at_once():
+    """Generated cases: work items that finish in random order, some raising; the results come back
+    in the items' order, at most IN_FLIGHT run at once, and the first failure in order is raised."""
+    import random
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.predict import step
+
+    rng = random.Random(3)
+    for case in range(40):
+        n = rng.randint(0, 12)
+        delays = [rng.random() * 0.004 for _ in range(n)]
+        fail_at = rng.choice([None, None, rng.randrange(n)] if n else [None])
+        running, peak, lock = [0], [0], threading.Lock()
+
+        def work(i):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(delays[i])
+            with lock:
+                running[0] -= 1
+            if i == fail_at:
+                raise OSError(f"item {i}")
+            return i * i
+
+        got = []
+        with ThreadPoolExecutor(max_workers=step.IN_FLIGHT) as pool:
+            try:
+                for item, result in step._in_order(pool, work, list(range(n))):
+                    got.append((item, result))
+            except OSError as e:
+                assert fail_at is not None and str(e) == f"item {fail_at}", case
+        stop = n if fail_at is None else fail_at
+        assert got == [(i, i * i) for i in range(stop)], case
+        assert peak[0] <= step.IN_FLIGHT, case
+
+
 def test_cli_prints_a_table_and_exits_nonzero_when_nothing_could_be_read(exported, tmp_path, capsys):
     tmp, classes, _, _, _ = exported
     img = sorted((tmp / "src" / classes[1]).iterdir())[0]
