@@ -1,5 +1,5 @@
 """`imgclf`: run the training pipeline locally, compile pipelines, predict with an exported model,
-run one step, or build Fashion-MNIST folders."""
+run one step, check or repair a model registry, or build Fashion-MNIST folders."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,50 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_registry_check(args: argparse.Namespace) -> int:
+    from components.lib import registry
+
+    if args.location and args.registry:
+        raise ValueError("give REGISTRY/NAME or --registry (with --model-name), not both")
+    if args.location:
+        reg, _, name = args.location.rstrip("/").rpartition("/")
+        if not reg or reg.endswith(":/") or not name:
+            raise ValueError(f"{args.location!r}: expected REGISTRY/NAME, e.g. s3://bucket/registry/imgclf")
+    elif args.registry:
+        reg, name = args.registry, args.model_name
+    else:
+        raise ValueError("which registry? give REGISTRY/NAME, or --registry R [--model-name N]")
+    result = registry.check(reg, name, repair=args.repair, set_champion=args.champion, grace_s=args.grace)
+    for line in result.lines():
+        print(line)
+    return 0 if result.clean else 1
+
+
+def _add_registry(sub) -> None:
+    reg = sub.add_parser("registry", help="check a model registry for what a killed publish left, and repair it")
+    rsub = reg.add_subparsers(dest="registry_command", required=True)
+    chk = rsub.add_parser(
+        "check", help="report (and with --repair fix) leftovers, an unmoved pointer, a stale models.config",
+        description="Check one model of a registry: staging and partly copied version folders a killed publish "
+                    "left, a complete version newer than the champion (its publish stopped before moving the "
+                    "pointer), a models.config that does not pin the champion, a damaged champion record. One "
+                    "line per finding; exit status 0 when clean (or all repaired), 1 otherwise. Without --repair "
+                    "nothing is changed.")
+    chk.add_argument("location", nargs="?", metavar="REGISTRY/NAME",
+                     help="the model's folder, e.g. s3://bucket/registry/imgclf (or --registry and --model-name)")
+    chk.add_argument("--registry", default="", help="the registry: local folder, gs:// or s3:// prefix")
+    chk.add_argument("--model-name", default="imgclf", help="the model's folder in the registry (default: imgclf)")
+    chk.add_argument("--repair", action="store_true",
+                     help="remove leftovers, make a complete newer version the champion, rewrite models.config")
+    chk.add_argument("--champion", type=int, metavar="N",
+                     help="with --repair: point a damaged or missing champion record at complete version N "
+                          "(never done without it)")
+    chk.add_argument("--grace", type=float, metavar="SECONDS",
+                     help="leftovers of a publish claimed less than this long ago may still be running and are "
+                          "left alone (default: IMGCLF_REGISTRY_GRACE_SECONDS, else 3600); 0 when nothing publishes")
+    chk.set_defaults(func=_cmd_registry_check)
+
+
 def _add_run(sub, given: dict) -> None:
     from components.lib.options import add_arguments
     from pipelines.declare import parameters
@@ -116,6 +160,7 @@ def build_parser(run_given: dict | None = None) -> argparse.ArgumentParser:
     remote_cli.add_parsers(sub)
     _add_predict(sub)
     add_deploy_parser(sub)
+    _add_registry(sub)
     step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
                           add_help=False)
     step.add_argument("rest", nargs=argparse.REMAINDER)

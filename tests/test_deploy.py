@@ -82,6 +82,8 @@ def test_generated_manifests_validate_against_the_kserve_crd(case, tmp_path, no_
     predictor = doc["spec"]["predictor"]
     assert doc["metadata"]["name"] == name
     assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+    # TF Serving ignores --model_base_path when a config file is given: the pod serves the pinned champion only.
+    assert predictor["model"]["args"] == ["--model_config_file=/mnt/models/models.config"]
     assert predictor["model"]["storageUri"] == uri.format(m="fashion").rstrip("/")
     wanted = {"cpu": extra.get("serving_cpu", "1"), "memory": extra.get("serving_memory", "2Gi")}
     assert predictor["model"]["resources"] == {"requests": wanted, "limits": wanted}
@@ -217,27 +219,46 @@ def _parse_config(path: str):
     return text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
 
 
-def test_tf_serving_config_and_docker_line_for_a_local_registry(reg, tmp_path, no_cluster):
+def _mounts(argv: list[str]) -> dict[str, str]:
+    return dict(argv[i + 1].rsplit(":", 2)[:2] for i, a in enumerate(argv) if a == "-v")
+
+
+def test_tf_serving_follows_the_registrys_pinned_config_for_the_champion(reg, tmp_path, no_cluster):
+    """Before: the champion was served with TF Serving's default policy (the highest folder), which on a
+    bucket can be a partly copied version or one that is not the champion."""
     done = deploy(str(tmp_path / "out"), deploy="tf-serving", registry=str(reg), model_name="fashion")
     config = _parse_config(done.files[0]).model_config_list.config
-    assert len(config) == 1 and config[0].name == "fashion" and config[0].base_path == "/models/fashion"
-    assert config[0].model_platform == "tensorflow" and not config[0].HasField("model_version_policy")
+    assert len(config) == 1 and config[0].name == "fashion" and config[0].base_path == "/mnt/models"
+    assert config[0].model_platform == "tensorflow" and list(config[0].model_version_policy.specific.versions) == [2]
     line = next(x for x in done.lines if x.startswith("docker run"))
     argv = shlex.split(line)
-    assert argv[-2:] == ["tensorflow/serving", "--model_config_file=/config/models.config"]
+    assert argv[-3:] == ["tensorflow/serving", "--model_config_file=/mnt/models/models.config",
+                         "--model_config_file_poll_wait_seconds=30"]
     assert ["-p", "8500:8500"] == argv[3:5] and ["-p", "8501:8501"] == argv[5:7]
-    mounts = dict(argv[i + 1].rsplit(":", 2)[:2] for i, a in enumerate(argv) if a == "-v")
-    assert mounts[done.files[0]] == "/config/models.config"
-    host = next(h for h, inside in mounts.items() if inside == "/models/fashion")
-    # What TF Serving needs at its base path: integer version folders, each a SavedModel.
-    assert sorted(p.name for p in Path(host).iterdir() if p.name.isdigit()) == ["1", "2"]
-    assert (Path(host) / "2" / "saved_model.pb").is_file()
-    assert "its highest version (now 2, the champion)" in done.summary()
+    mounts = _mounts(argv)
+    assert mounts == {str(reg / "fashion"): "/mnt/models"}
+    # What TF Serving reads at /mnt/models: the registry's own models.config (the one written to the output
+    # folder is a copy), pinning the champion, and the integer version folders it names.
+    host = Path(next(iter(mounts)))
+    assert (host / registry.SERVING_CONFIG).read_text() == Path(done.files[0]).read_text()
+    assert sorted(p.name for p in host.iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert (host / "2" / "saved_model.pb").is_file()
+    assert "version 2, the champion, as the registry's models.config pins it" in done.summary()
+    # The next publish re-pins the registry's config: a running server follows it within 30 s.
+    publish_versions(reg, "fashion", 1)
+    pinned = _parse_config(str(host / registry.SERVING_CONFIG)).model_config_list.config[0]
+    assert list(pinned.model_version_policy.specific.versions) == [3] and pinned.base_path == "/mnt/models"
 
-    pinned = deploy(str(tmp_path / "pinned"), deploy="tf-serving", registry=str(reg), model_name="fashion",
-                    model_version=1, service_name="shoes")
-    config = _parse_config(pinned.files[0]).model_config_list.config[0]
-    assert config.name == "shoes" and list(config.model_version_policy.specific.versions) == [1]
+    # A named version, or another served name: a config of its own pins it, next to the mounted folder.
+    for kw, version in (({"model_version": 1, "service_name": "shoes"}, 1), ({"service_name": "shoes"}, 3)):
+        pinned = deploy(str(tmp_path / f"pinned{version}"), deploy="tf-serving", registry=str(reg),
+                        model_name="fashion", **kw)
+        config = _parse_config(pinned.files[0]).model_config_list.config[0]
+        assert config.name == "shoes" and list(config.model_version_policy.specific.versions) == [version]
+        assert config.base_path == "/mnt/models"
+        argv = shlex.split(next(x for x in pinned.lines if x.startswith("docker run")))
+        assert _mounts(argv) == {pinned.files[0]: "/config/models.config", str(reg / "fashion"): "/mnt/models"}
+        assert argv[-1] == "--model_config_file=/config/models.config"
 
 
 def test_tf_serving_for_bucket_registries(tmp_path, bucket):
@@ -247,11 +268,62 @@ def test_tf_serving_for_bucket_registries(tmp_path, bucket):
     for root in (s3, gs):
         storage.upload_dir(str(local), f"{root}/reg")
     on_gs = deploy(str(tmp_path / "gs"), deploy="tf-serving", registry=f"{gs}/reg", model_name="fashion")
-    assert _parse_config(on_gs.files[0]).model_config_list.config[0].base_path == f"{gs}/reg/fashion"
+    config = _parse_config(on_gs.files[0]).model_config_list.config[0]
+    assert config.base_path == f"{gs}/reg/fashion" and list(config.model_version_policy.specific.versions) == [1]
     assert "-e GOOGLE_APPLICATION_CREDENTIALS" in on_gs.summary()
     on_s3 = deploy(str(tmp_path / "s3"), deploy="tf-serving", registry=f"{s3}/reg", model_name="fashion")
-    assert f"aws s3 sync {s3}/reg/fashion" in on_s3.summary()
-    assert _parse_config(on_s3.files[0]).model_config_list.config[0].base_path == "/models/fashion"
+    sync = next(x for x in on_s3.lines if x.startswith("aws s3 "))
+    # The config read first, the versions synced, the config moved into place last: what it pins is there.
+    assert sync.startswith(f"aws s3 cp {s3}/reg/fashion/models.config ")
+    assert f"aws s3 sync {s3}/reg/fashion " in sync and "--exclude models.config" in sync
+    assert sync.index("aws s3 cp") < sync.index("aws s3 sync") < sync.index("&& mv ")
+    assert _parse_config(on_s3.files[0]).model_config_list.config[0].base_path == "/mnt/models"
+    assert "--model_config_file=/mnt/models/models.config" in on_s3.summary()
+
+
+def test_deploy_refuses_a_registry_whose_config_does_not_pin_the_champion(reg, tmp_path, no_cluster, capsys):
+    config = reg / "fashion" / registry.SERVING_CONFIG
+    for damage in ("", registry.serving_config("fashion", 1), "model_config_list {}\n"):
+        config.write_text(damage)
+        for target, extra in (("tf-serving", []), ("kserve", ["--storage-uri", "gs://b/fashion"])):
+            assert main(["deploy", target, "--registry", str(reg), "--model-name", "fashion", "--output-dir",
+                         str(tmp_path / "o"), *extra]) == 1
+            err = capsys.readouterr().err
+            assert "not the champion 2; servers follow it: run 'imgclf registry check --repair" in err, err
+            assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    assert main(["registry", "check", "--repair", str(reg / "fashion")]) == 0
+    assert "rewritten to pin version 2" in capsys.readouterr().out
+    assert main(["deploy", "tf-serving", "--registry", str(reg), "--model-name", "fashion", "--output-dir",
+                 str(tmp_path / "o")]) == 0
+
+
+def test_kserve_serves_only_the_champion(reg, tmp_path, no_cluster):
+    with pytest.raises(DeployError, match="the champion .version 2.; version 1 cannot be deployed there"):
+        deploy(str(tmp_path / "o"), deploy="kserve", registry=str(reg), model_name="fashion", model_version=1,
+               storage_uri="gs://b/fashion")
+    done = deploy(str(tmp_path / "o"), deploy="kserve", registry=str(reg), model_name="fashion", model_version=2,
+                  storage_uri="gs://b/fashion")
+    assert "serves version 2 as the registry's models.config pins it, at /v1/models/fashion" in done.summary()
+
+
+DAMAGE = [b'{"version": 2', b"\xff\xfe\x00garbage", b"{}", b'{"version": "x"}', b'{"version": -1}',
+          b'{"version": 7}', b"null", b"[2]", b"", b'{"version": true}', b'{"version": 1.5}']
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_champion_record_is_named_by_deploy_with_the_repair(damage, reg, tmp_path, no_cluster, capsys):
+    (reg / "fashion" / registry.CHAMPION_FILE).write_bytes(damage)
+    for target, extra in (("tf-serving", []), ("kserve", ["--storage-uri", "gs://b/fashion"])):
+        assert main(["deploy", target, "--registry", str(reg), "--model-name", "fashion",
+                     "--output-dir", str(tmp_path / "o"), *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"imgclf: error: {reg}/fashion/champion.json: the champion record is damaged (")
+        assert "it is never overwritten automatically. The newest complete version is 2: run 'imgclf registry check " \
+               f"--repair --champion 2 {reg}/fashion'" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert (reg / "fashion" / registry.CHAMPION_FILE).read_bytes() == damage
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_run_without_registry_says_how_to_serve_its_saved_model(tmp_path):
@@ -322,6 +394,26 @@ def test_vertex_uploads_versions_of_one_model_and_splits_traffic(vertex_models, 
     assert f"{first['id']}: 70 %" in out and f"{second['id']}: 30 %" in out and f"{model_name}@2" in out
     creates = [r for r in vertex_models.requests if r["method"] == "POST" and r["path"].endswith("/endpoints")]
     assert len(creates) == 1                                      # the second deploy found the endpoint
+
+
+def test_vertex_refuses_a_version_that_is_not_complete_before_any_call(vertex_models, bucket, tmp_path, capsys):
+    from components.deploy import vertex
+
+    _, gs = bucket
+    local = tmp_path / "registry"
+    publish_versions(local, "fashion", 2)
+    storage.upload_dir(str(local), f"{gs}/reg")
+    storage.remove(f"{gs}/reg/fashion/1/assets.extra/keras/model.keras")  # a file its record lists is gone
+    base = ["deploy", "vertex", "--registry", f"{gs}/reg", "--model-name", "fashion", "--vertex-project", "proj",
+            "--vertex-api-endpoint", vertex_models.url, "--output-dir", str(tmp_path / "out")]
+    assert main([*base, "--model-version", "1"]) == 1
+    assert "fashion/1 is not a complete version (1 of its files missing (assets.extra/keras/model.keras))" \
+        in capsys.readouterr().err
+    opts = DeployOptions(registry=f"{gs}/reg", model_name="fashion", deploy="vertex", vertex_project="proj",
+                         vertex_api_endpoint=vertex_models.url)
+    with pytest.raises(DeployError, match="not a complete version .*Vertex AI would serve a broken model"):
+        vertex.deploy(opts, 1)
+    assert vertex_models.requests == []
 
 
 def test_vertex_refuses_registries_outside_cloud_storage_before_any_call(vertex_models, reg, tmp_path, capsys):

@@ -1,12 +1,21 @@
 """KServe: an InferenceService (serving.kserve.io/v1beta1) for the TensorFlow predictor, whose storageUri
 is the registry's model folder, already in TF Serving's version layout.
 
+Why the predictor reads the registry's models.config (`--model_config_file=/mnt/models/models.config`;
+TF Serving then ignores the runtime's --model_base_path): KServe's storage initializer downloads the
+whole model folder to /mnt/models, and TF Serving's default policy serves its highest integer folder.
+On a bucket that folder can be incomplete (a publish copying, or killed mid-copy) or complete but not
+the champion (killed before the pointer moved). The config pins the champion and is rewritten only after
+the pointer moved (components/lib/registry.py), so a pod that starts at any moment serves a complete
+champion. The served name is the registry's model name (the config names it): when the
+InferenceService has another name, clients call /v1/models/MODEL_NAME on its host.
+
 Why a version annotation on the predictor: the storageUri stays the same folder for every version, so
 without a change in the predictor's spec KServe would start no new revision and the canary split would
 have nothing to split. The annotation changes with each version: KServe rolls out a new revision whose
-pods download the folder at start and serve its highest version (the new one), while the previous
-revision's pods keep serving what they downloaded when they started. A previous-revision pod that
-restarts during the canary downloads the folder again and serves the new version too, so promote
+pods download the folder at start and serve the version its config pins (the new champion), while the
+previous revision's pods keep serving what they downloaded when they started. A previous-revision pod
+that restarts during the canary downloads the folder again and serves the new version too, so promote
 (`canary_percent=100`) or roll back promptly.
 
 No credentials go into the manifest: the predictor reads the bucket through its service account's
@@ -20,12 +29,13 @@ import os
 import yaml
 
 from components.deploy.options import DeployOptions, dns_label_problem
-from components.lib import storage
+from components.lib import registry, storage
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 STORAGE_SCHEMES = ("gs://", "s3://", "pvc://")
 MANIFEST = "inferenceservice.yaml"
 VERSION_ANNOTATION = "imgclf.io/model-version"
+CONFIG_ARG = f"--model_config_file={registry.SERVING_BASE_PATH}/{registry.SERVING_CONFIG}"
 
 
 class DeployError(ValueError):
@@ -54,6 +64,8 @@ def manifest(opts: DeployOptions, version: int, has_previous: bool) -> dict:
         "maxReplicas": opts.max_replicas,
         "annotations": {VERSION_ANNOTATION: str(version)},
         "model": {"modelFormat": {"name": "tensorflow"}, "storageUri": storage_uri(opts),
+                  # serve the version the registry's config pins, never the highest folder downloaded
+                  "args": [CONFIG_ARG],
                   "resources": {"requests": dict(resources), "limits": dict(resources)}},
     }
     # Always set (a merge patch keeps a field it does not name): the first version has no previous

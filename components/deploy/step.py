@@ -1,7 +1,9 @@
 """Deploy: serve a published registry version on KServe, Vertex AI or TF Serving on its own.
 
 Everything that can be refused (the name, the canary share, the storage URI's scheme, a version that
-was never published) is refused before a file is written or a call is made. The same function is the
+was never published or is not complete, a damaged champion record, a registry whose models.config does
+not pin the champion that servers are sent to follow) is refused before a file is written or a call is
+made. The same function is the
 pipeline's optional step after publish and `imgclf deploy`.
 """
 from __future__ import annotations
@@ -28,17 +30,33 @@ class Deployed:
         return "\n".join(self.lines)
 
 
-def published_version(opts: DeployOptions) -> tuple[int, bool]:
-    """(the version to deploy, whether an older complete version exists): the champion unless one is named."""
+def published_version(opts: DeployOptions) -> tuple[int, bool, int | None]:
+    """(the version to deploy, whether an older complete version exists, the champion's version): the
+    champion unless one is named. A damaged champion record (RegistryError) and a version that is not
+    complete are refused."""
     if not opts.registry:
         raise DeployError("deploy needs the registry the version was published to (registry=...)")
     found = registry.versions(opts.registry, opts.model_name)
-    champion = registry.champion(opts.registry, opts.model_name)
-    version = opts.model_version or (champion or {}).get("version", 0)
+    champion = (registry.champion(opts.registry, opts.model_name) or {}).get("version")
+    version = opts.model_version or champion or 0
     if not version or version not in found:
         raise DeployError(f"{registry.model_uri(opts.registry, opts.model_name)} has no published version "
                           f"{version or '(no champion yet)'}; published: {found or 'none'}")
-    return version, any(v < version for v in found)
+    if problem := registry.version_problem(opts.registry, opts.model_name, version):
+        raise DeployError(f"{registry.version_uri(opts.registry, opts.model_name, version)} is not a complete version "
+                          f"({problem}): it cannot be served; 'imgclf registry check "
+                          f"{registry.model_uri(opts.registry, opts.model_name)}' says what is wrong")
+    return version, any(v < version for v in found), champion
+
+
+def serving_config_pins(opts: DeployOptions, version: int) -> None:
+    """Refuse to send servers to the registry's models.config unless it pins `version` (the champion)."""
+    pinned = registry.serving_config_version(opts.registry, opts.model_name)
+    if pinned != version:
+        where = registry.model_uri(opts.registry, opts.model_name)
+        state = "is missing or not the one publish writes" if pinned is None else f"pins version {pinned}"
+        raise DeployError(f"{where}/{registry.SERVING_CONFIG} {state}, not the champion {version}; servers follow it: "
+                          f"run 'imgclf registry check --repair {where}' first")
 
 
 def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_dir: str) -> Deployed:
@@ -46,7 +64,9 @@ def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_
     path = kserve.write(doc, output_dir)
     split = (f"canary: {opts.canary_percent} % to version {version}, the rest on the previous revision"
              if has_previous and opts.canary_percent < 100 else f"all traffic to version {version}")
-    done = Deployed("kserve", version, [path], [f"KServe InferenceService {opts.name} ({split}): {path}"])
+    done = Deployed("kserve", version, [path], [
+        f"KServe InferenceService {opts.name} ({split}; its predictor serves version {version} as the registry's "
+        f"{registry.SERVING_CONFIG} pins it, at /v1/models/{opts.model_name}): {path}"])
     if opts.apply_manifest and kserve.cluster_configured():
         action, namespace = kserve.apply(doc)
         done.lines.append(f"{action} InferenceService {namespace}/{opts.name} in the cluster; watch it with: "
@@ -67,8 +87,15 @@ def deploy_vertex(opts: DeployOptions, version: int) -> Deployed:
         + (" (created)" if d.created_endpoint else ""), f"traffic split: {split}"])
 
 
-def deploy_tf_serving(opts: DeployOptions, version: int, output_dir: str) -> Deployed:
-    path, lines = tf_serving.configure(opts, version, pinned=bool(opts.model_version), output_dir=output_dir)
+def _follows_registry_config(opts: DeployOptions, version: int, champion: int | None) -> bool:
+    """Whether TF Serving on its own reads the registry's models.config: the champion, served under the
+    registry's name, from a folder mounted locally (TF Serving reads gs:// itself, with a config of ours)."""
+    return version == champion and opts.name == opts.model_name and not opts.registry.startswith("gs://")
+
+
+def deploy_tf_serving(opts: DeployOptions, version: int, champion: int | None, output_dir: str) -> Deployed:
+    follow = version == champion
+    path, lines = tf_serving.configure(opts, version, follow=follow, output_dir=output_dir)
     return Deployed("tf-serving", version, [path], [f"TF Serving config: {path}", *lines])
 
 
@@ -84,13 +111,21 @@ def deploy(output_dir: str, opts: DeployOptions) -> Deployed:
         from components.deploy import vertex
 
         vertex.artifact_uri(opts, 1)
-    version, has_previous = published_version(opts)
+    version, has_previous, champion = published_version(opts)
+    if opts.deploy == "kserve":
+        # The predictor serves what the registry's models.config pins: the champion, and only that.
+        if version != champion:
+            raise DeployError(f"KServe serves the version the registry's {registry.SERVING_CONFIG} pins, the champion "
+                              f"(version {champion}); version {version} cannot be deployed there on its own")
+        serving_config_pins(opts, version)
+    elif opts.deploy == "tf-serving" and _follows_registry_config(opts, version, champion):
+        serving_config_pins(opts, version)
     os.makedirs(output_dir, exist_ok=True)
     if opts.deploy == "kserve":
         done = deploy_kserve(opts, version, has_previous, output_dir)
     elif opts.deploy == "vertex":
         done = deploy_vertex(opts, version)
     else:
-        done = deploy_tf_serving(opts, version, output_dir)
+        done = deploy_tf_serving(opts, version, champion, output_dir)
     print("deploy: " + "\ndeploy: ".join(done.lines), flush=True)
     return done

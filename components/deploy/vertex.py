@@ -5,7 +5,9 @@ same name (created when missing) with a traffic split: the new version gets `can
 models already deployed keep the rest in their proportions.
 
 Credentials come from the standard Google chain (workload identity, gcloud, a key file), never from
-parameters. The artifact URI must be a gs:// version folder: Vertex reads no other store.
+parameters. The artifact URI must be a gs:// version folder: Vertex reads no other store. Vertex copies
+exactly that folder, so it never sees another version; a version that is not complete (no record, or
+files missing from what its record lists) is refused before any call.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ def deploy(opts: DeployOptions, version: int) -> VertexDeployment:
     from google.cloud import aiplatform
 
     uri = artifact_uri(opts, version)  # refused before any call
+    if problem := registry.version_problem(opts.registry, opts.model_name, version):
+        raise DeployError(f"{uri} is not a complete version ({problem}): Vertex AI would serve a broken model")
     init = {"location": opts.vertex_region}
     if opts.vertex_project:
         init["project"] = opts.vertex_project

@@ -2,7 +2,9 @@
 
 TensorFlow never sees a remote URI: steps read bytes through here and write TFRecords/SavedModels to
 local scratch. Outputs are written to a temporary sibling and moved into place, so a failed step never
-leaves a half-written artifact that a later step could mistake for a good one.
+leaves a half-written artifact that a later step could mistake for a good one. The sibling
+(`.<name>.partial-<id>`) is locked while it is written, so the next write of the same output can tell
+what a killed (SIGKILL, OOM, evicted) attempt left from a live writer's, and removes only the former.
 
 Configuration comes only from the environment (never from pipeline parameters), so credentials stay
 out of compiled YAML and metadata:
@@ -23,7 +25,6 @@ import contextlib
 import functools
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -269,17 +270,113 @@ def download_dir(uri: str, local_dir: str) -> None:
     _call(uri, "download", lambda: fs.get(path.rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True))
 
 
+PARTIAL = ".partial-"
+"""Marks a temporary sibling being written: `.<name>.partial-<id>` locally, `<name>.partial-<id>/` in a bucket."""
+
+
+def _partial_name(name: str) -> str:
+    return f".{name}{PARTIAL}{uuid.uuid4().hex[:8]}"
+
+
+def _try_lock(fd: int) -> bool | None:
+    """Take an exclusive lock on an open file or folder without waiting: True if taken, False if another
+    process holds it, None where the file system cannot lock it (then nothing is judged abandoned)."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        return False if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+
+
+def stale_partials(folder: str, name: str | None = None, remove: bool = False) -> tuple[list[str], list[str]]:
+    """(abandoned, live): the `.<name>.partial-*` entries in a local `folder` (any name when `name` is None).
+
+    Every writer here (atomic_dir, atomic_write_text, write_if) holds an exclusive lock on its partial
+    file or folder from its creation until it is renamed into place, and the kernel drops the lock when
+    the process dies, SIGKILL included. So an entry nobody holds locked is what a killed writer left;
+    one that is locked is being written now and is left alone (a concurrent writer never loses its
+    work). With `remove`, abandoned entries are deleted while the lock is held."""
+    prefix = f".{name}{PARTIAL}" if name is not None else "."
+    abandoned, live = [], []
+    try:
+        entries = sorted(e.path for e in os.scandir(folder) if e.name.startswith(prefix) and PARTIAL in e.name)
+    except FileNotFoundError:
+        return [], []
+    for path in entries:
+        verdict = _abandoned(path, remove)
+        if verdict is not None:
+            (abandoned if verdict else live).append(path)
+    return abandoned, live
+
+
+def remove_abandoned(path: str) -> bool:
+    """Remove one local partial if no live writer holds it (checked and removed under its lock): a
+    verdict reached earlier must not be acted on later, since a writer may have locked it since."""
+    return bool(_abandoned(path, remove=True))
+
+
+def _abandoned(path: str, remove: bool) -> bool | None:
+    """True: nobody holds `path` (removed with `remove`); False: a live writer does; None: gone or not ours."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # renamed into place or removed meanwhile, or not ours to open: not judged
+        return None
+    try:
+        if not _try_lock(fd):
+            return False
+        if remove:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _locked_partial(dest: Path, folder: bool) -> tuple[Path, int]:
+    """A new `.<name>.partial-<id>` sibling of `dest` (a folder, or an empty file open for writing) and
+    its descriptor, locked. Created, then locked, then checked to be still there: a cleaner that took
+    the lock in between (and removed it) only makes us try another name."""
+    for _ in range(100):
+        tmp = dest.parent / _partial_name(dest.name)
+        if folder:
+            tmp.mkdir()
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if _try_lock(fd) is False:
+            os.close(fd)
+            continue
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise OSError(f"{dest}: no temporary sibling could be created")
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str) -> Iterator[Path]:
     """Yield a fresh local folder that becomes `final` only if the block succeeds.
 
     KFP creates an output artifact's parent folder (sometimes the folder itself, empty); an empty
     existing folder is replaced, a non-empty one is an error rather than silently overwritten.
+    What a killed attempt left (`.<name>.partial-*`, unlocked since its process died) is removed first,
+    so a retried step does not pile up dead copies of its output; a concurrent writer's is kept.
     """
     dest = Path(final)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    stale_partials(str(dest.parent), dest.name, remove=True)
+    tmp, fd = _locked_partial(dest, folder=True)
     try:
         yield tmp
         if dest.exists():
@@ -291,19 +388,23 @@ def atomic_dir(final: str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
 
 
 def atomic_write_text(final: str, text: str) -> None:
+    """Replace a local text file whole (written aside, then renamed); stale partials of it are removed first."""
     dest = Path(final)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.partial-")
+    stale_partials(str(dest.parent), dest.name, remove=True)
+    tmp, fd = _locked_partial(dest, folder=False)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8", closefd=False) as f:
             f.write(text)
         os.replace(tmp, dest)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        os.close(fd)
 
 
 def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_model.pb",)) -> str:
@@ -342,6 +443,14 @@ def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_m
         with contextlib.suppress(Exception):
             fs.rm(staging, recursive=True)
     return dest_uri
+
+
+def forget_listings(uri: str) -> None:
+    """Drop the listings s3fs/gcsfs cached for the store `uri` is on: the next lookup asks the store.
+    Needed wherever another process may have changed what was listed (a registry others publish to)."""
+    if not is_local(uri):
+        fs, _ = filesystem(uri)
+        fs.invalidate_cache()
 
 
 def read_text(uri: str) -> str:
@@ -435,7 +544,11 @@ def read_versioned(uri: str) -> tuple[bytes, str] | None:
     bucket, key = rest.split("/", 1)
     if protocol in ("gs", "gcs"):
         blob = _gcs_client().bucket(bucket).get_blob(key)
-        return None if blob is None else (blob.download_as_bytes(), str(blob.generation))
+        if blob is None:
+            return None
+        # Real GCS always gives a generation; the emulator the tests use gives none (and ignores
+        # preconditions anyway): "*" then means "replace without a precondition".
+        return blob.download_as_bytes(), "*" if blob.generation is None else str(blob.generation)
     client = _botocore_s3(protocol == "minio")
     try:
         got = client.get_object(Bucket=bucket, Key=key)
@@ -457,8 +570,8 @@ def write_if(uri: str, data: bytes, tag: str | None) -> None:
         from google.api_core import exceptions
 
         try:
-            _gcs_client().bucket(bucket).blob(key).upload_from_string(
-                data, if_generation_match=0 if tag is None else int(tag))
+            cond = {} if tag == "*" else {"if_generation_match": 0 if tag is None else int(tag)}
+            _gcs_client().bucket(bucket).blob(key).upload_from_string(data, **cond)
         except exceptions.PreconditionFailed:
             raise PreconditionFailed(uri) from None
         return
@@ -481,14 +594,17 @@ def _local_tag(st: os.stat_result) -> str:
 def _write_if_local(path: str, data: bytes, tag: str | None) -> None:
     """Create-only: the whole content is written under a temporary name and hard-linked into place (a
     link fails if the name exists), so a reader never sees the file empty or half-written. Replace:
-    compare and rename under a lock."""
+    compare and rename under a lock. The temporary name is a locked `.<name>.partial-*` sibling, so a
+    killed writer's leftover is recognised and removed by the next write."""
     import fcntl
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stale_partials(str(dest.parent), dest.name, remove=True)
+    tmp, fd = _locked_partial(dest, folder=False)
     try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
         if tag is None:
             try:
                 os.link(tmp, path)
@@ -506,6 +622,7 @@ def _write_if_local(path: str, data: bytes, tag: str | None) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        os.close(fd)
 
 
 def remove(uri: str, recursive: bool = False) -> None:
