@@ -47,7 +47,8 @@ def extractor(net):
 
 def head(net):
     """A stand-alone copy of the model's head (dropout + softmax) over feature vectors, starting from
-    the same weights."""
+    the same weights: a warm-started model's head (same classes) keeps the champion's, as on images, and
+    the features come from its warm-started backbone."""
     import keras
     from keras import layers
 

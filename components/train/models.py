@@ -7,6 +7,9 @@ families of `keras.applications` (a pretrained backbone named "backbone" under a
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
+
 import keras
 from keras import layers
 
@@ -17,7 +20,8 @@ from components.train.options import ARCHITECTURES
 def augmentation(flip: str = "horizontal", rotation: float = 0.02, zoom: float = 0.05,
                  seed: int | None = None) -> keras.Sequential:
     """Flip, ±7° rotation and ±5 % zoom, only active when training."""
-    return keras.Sequential([RandomFlipRotateZoom(flip, rotation, zoom, seed=seed)], name="augmentation")
+    return keras.Sequential([RandomFlipRotateZoom(flip, rotation, zoom, seed=seed, name="flip_rotate_zoom")],
+                            name="augmentation")
 
 
 BASELINE_AUGMENTATION = {"rotation": 0.0, "zoom": 0.0}
@@ -54,15 +58,18 @@ def baseline(input_shape: tuple[int, int, int], num_classes: int, width: int = 3
                          f"the later ones after an unpadded 3x3 convolution; need at least {need} pixels)")
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = augmentation(**BASELINE_AUGMENTATION, seed=seed)(inputs) if augment else inputs
-    x = layers.Rescaling(1.0 / 255)(x)
-    for i in range(depth):
-        filters = width * 2 ** i
-        x = layers.Conv2D(filters, 3, padding="same" if i == 0 else "valid", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
-        x = layers.Dropout(dropout / 2)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(width * 4, activation="relu")(x)
-    x = layers.Dropout(dropout)(x)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+    # Every layer named: Keras' automatic names (conv2d_3, ...) count the layers built before in the
+    # process, so the same network got other names in another run and a warm start found nothing to match.
+    for i in range(1, depth + 1):
+        filters = width * 2 ** (i - 1)
+        x = layers.Conv2D(filters, 3, padding="same" if i == 1 else "valid", activation="relu",
+                          name=f"block{i}_conv")(x)
+        x = layers.MaxPooling2D(name=f"block{i}_pool")(x)
+        x = layers.Dropout(dropout / 2, name=f"block{i}_dropout")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(width * 4, activation="relu", name="dense")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
     # float32 output keeps softmax stable under mixed precision.
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="baseline")
@@ -130,6 +137,131 @@ def unfreeze_top(model: keras.Model, n: int) -> int:
         layer.trainable = i >= len(base.layers) - n and not isinstance(layer, layers.BatchNormalization)
         opened += layer.trainable
     return opened
+
+
+NO_NAME = "no layer of that name"
+
+
+def weighted_layers(model: keras.Model) -> list:
+    """The layers that hold weights, in the order the model builds them, descending into nested models (a
+    transfer family's backbone): the units a warm start copies. A layer that is not itself a model is one
+    unit with all its weights, trainable or not (a BatchNormalization's moving statistics included)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(weighted_layers(layer))
+        elif layer.weights:
+            found.append(layer)
+    return found
+
+
+@dataclass
+class WarmStart:
+    """What `copy_weights` did: the layers copied, by how they were paired, and every layer left as built
+    (named with why). `str()` is the one log line; it stays short for a backbone of hundreds of layers."""
+    source: str
+    target: str
+    layers: int
+    by_name: list[str] = field(default_factory=list)
+    by_position: list[str] = field(default_factory=list)
+    fresh: list[tuple[str, str]] = field(default_factory=list)  # (layer, why it was not copied)
+
+    LISTED = 10
+
+    @property
+    def copied(self) -> int:
+        return len(self.by_name) + len(self.by_position)
+
+    def _copied(self, names: list[str]) -> str:
+        if not names:
+            return "none"
+        return ", ".join(names) if len(names) <= self.LISTED else f"{len(names)} layers"
+
+    def not_copied(self, fresh: list[tuple[str, str]] | None = None) -> str:
+        fresh = self.fresh if fresh is None else fresh
+        shown = ", ".join(f"{name} ({why}: starts fresh)" for name, why in fresh[:self.LISTED])
+        return shown + (f" and {len(fresh) - self.LISTED} more" if len(fresh) > self.LISTED else "")
+
+    def __str__(self) -> str:
+        line = (f"copied {self.copied} of {self.layers} layers with weights (by name: {self._copied(self.by_name)}; "
+                f"by position: {self._copied(self.by_position)})")
+        return line + (f"; not copied: {self.not_copied()}" if self.fresh else "")
+
+    def why_nothing(self) -> str:
+        """Why no layer fitted, for the error a warm start that copies nothing raises."""
+        if self.source != self.target:
+            # Only the layers found by name say anything here: every other one is simply not in that model.
+            named = [(name, why) for name, why in self.fresh if why != NO_NAME]
+            return (f"that model is a {self.source} and this one a {self.target}: across architectures layers pair "
+                    "by name alone, and no layer of the same name has the same class and weight shapes"
+                    + (f" ({self.not_copied(named)})" if named else ""))
+        return ("no layer has the class and weight shapes of its counterpart by name or by position; not copied: "
+                + self.not_copied())
+
+
+def _shapes_differ(old: keras.layers.Layer, new: keras.layers.Layer) -> str:
+    """Why `old`'s weights cannot go into `new` ("" when they can)."""
+    if type(old) is not type(new):
+        return f"a {type(new).__name__} where that model has a {type(old).__name__}"
+    if len(old.weights) != len(new.weights):
+        return f"{len(old.weights)} weights vs {len(new.weights)}"
+    for a, b in zip(old.weights, new.weights):
+        if tuple(a.shape) != tuple(b.shape):
+            return f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
+    return ""
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> WarmStart:
+    """Warm-start `target` with `source`'s weights wherever a layer plays the same role with the same shapes.
+
+    Pairing by name comes first: a name found once in each model (our builders name every layer, and
+    keras.applications names a backbone's) pairs its two layers, which are copied when their class and
+    weight shapes agree and otherwise left as built (a new class changes the head's shape: the head starts
+    fresh and the rest still copies). Then, only within one architecture (same model name), the layers still
+    unpaired in each are paired in order, copied where class and all weight shapes agree: a champion saved
+    before the baseline named its layers has Keras' automatic names (conv2d_3, ...), which count the layers
+    built earlier in the process and so differ from run to run; in order its layers are still ours.
+    Across architectures nothing is paired by position: shapes alone could pair layers of different roles.
+    """
+    new, old = weighted_layers(target), weighted_layers(source)
+    same_architecture = source.name == target.name
+    report = WarmStart(source.name, target.name, len(new))
+
+    def unique(found):
+        counts = Counter(layer.name for layer in found)
+        return {layer.name: layer for layer in found if counts[layer.name] == 1}
+
+    old_named, new_named = unique(old), unique(new)
+    pairs, fresh, used = {}, {}, set()
+    for layer in new:
+        match = old_named.get(layer.name) if layer.name in new_named else None
+        if match is None or type(match) is not type(layer):
+            continue
+        used.add(id(match))
+        why = _shapes_differ(match, layer)
+        if why:
+            fresh[id(layer)] = why
+        else:
+            pairs[id(layer)] = (match, "name")
+    unpaired = [layer for layer in new if id(layer) not in pairs and id(layer) not in fresh]
+    if same_architecture:
+        for layer, match in zip(unpaired, [m for m in old if id(m) not in used]):
+            why = _shapes_differ(match, layer)
+            if why:
+                fresh[id(layer)] = why
+            else:
+                pairs[id(layer)] = (match, "position")
+    for layer in unpaired:
+        if id(layer) not in pairs and id(layer) not in fresh:
+            fresh[id(layer)] = "nothing in that model at its place" if same_architecture else NO_NAME
+    for layer in new:
+        if id(layer) in pairs:
+            match, how = pairs[id(layer)]
+            layer.set_weights(match.get_weights())
+            (report.by_name if how == "name" else report.by_position).append(layer.name)
+        else:
+            report.fresh.append((layer.name, fresh[id(layer)]))
+    return report
 
 
 MODELS = list(ARCHITECTURES)

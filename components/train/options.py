@@ -58,7 +58,7 @@ class TrainOptions(Seeded):
     patience: int = option(5, "EarlyStopping patience in epochs", min=1)
     backup_seconds: float = option(30.0, "back up the training state (what a retried or preempted task resumes "
                                          "from) after the first epoch ending at least this long after the last "
-                                         "backup; 0: after every epoch", min=0, max=86_400)
+                                         "backup; 0: after every epoch", min=0, max=86_400, identity=False)
     fine_tune_layers: int = option(0, "after the frozen-backbone phase, fine-tune the backbone's top N layers "
                                       "(BatchNormalization stays frozen); 0: no fine-tuning", min=0)
     fine_tune_epochs: int = option(10, "maximum epochs of the fine-tuning phase", min=1, max=10_000)
@@ -74,6 +74,8 @@ class TrainOptions(Seeded):
                                      "(every device of the main kind), none", choices=DISTRIBUTE)
     jit_compile: str = option("auto", "XLA compilation: Keras' auto, true or false", choices=JIT_COMPILE)
     tensorboard_uri: str = option("", "also mirror the TensorBoard logs here after every epoch (folder or "
-                                      "bucket), to watch a run live", path="write")
+                                      "bucket), to watch a run live", path="write", identity=False)
     warm_start_from: str = option("", "start from this earlier model's weights (a model folder or .keras "
-                                      "file; layers of the same name and shape)", path="read", pipeline=False)
+                                      "file): every layer whose role and shapes match, all but the head when "
+                                      "the classes differ", path="read", pipeline=False,
+                                  identity=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from components.contracts import (HISTORY_FILE, MODEL_FILE, TENSORBOARD_DIR, RecordsMetadata, TrainedModel)
 from components.lib import records, reports, storage
-from components.lib.options import takes
+from components.lib.options import fingerprint, takes
 from components.train.options import TrainOptions
 
 
@@ -99,29 +99,27 @@ def _local(uri: str, tmp: str) -> str:
     return dest
 
 
-def warm_start_from(net, source: str, tmp: str) -> int:
-    """Copy weights layer by layer (same name, same shapes) from an earlier model: a champion with the
-    same classes gives everything; with other classes all but the head."""
+def warm_start_from(net, source: str, tmp: str):
+    """Copy an earlier model's weights into `net`, the model this run trains, wherever a layer plays the same
+    role with the same shapes (see models.copy_weights: by name, then in order within one architecture): a
+    champion with the same classes gives every layer, one with other classes all but the head. Returns the
+    models.WarmStart report, whose str() is the log line.
+
+    Raises ValueError when no layer at all fits (another architecture): whoever passes warm_start_from
+    asked for a warm start, and a run that silently trained from scratch would not be one."""
     import keras
 
     from components.lib import layers  # noqa: F401 - registers the custom layers the file may hold
+    from components.train import models
 
     if not source.endswith(".keras"):
         source = storage.join(source, MODEL_FILE)
     old = keras.saving.load_model(_local(source, tmp), compile=False)
-    copied = 0
-    for layer in net.layers:
-        try:
-            match = old.get_layer(layer.name)
-        except ValueError:
-            continue
-        w_old, w_new = match.get_weights(), layer.get_weights()
-        if w_new and len(w_old) == len(w_new) and all(a.shape == b.shape for a, b in zip(w_old, w_new)):
-            layer.set_weights(w_old)
-            copied += 1
-    if not copied:
-        raise ValueError(f"warm_start_from {source}: no layer of that model fits this one ({net.name})")
-    return copied
+    report = models.copy_weights(old, net)
+    if not report.copied:
+        raise ValueError(f"warm_start_from {source}: no layer of that model fits this one ({net.name}): "
+                         f"{report.why_nothing()}")
+    return report
 
 
 class _SyncDir:
@@ -262,12 +260,18 @@ def network(run: _Session, weights):
 
 
 def build_model(run: _Session, weights, tmp: str):
-    """A new model (optionally warm-started from an earlier one's weights), compiled for phase 1."""
+    """A new model (optionally warm-started from an earlier one's weights), compiled for phase 1.
+
+    Every model built from scratch in a run comes from here, so the warm start applies to each alike: the
+    first attempt's, and the one rebuilt around a head-phase checkpoint when a retried task resumes on
+    bottleneck features (its backbone must be the warm-started one the saved features came from). The
+    weights go into the network that trains, under the run's dtype policy (the float32 copy saved at the
+    end takes that network's weights); a resume from a whole-model checkpoint already holds them."""
     o = run.opts
     net = network(run, weights)
     if o.warm_start_from:
-        print(f"train: warm start from {o.warm_start_from}: {warm_start_from(net, o.warm_start_from, tmp)} layers "
-              "copied", flush=True)
+        print(f"train: warm start from {o.warm_start_from}: {warm_start_from(net, o.warm_start_from, tmp)}",
+              flush=True)
     _compile(net, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
     return net
 
@@ -384,7 +388,7 @@ def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainRes
                     "global_batch": run.opts.batch_size * hw.replicas, "jit_compile": str(hw.jit_compile),
                     "libraries": reports.versions()}
         TrainedModel(run.opts.architecture, run.meta.input, run.meta.data_fingerprint, run.meta.fingerprint, params,
-                     hardware, asdict(result)).save(out)
+                     hardware, asdict(result), fingerprint(run.opts)).save(out)
 
 
 def float32_model(run: _Session):
