@@ -8,7 +8,7 @@ and carried unchanged by train, export and the registry record; every later step
 | artifact (writer)          | files                                                   | typed view          |
 |----------------------------|---------------------------------------------------------|---------------------|
 | Dataset (ingest)           | manifest.csv, classes.json, quarantine.csv, summary.json | `ManifestRow`       |
-| Dataset (preprocess)       | <split>-NNNNN-of-NNNNN.tfrecord, metadata.json           | `RecordsMetadata`   |
+| Dataset (preprocess)       | <split>-NNNNN-of-NNNNN.tfrecord, metadata.json, images.csv | `RecordsMetadata`, `SplitImages` |
 | Model (train)              | model.keras, history.json, train.json, tensorboard/      | `TrainedModel`      |
 | Model (trial, a sweep's)   | train's files (if it trained) + trial.json               | `TrialResult`       |
 | Model (select)             | the winner's train files + sweep.json                    | `SweepResult`       |
@@ -162,6 +162,42 @@ class RecordsMetadata:
                    d.get("near_duplicates_dropped", False), d.get("schema_version", 1), d.get("source", ""))
 
 
+SPLIT_IMAGES = "images.csv"
+SPLIT_IMAGES_FIELDS = ["split", "sha256", "location"]
+
+
+@dataclass
+class SplitImages:
+    """images.csv: which image (by content hash) went to which split. The gate keeps a comparison to the
+    test images neither model trained or validated on, and publish records the hashes a model learned
+    from, so later comparisons can leave them out."""
+    by_split: dict[str, dict[str, str]]
+    """split -> {location: sha256}."""
+
+    def save(self, dataset_dir: str | Path) -> None:
+        with open(Path(dataset_dir) / SPLIT_IMAGES, "w", newline="", encoding="utf-8") as f:
+            w = tables.Writer(f)
+            w.writerow(SPLIT_IMAGES_FIELDS)
+            for split in SPLITS:
+                for location, sha in self.by_split.get(split, {}).items():
+                    w.writerow([split, sha, location])
+
+    @classmethod
+    def load(cls, dataset_dir: str) -> "SplitImages":
+        path = Path(dataset_dir) / SPLIT_IMAGES
+        if not path.exists():
+            raise FileNotFoundError(f"{dataset_dir}: no {SPLIT_IMAGES}; preprocess it again with this version of "
+                                    "imgclf (older records do not say which image went to which split)")
+        out: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in tables.read_rows(f):
+                out[r["split"]][r["location"]] = r["sha256"]
+        return cls(out)
+
+    def hashes(self, *splits: str) -> set[str]:
+        return {sha for s in splits for sha in self.by_split.get(s, {}).values()}
+
+
 # --- train's Model -----------------------------------------------------------------------------------
 MODEL_FILE, HISTORY_FILE, TRAIN_FILE, TENSORBOARD_DIR = "model.keras", "history.json", "train.json", "tensorboard"
 
@@ -178,6 +214,9 @@ class TrainedModel:
     weights actually loaded (auto -> imagenet or none) and the class weights by class name."""
     hardware: dict
     result: dict
+    options_fingerprint: str = ""
+    """Digest of the options that describe the model (components.lib.options.fingerprint): the registry
+    keeps it, and a run on unchanged data is skipped only when its options have the same digest."""
 
     def save(self, model_dir: str | Path) -> None:
         _write_json(Path(model_dir) / TRAIN_FILE, dataclasses.asdict(self))
@@ -186,7 +225,7 @@ class TrainedModel:
     def load(cls, model_dir: str) -> "TrainedModel":
         d = _read_json(Path(model_dir) / TRAIN_FILE, "a train output")
         return cls(d.get("architecture", d.get("model")), InputSpec.from_dict(d), d["data_fingerprint"],
-                   d["fingerprint"], d["params"], d["hardware"], d["result"])
+                   d["fingerprint"], d["params"], d["hardware"], d["result"], d.get("options_fingerprint", ""))
 
 
 def load_history(model_dir: str) -> dict[str, list[float]]:
@@ -260,6 +299,8 @@ class Evaluation:
     metrics: dict[str, float]
     per_class: list[dict]
     confusion_matrix: list[list[int]]
+    intervals: dict[str, dict] = field(default_factory=dict)
+    """95 % confidence intervals of the headline metrics: {metric: {value, low, high}}."""
 
     def save(self, predictions_dir: str | Path) -> None:
         _write_json(Path(predictions_dir) / METRICS_FILE, dataclasses.asdict(self))
@@ -267,7 +308,7 @@ class Evaluation:
     @classmethod
     def load(cls, predictions_dir: str) -> "Evaluation":
         d = _read_json(Path(predictions_dir) / METRICS_FILE, "an evaluate output")
-        return cls(d["classes"], d["metrics"], d["per_class"], d["confusion_matrix"])
+        return cls(d["classes"], d["metrics"], d["per_class"], d["confusion_matrix"], d.get("intervals", {}))
 
 
 def read_predictions(predictions_dir: str) -> list[dict]:

@@ -113,6 +113,8 @@ class LocalRun:
     """Tasks whose outputs came from the --cache (unchanged inputs)."""
     curves: str = ""
     tensorboard: str = ""
+    compared: str = ""
+    """The gate's CSV of the test images it compared champion and challenger on (when there was a champion)."""
 
     @property
     def decision(self) -> str:
@@ -130,7 +132,10 @@ class LocalRun:
         lines = [f"\n=== imgclf run finished in {self.seconds:.1f} s ===", f"outcome       : {said}{reasons}",
                  f"test accuracy : {acc}"]
         for label, value in (("SavedModel    : ", self.saved_model), ("HTML report   : ", self.report),
-                             ("decision      : ", self.gate_report), ("ingest report : ", self.ingest_report),
+                             ("decision      : ", self.gate_report),
+                             ("compared      : ", f"{self.compared}  ({self.outcome.get('compared', {}).get('images')} "
+                              "test images seen by neither model)" if self.compared else ""),
+                             ("ingest report : ", self.ingest_report),
                              ("curves        : ", self.curves),
                              ("TensorBoard   : ", f"{self.tensorboard}  (tensorboard --logdir {self.tensorboard})"
                               if self.tensorboard else ""),
@@ -237,7 +242,8 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
     # KFP names HTML artifacts without an extension; browsers want one to render them.
     pages = {}
     for task_name, output, name in (("evaluate", "report", "report.html"), ("ingest", "report", "ingest_report.html"),
-                                    ("gate", "reasons", "gate.md"), ("training-skipped", "note", "skipped.md"),
+                                    ("gate", "reasons", "gate.md"), ("gate", "compared", "compared.csv"),
+                                    ("training-skipped", "note", "skipped.md"),
                                     ("train", "curves", "learning_curves.html"), ("select", "report", "sweep.html")):
         if (run_dir / task_name / output).is_file():
             shutil.copyfile(run_dir / task_name / output, run_dir / name)
@@ -264,4 +270,5 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
                     sweep_report=pages.get("sweep.html", ""),
                     accuracy=accuracy, published=published, step_seconds=timings, seconds=seconds,
                     cached=hits or [], curves=pages.get("learning_curves.html", ""),
+                    compared=pages.get("compared.csv", "") if outcome.get("compared") else "",
                     tensorboard=str(tensorboard) if tensorboard.is_dir() else "")

@@ -39,7 +39,7 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         # (pipelines/local_cache.py), and never for a remote URI.
         ingest.set_caching_options(platform.target == "local")
         records = sharded_preprocess(ingest.outputs["dataset"], for_step("preprocess", p))
-        look = steps.champion(records=records, **for_step("champion", p))
+        look = steps.champion(records=records, **for_step("champion", p), **for_step("train", p))
         look.set_caching_options(False)  # reads the registry, which other runs change
         with dsl.If(look.outputs["action"] == "train", name="train-new-data"):
             if sweep is None:

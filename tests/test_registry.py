@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 from components.contracts import RecordsMetadata, read_predictions
 from components.evaluate.step import evaluate
-from components.lib import registry
+from components.lib import registry, storage
 from components.release import champion, gate
 from components.export.step import export
 from components.release.publish import publish
@@ -44,6 +44,7 @@ def _accuracy(pred_dir) -> float:
 
 def _publish_if_passed(pp, reg, model, **kw):
     model_dir, pred, sm = model
+    kw.setdefault("min_compared_images", 20)  # the shared chain's test split holds about 40 images
     g = gate.gate(str(pp), str(pred), registry=str(reg), model_name="fm", **kw)
     version = publish(str(sm), str(model_dir), str(pp), str(pred), registry=str(reg), model_name="fm",
                       gate_summary=g.summary(), source_run="test-run") \
@@ -86,7 +87,8 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     assert (g3.decision, v3) == ("publish", 2)
     assert registry.versions(str(reg), "fm") == [1, 2] and registry.champion(str(reg), "fm")["version"] == 2
     assert registry.read_record(str(reg), "fm", 2)["gate"]["champion"]["version"] == 1
-    assert "It beat champion v1" in (reg / "fm" / "2" / registry.MODEL_CARD).read_text()
+    card = (reg / "fm" / "2" / registry.MODEL_CARD).read_text()
+    assert "Compared with champion v1, re-scored here on" in card and "95 % CI" in card
 
     # The same model again is not better than itself: refused, even with no margin.
     g4, _ = _publish_if_passed(pp, reg, m["better"])
@@ -95,8 +97,12 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     g5 = gate.gate(str(pp), str(m["better"][1]), registry="", model_name="fm", min_accuracy=0.99)
     assert g5.decision == "refuse" and g5.reasons[0].startswith("FAIL: accuracy")
 
-    # Unchanged data: the champion lookup skips training, unless told not to; warm start points at v2's Keras model.
-    assert champion.lookup(str(pp), registry=str(reg), model_name="fm").action == "skip"
+    # Unchanged data and options: the champion lookup skips training, unless told not to; other training
+    # options train; warm start points at v2's Keras model.
+    v2_options = json.dumps({"epochs": 25, "width": 16, "patience": 6, "batch_size": 16, "depth": 2})
+    assert champion.lookup(str(pp), registry=str(reg), model_name="fm", train_options=v2_options).action == "skip"
+    other = champion.lookup(str(pp), registry=str(reg), model_name="fm", train_options=json.dumps({"epochs": 24}))
+    assert other.action == "train" and other.reason.startswith("the training options changed since champion v2")
     again = champion.lookup(str(pp), registry=str(reg), model_name="fm", skip_unchanged=False, warm_start=True)
     assert again.action == "train" and again.champion_version == 2
     assert again.warm_start_from == str(reg / "fm" / "2" / registry.KERAS_DIR)
@@ -146,11 +152,20 @@ def test_publish_killed_midway_leaves_the_registry_readable_and_unchanged(models
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert registry.versions(reg, "fm") == [1]
     assert registry.champion(reg, "fm") == before
-    assert gate.score_saved_model(before["uri"], str(pp))["accuracy"] == pytest.approx(_accuracy(pred))
+    # The champion is intact: every file its record lists, and a SavedModel that loads and answers.
+    assert registry.version_problem(reg, "fm", 1) == ""
+    import tensorflow as tf
+
+    from components.lib import serving
+
+    with serving.local_model(before["uri"]) as path:
+        assert "serving_default" in tf.saved_model.load(str(path)).signatures
     # The next publish works, and never reuses the number the interrupted one claimed.
     v = publish(*args, registry=reg, model_name="fm", source_run="run-3")
     assert registry.versions(reg, "fm") == [1, v] and registry.champion(reg, "fm")["version"] == v
-    assert v == 3
+    assert v == 3 and registry.serving_config_version(reg, "fm") == 3
+    # What the killed publish left is gone once the grace period allows (at once locally: its lock died).
+    assert registry.check(reg, "fm", repair=True, grace_s=0).clean and registry.check(reg, "fm").clean
 
 
 def test_published_model_answers_a_base64_rest_body_in_a_fresh_process(models, tmp_path):
@@ -224,14 +239,17 @@ def test_retraining_runs_publish_skip_and_refuse_through_kfp_local_on_s3(bucket,
     # The optional deploy task ran after publish, on the version publish returned.
     assert "  deploy " in first
     [config] = (tmp_path / "runs").glob("*/deploy/deployment/models.config")
-    assert 'name: "fm"' in config.read_text() and 'base_path: "/models/fm"' in config.read_text()
+    # The champion, pinned: the config is the registry's own (a copy), which a server follows.
+    assert config.read_text() == registry.serving_config("fm", 1) == storage.read_text(f"{reg}/fm/models.config")
+    assert 'name: "fm"' in config.read_text() and 'base_path: "/mnt/models"' in config.read_text()
 
     unchanged = _run(data, reg, tmp_path / "runs", "--epochs", "12", "--width", "16")
-    assert "training skipped" in unchanged and "is what champion v1 was trained on" in unchanged
+    assert "training skipped" in unchanged and "training options are what champion v1 was trained with" in unchanged
     assert "  train " not in unchanged and "  training-skipped " in unchanged
 
     new_data = make_folder(tmp_path / "data2", TEN, 12, jpeg_every=4, skip=12)
-    weak = _run(new_data, reg, tmp_path / "runs", "--epochs", "1", "--learning-rate", "0.00001", "--width", "8")
+    weak = _run(new_data, reg, tmp_path / "runs", "--epochs", "1", "--learning-rate", "0.00001", "--width", "8",
+                "--min-compared-images", "20")
     assert "refused by the gate; the champion stays" in weak, weak
     assert "FAIL: accuracy" in weak and "vs champion v1" in weak
     assert "  publish " not in weak and "  not-published " in weak

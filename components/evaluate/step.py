@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, SweepResult, TrainedModel, load_history
-from components.lib import records, reports, storage, tables
+from components.lib import records, reports, stats, storage, tables
 
 MAX_GRID = 24
 # Grad-CAM: the most confident errors, and the most confident right answers of the weakest classes.
@@ -41,6 +41,10 @@ class Examples:
 
     def right_of(self, classes: list[int]) -> list[tuple]:
         return [e for c in classes for e in sorted(self.right[c], key=lambda e: (-e[0], e[1]))]
+
+
+def _interval_text(ci: dict | None) -> str:
+    return "" if not ci else f"{ci['low']:.4f} - {ci['high']:.4f}"
 
 
 def _tile_title(classes: list[str], e: tuple) -> str:
@@ -118,6 +122,8 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
         metrics["roc_auc"] = auc
     per_class = [{"class": c, "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
                   "support": int(support[i])} for i, c in enumerate(classes)]
+    intervals = {"accuracy": stats.wilson(int((pred == y).sum()), len(y)).as_dict(),
+                 "macro_f1": stats.bootstrap_macro_f1(y, pred, len(classes)).as_dict()}
 
     with storage.atomic_dir(predictions_dir) as out:
         with open(out / PREDICTIONS_FILE, "w", newline="", encoding="utf-8") as f:
@@ -125,25 +131,32 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
             w.writerow(["location", "label", "predicted", "probability", *[f"p_{c}" for c in classes]])
             for loc, t, k, row in zip(locations, y, pred, p):
                 w.writerow([loc, classes[t], classes[k], f"{row[k]:.6f}", *[f"{v:.6f}" for v in row]])
-        Evaluation(classes, metrics, per_class, cm.tolist()).save(out)
-    result = EvalResult(classes, metrics, per_class, cm.tolist(), roc)
+        Evaluation(classes, metrics, per_class, cm.tolist(), intervals).save(out)
+    result = EvalResult(classes, metrics, per_class, cm.tolist(), intervals, roc)
     if report_html:
         write_report(report_html, model, meta, info, model_dir, metrics, per_class, cm, curves, examples,
-                     time.time() - started)
-    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}"
+                     time.time() - started, intervals)
+    ci = intervals["accuracy"]
+    print(f"evaluate: accuracy {metrics['accuracy']:.4f} (95 % CI {ci['low']:.4f}-{ci['high']:.4f}), "
+          f"macro F1 {metrics['macro_f1']:.4f}"
           + (f", ROC AUC {auc:.4f}" if auc is not None else "") + f" on {len(y)} test images", flush=True)
     return result
 
 
 def write_report(path: str, model, meta: RecordsMetadata, info: TrainedModel, model_dir: str, metrics: dict,
-                 per_class: list[dict], cm: np.ndarray, curves: dict, examples: Examples, seconds: float) -> None:
+                 per_class: list[dict], cm: np.ndarray, curves: dict, examples: Examples, seconds: float,
+                 intervals: dict) -> None:
     """One self-contained page: what was run on what, the scores, where it fails, and what it looked at."""
     classes = meta.classes
     history = load_history(model_dir)
     weakest = sorted(per_class, key=lambda r: (r["f1"], r["class"]))
     sections = [
         ("Run", reports.run_context(info, meta, seconds)),
-        ("Summary", reports.table(["metric", "value"], [[k, v] for k, v in metrics.items()])),
+        ("Summary", reports.table(["metric", "value", "95 % confidence interval"],
+                                  [[k, v, _interval_text(intervals.get(k))] for k, v in metrics.items()])
+         + "<p>Intervals: Wilson's score interval for accuracy, a percentile bootstrap over the test images "
+           "for macro F1. Two models' intervals overlapping does not mean they are equally good: the gate "
+           "compares them image by image with a paired test.</p>"),
         ("Per class (weakest F1 first)", reports.table(
             ["class", "precision", "recall", "F1", "support"],
             [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in weakest])),

@@ -110,6 +110,9 @@ def evaluate(records, model, predictions, metrics, classification, report) -> fl
     r = run(records.path, model.path, predictions.path, report_html=report.path)
     for k, v in r.metrics.items():
         metrics.log_metric(k, v)
+    for k, ci in r.intervals.items():
+        metrics.log_metric(f"{k} 95% CI low", ci["low"])
+        metrics.log_metric(f"{k} 95% CI high", ci["high"])
     for row in r.per_class:
         metrics.log_metric(f"f1: {row['class']}", row["f1"])
     classification.log_confusion_matrix(r.classes, r.confusion_matrix)
@@ -133,18 +136,24 @@ def champion(records, **options):
     from collections import namedtuple
 
     from components.release.champion import lookup
+    from components.release.options import ChampionOptions
 
-    r = lookup(records.path, **options)
+    # The train options come along so that a change of them is a reason to train (skip_unchanged).
+    import json
+
+    own = ChampionOptions.pick(options)
+    r = lookup(records.path, **own, train_options=json.dumps({k: v for k, v in options.items() if k not in own}))
     return namedtuple("Lookup", "action reason champion_version warm_start_from")(
         r.action, r.reason, r.champion_version, r.warm_start_from)
 
 
-def gate(records, predictions, reasons, metrics, **options):
+def gate(records, predictions, reasons, compared, metrics, **options):
     from collections import namedtuple
 
     from components.release.gate import gate as run
 
-    r = run(records.path, predictions.path, decision_md=reasons.path, **options)
+    r = run(records.path, predictions.path, decision_md=reasons.path, compared_csv=compared.path, **options)
+    metrics.log_metric("compared images", r.compared.get("images", 0))
     metrics.log_metric("passed", int(r.decision != "refuse"))
     for k, v in r.challenger.items():
         metrics.log_metric(f"challenger {k}", v)

@@ -75,14 +75,17 @@ SPECS = [
                             "optionally publish it.", (
         MODEL, RECORDS, PREDICTIONS, Artifact("saved_model", "Output[Model]", "the TensorFlow SavedModel")),
         ("export",)),
-    ComponentSpec("champion", "Read the registry's champion; decide whether this run trains (not on the "
-                              "champion's own data).", (RECORDS,), ("champion",),
+    ComponentSpec("champion", "Read the registry's champion; decide whether this run trains (not when the data, "
+                              "preprocessing and training options are the champion's).", (RECORDS,),
+                  ("champion", "train"),
                   returns="NamedTuple('Lookup', action=str, reason=str, champion_version=int, warm_start_from=str)",
                   returns_help="action (train or skip), the reason, the champion's version, and the champion's "
                                "model folder when warm starting"),
-    ComponentSpec("gate", "Thresholds, and the champion re-scored on this test split: publish, refuse, or no "
-                          "registry.", (
-        RECORDS, PREDICTIONS, Artifact("reasons", "Output[Markdown]", "the decision and its reasons"),
+    ComponentSpec("gate", "Thresholds, and the champion re-scored on the test images neither model has seen, "
+                          "compared by a paired test: publish, refuse, or no registry.", (
+        RECORDS, PREDICTIONS, Artifact("reasons", "Output[Markdown]", "the decision, its reasons and the 95 % "
+                                                                      "intervals"),
+        Artifact("compared", "Output[Dataset]", "a CSV of the images compared (location, sha256, label) and both models' answers"),
         Artifact("metrics", "Output[Metrics]", "challenger and champion scores")), ("gate",),
         returns="NamedTuple('Gate', decision=str, summary=str)",
         returns_help="publish, refuse or no-registry, and the JSON summary"),

@@ -56,6 +56,9 @@ class Option:
     another task's output (`warm_start_from`, `gate_summary`)."""
     check: Callable[[Any], str] | None = None
     """Extra syntax check: returns what is wrong, or ""."""
+    identity: bool = True
+    """False: the option changes where a step writes, how often it backs up or where weights start, never
+    what it makes; left out of the options' `fingerprint` (which decides whether a run may be skipped)."""
 
     @property
     def required(self) -> bool:
@@ -173,6 +176,18 @@ class Options:
     def to_dict(self) -> dict:
         """Every option and its value: what train.json and the registry record keep."""
         return {o.name: getattr(self, o.name) for o in self.declared()}
+
+
+def fingerprint(opts: Options) -> str:
+    """A digest of the value of every option that is part of what the step makes (`identity`): what
+    "trained with the same options" compares (a registry record against a new run), so it must not
+    depend on dict order or float formatting."""
+    import hashlib
+    import json
+
+    keep = {o.name for o in opts.declared() if o.identity}
+    values = {k: v for k, v in sorted(opts.to_dict().items()) if k in keep}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def union(*groups: type[Options], pipeline_only: bool = True) -> list[Option]:

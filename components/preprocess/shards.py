@@ -119,7 +119,7 @@ def merge(dataset_dir: str, plan_dir: str, part_dirs: list[str], output_dir: str
         if meta_splits["train"].count == 0:
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
         fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, p["near_duplicates"], opts,
-                                    ingest_source(dataset_dir))
+                                    ingest_source(dataset_dir), p["splits"])
     seconds = max((part["seconds"] for part in parts), default=0.0)
     summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined), fp, data_fp,
                                 seconds, len(p["near_duplicates"]))

@@ -1,4 +1,4 @@
-"""Preprocess: seeded stratified split, decode + resize with the serving-time decoder, sharded TFRecords.
+"""Preprocess: content-hash stratified split (stable as the data grows), decode + resize with the serving-time decoder, sharded TFRecords.
 
 Images stream through one at a time (bounded windows of a thread pool); only slim manifest rows are
 held in memory, so memory grows with per-image metadata, never with pixels.
@@ -12,8 +12,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from components.contracts import (DatasetError, InputSpec, RecordsMetadata, SplitInfo, ingest_source, load_manifest,
-                                  location_uri)
+from components.contracts import (DatasetError, InputSpec, RecordsMetadata, SplitImages, SplitInfo, ingest_source,
+                                  load_manifest, location_uri)
 from components.lib import images, records, storage
 from components.lib.options import takes
 from components.lib.progress import Progress
@@ -39,48 +39,87 @@ def data_fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def _stratified(indices: list[int], labels: list[str], fraction: float, seed: int, what: str):
-    """Split `indices` into (rest, taken) with `fraction` taken, stratified by label."""
-    from sklearn.model_selection import train_test_split
+SPLIT_RULE = "sha256(seed:image sha256) position; test [0, test_fraction), validation next, train the rest"
+"""How an unsplit image's split follows from its content: recorded with the records, so the registry can
+say how every published model's splits were made."""
 
-    if fraction <= 0:
-        return indices, []
-    n_classes = len(set(labels))
-    n_take = math.ceil(fraction * len(indices))
-    if n_take < n_classes or len(indices) - n_take < n_classes:
-        raise DatasetError(
-            f"cannot carve a stratified {what} split of {fraction:.0%} from {len(indices)} images in "
-            f"{n_classes} classes: every class needs at least one image on each side; add images or "
-            "change the split fractions")
-    smallest = Counter(labels).most_common()[-1]
-    if smallest[1] < 2:
-        raise DatasetError(f"class {smallest[0]!r} has only {smallest[1]} image; a stratified split needs "
-                           "at least 2 per class")
-    rest, taken = train_test_split(indices, test_size=n_take, stratify=labels, random_state=seed)
-    return sorted(rest), sorted(taken)
+
+def split_position(sha256: str, seed: int) -> float:
+    """Where an image falls in [0, 1): from its content and the seed alone, so adding or removing other
+    images never moves it to another split (TFX splits by hash for the same reason)."""
+    digest = hashlib.sha256(f"{seed}:{sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def _bands(fractions: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Each carved split's [low, high) band of positions, in order; the rest stays where it is."""
+    bands, low = {}, 0.0
+    for name, fraction in fractions.items():
+        bands[name] = (low, low + fraction)
+        low += fraction
+    return bands
+
+
+def _carve(indices: list[int], rows: list[dict], fractions: dict[str, float], seed: int,
+           rest: str = "train") -> dict[str, list[int]]:
+    """Split `indices` by each image's position: the splits of `fractions` take their bands, `rest` the rest.
+
+    Stratified within each class: every class gets the same bands, and a class the bands leave with no
+    image in a carved split gets its one image nearest to that band moved there. That exception is the only
+    way another image's arrival can move an image, and only in a class too small to fill every split (it
+    goes back when the class grows). A class smaller than the number of splits cannot be split at all.
+    """
+    fractions = {k: v for k, v in fractions.items() if v > 0}
+    out = {rest: [], **{k: [] for k in fractions}}
+    if not fractions:
+        out[rest] = list(indices)
+        return out
+    bands = _bands(fractions)
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i in indices:
+        by_class[rows[i]["label"]].append(i)
+    for label, members in by_class.items():
+        if len(members) < len(fractions) + 1:
+            raise DatasetError(
+                f"class {label!r} has only {len(members)} image(s): a stratified split into {rest} and "
+                f"{', '.join(fractions)} needs at least {len(fractions) + 1} per class; add images or set "
+                f"{' and '.join(f'{k}_fraction' if k != 'validation' else 'val_fraction' for k in fractions)} to 0")
+        position = {i: split_position(rows[i]["sha256"], seed) for i in members}
+        mine = {name: [] for name in out}
+        for i in members:
+            name = next((n for n, (lo, hi) in bands.items() if lo <= position[i] < hi), rest)
+            mine[name].append(i)
+        for name, (lo, hi) in bands.items():
+            if mine[name]:
+                continue
+            donor = max(mine, key=lambda n: (len(mine[n]), n == rest))
+            nearest = min(mine[donor], key=lambda i: (max(lo - position[i], position[i] - hi, 0.0), i))
+            mine[donor].remove(nearest)
+            mine[name].append(nearest)
+        for name, idx in mine.items():
+            out[name] += idx
+    return {name: sorted(idx) for name, idx in out.items()}
 
 
 def assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Row indices per split: the source's own split where it has one, seeded stratified carving otherwise."""
+    """Row indices per split: the source's own split where it has one; otherwise each image's split follows
+    from its content hash and the seed (`split_position`), stratified within its class."""
     given = defaultdict(list)
     for i, r in enumerate(rows):
         given[r["split"] or "unsplit"].append(i)
     if "unsplit" in given:
         if len(given) > 1:
             raise DatasetError("manifest mixes pre-split and unsplit images")
-        pool = given.pop("unsplit")
-        rest, test = _stratified(pool, [rows[i]["label"] for i in pool], test_fraction, seed, "test")
-        val_share = val_fraction / (1 - test_fraction)
-        train, val = _stratified(rest, [rows[i]["label"] for i in rest], val_share, seed, "validation")
-        return {"train": train, "validation": val, "test": test}
-    train = given.get("train", [])
-    split = {"train": train, "validation": given.get("validation", []), "test": given.get("test", [])}
-    # A pre-split source without validation/ or test/ gets them carved from train, like Keras'
-    # validation_split: the user's explicit folders always win.
-    for name, fraction in (("test", test_fraction), ("validation", val_fraction)):
-        if not split[name] and fraction > 0:
-            split["train"], split[name] = _stratified(split["train"], [rows[i]["label"] for i in split["train"]],
-                                                      fraction, seed, name)
+        carved = _carve(given["unsplit"], rows, {"test": test_fraction, "validation": val_fraction}, seed)
+        return {"train": carved["train"], "validation": carved.get("validation", []), "test": carved.get("test", [])}
+    split = {"train": given.get("train", []), "validation": given.get("validation", []), "test": given.get("test", [])}
+    # A pre-split source without validation/ or test/ gets them carved from train by the same rule, like
+    # Keras' validation_split: the user's explicit folders always win.
+    missing = {name: fraction for name, fraction in (("test", test_fraction), ("validation", val_fraction))
+               if not split[name] and fraction > 0}
+    if missing:
+        carved = _carve(split["train"], rows, missing, seed)
+        split.update({name: carved.get(name, split[name]) for name in split})
     return split
 
 
@@ -189,9 +228,14 @@ def record_files(splits: dict[str, list[int]], per_shard: int) -> list[tuple[str
 
 
 def save_metadata(out, rows: list, spec: InputSpec, meta_splits: dict[str, SplitInfo], quarantined: list[dict],
-                  near: list[dict], opts: PreprocessOptions, source: str) -> tuple[str, str]:
-    """metadata.json; returns (fingerprint, data fingerprint). `source` is where ingest read the data."""
+                  near: list[dict], opts: PreprocessOptions, source: str,
+                  splits: dict[str, list[int]]) -> tuple[str, str]:
+    """metadata.json and images.csv (every planned image's split by content hash); returns (fingerprint,
+    data fingerprint). `source` is where ingest read the data."""
     data_fp = data_fingerprint(rows)
+    gone = {q["location"] for q in quarantined}
+    SplitImages({split: {rows[i]["location"]: rows[i]["sha256"] for i in sorted(idx)
+                         if rows[i]["location"] not in gone} for split, idx in splits.items()}).save(out)
     # What changes the records' content (the pipeline parameters), not how they were written.
     params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline and o.name not in LAYOUT_ONLY}
     fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
@@ -215,7 +259,8 @@ def preprocess(dataset_dir: str, output_dir: str, opts: PreprocessOptions) -> Pr
         meta_splits, quarantined, seconds = write_shards(dataset_dir, rows, splits, spec, out, opts)
         if meta_splits["train"].count == 0:
             raise DatasetError(f"{dataset_dir}: no training images left after preprocessing")
-        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, near, opts, ingest_source(dataset_dir))
+        fp, data_fp = save_metadata(out, rows, spec, meta_splits, quarantined, near, opts, ingest_source(dataset_dir),
+                                    splits)
     summary = PreprocessSummary(classes, {k: v.count for k, v in meta_splits.items()}, len(quarantined),
                                 fp, data_fp, round(seconds, 3), len(near))
     print(f"preprocess: {summary.counts} at {spec.image_size}x{spec.image_size}x{spec.channels}; "

@@ -1,8 +1,10 @@
 """The champion lookup: does this run train at all, and from which weights?
 
-Scheduled retraining on unchanged data should not train again: when the data fingerprint equals the
-champion's, the run ends with a note instead (`skip_unchanged`). With `warm_start` the new model
-starts from the champion's Keras weights.
+Scheduled retraining on unchanged inputs should not train again: when the data (images, labels and
+splits), the preprocessing and the training options are all what the champion was made from, the run
+ends with a note instead (`skip_unchanged`). Any of the three changed is a reason to train: a new
+learning rate on the same images is a new candidate, and the gate decides whether it is better. With
+`warm_start` the new model starts from the champion's Keras weights when the architecture is the same.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from components.contracts import RecordsMetadata
 from components.lib import registry as layout
 from components.lib import storage
-from components.lib.options import takes
+from components.lib.options import fingerprint, takes
 from components.release.options import ChampionOptions
 
 
@@ -24,29 +26,64 @@ class Lookup:
     warm_start_from: str = ""  # the champion's Keras model folder, when warm starting
 
 
+def _train_options(given: str):
+    """The run's train options from their JSON (the pipeline passes them all; a direct call may leave some
+    or all out: they take their defaults)."""
+    import json
+
+    from components.steps import options
+
+    cls = options("train")
+    return cls(**cls.pick(json.loads(given or "{}")))
+
+
+def _changes(champ: dict, meta: RecordsMetadata, train_fp: str) -> list[str]:
+    """What differs between the champion's inputs and this run's, in words (empty: nothing)."""
+    changed = []
+    if champ["data_fingerprint"] != meta.data_fingerprint:
+        changed.append(f"the data changed (fingerprint {champ['data_fingerprint'][:12]} -> "
+                       f"{meta.data_fingerprint[:12]})")
+    elif champ.get("fingerprint") != meta.fingerprint:
+        changed.append("the preprocessing options changed")
+    if champ.get("train_options_fingerprint") != train_fp:
+        changed.append("the training options changed" if champ.get("train_options_fingerprint") else
+                       "the champion's training options were not recorded")
+    return changed
+
+
 @takes(ChampionOptions)
-def lookup(dataset_dir: str, opts: ChampionOptions) -> Lookup:
-    """Decide whether this run trains: not when the data is exactly what the champion was trained on."""
-    registry, model_name, skip_unchanged, warm_start = opts.registry, opts.model_name, opts.skip_unchanged, \
-        opts.warm_start
-    fingerprint = RecordsMetadata.load(dataset_dir).data_fingerprint
-    if not registry:
+def lookup(dataset_dir: str, opts: ChampionOptions, *, train_options: str = "") -> Lookup:
+    """Decide whether this run trains: not when data, preprocessing and training options are the champion's.
+
+    `train_options` is this run's train options as a JSON object (name -> value); options left out take
+    their defaults. JSON, so the step's command line takes it like any other flag.
+    """
+    meta = RecordsMetadata.load(dataset_dir)
+    train = _train_options(train_options)
+    train_fp = fingerprint(train)
+    if not opts.registry:
         result = Lookup("train", "no registry given")
     else:
-        champ = layout.champion(registry, model_name)
+        champ = layout.champion(opts.registry, opts.model_name)
         if champ is None:
-            result = Lookup("train", f"no champion yet for {model_name!r} in {registry}")
+            result = Lookup("train", f"no champion yet for {opts.model_name!r} in {opts.registry}")
         else:
-            v, same = champ["version"], champ["data_fingerprint"] == fingerprint
-            keras_dir = storage.join(champ["uri"], layout.KERAS_DIR)
-            if same and skip_unchanged:
-                result = Lookup("skip", f"the data (fingerprint {fingerprint[:12]}) is what champion v{v} was "
-                                "trained on", v, champ["data_fingerprint"])
+            v = champ["version"]
+            changed = _changes(champ, meta, train_fp)
+            if not changed and opts.skip_unchanged:
+                result = Lookup("skip", f"the data (fingerprint {meta.data_fingerprint[:12]}), preprocessing and "
+                                f"training options are what champion v{v} was trained with", v,
+                                champ["data_fingerprint"])
             else:
-                why = "the data is unchanged but skip_unchanged is off" if same else \
-                    f"the data changed since champion v{v} (fingerprint {champ['data_fingerprint'][:12]} -> " \
-                    f"{fingerprint[:12]})"
-                result = Lookup("train", why, v, champ["data_fingerprint"], keras_dir if warm_start else "")
+                why = "; ".join(changed) + f" since champion v{v}" if changed else \
+                    "the data and options are unchanged but skip_unchanged is off"
+                warm, note = "", ""
+                if opts.warm_start:
+                    same_net = champ.get("architecture") == train.architecture
+                    warm = storage.join(champ["uri"], layout.KERAS_DIR) if same_net else ""
+                    note = "" if same_net else (f"; no warm start: champion v{v} is {champ.get('architecture')}, "
+                                                f"this run {train.architecture}")
+                result = Lookup("train", why + note, v, champ["data_fingerprint"], warm)
     print(f"champion lookup: {result.action}: {result.reason}"
           + (f"; warm start from {result.warm_start_from}" if result.warm_start_from else ""), flush=True)
     return result

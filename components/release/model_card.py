@@ -14,9 +14,15 @@ def render(record: dict) -> str:
     per_class = "\n".join(f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
                           f"{r['support']} |" for r in record.get("per_class", []))
     champ = gate.get("champion") or {}
-    compared = (f"It beat champion v{champ['version']} re-scored on the same test images "
-                f"(accuracy {champ['accuracy']:.4f}, macro F1 {champ['macro_f1']:.4f})."
+    compared = (f"Compared with champion v{champ['version']}, re-scored here on "
+                f"{champ.get('compared_images', 'the same')} test images neither model trained or validated on "
+                f"(its accuracy {champ['accuracy']:.4f}, macro F1 {champ['macro_f1']:.4f}):"
                 if "accuracy" in champ else "It was the first version of this model.")
+    intervals = record.get("intervals", {})
+
+    def ci(metric: str) -> str:
+        c = intervals.get(metric)
+        return f" (95 % CI {c['low']:.4f}-{c['high']:.4f})" if c else ""
     params = ", ".join(f"{k}={v}" for k, v in record.get("params", {}).items() if k != "class_weight")
     weights = record.get("params", {}).get("class_weight")
     class_weights = ", ".join(f"{k} {v:g}" for k, v in weights.items()) if isinstance(weights, dict) else "none"
@@ -40,6 +46,8 @@ training data (other domains, other classes): it always answers one of the class
 ## Data
 - source `{record.get('data') or '(not recorded)'}`
 - data fingerprint `{record['data_fingerprint']}` (content hash of the images, labels and splits)
+- trained and validated on {record.get('seen_images', {}).get('count', '?')} images, listed by content hash in
+  `{record.get('seen_images', {}).get('file', '(not recorded)')}` (later gates leave them out of comparisons)
 - split sizes: train {counts.get('train', '?')}, validation {counts.get('validation', '?')}, test {counts.get('test', '?')}
 
 ## Model
@@ -52,7 +60,7 @@ The weakest classes on the test split (by F1); expect more errors on these:
 {limits}
 
 ## Metrics on the test split ({m.get('test_images', '?')} images)
-accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, macro precision {m.get('macro_precision', 0):.4f},
+accuracy {m['accuracy']:.4f}{ci('accuracy')}, macro F1 {m['macro_f1']:.4f}{ci('macro_f1')}, macro precision {m.get('macro_precision', 0):.4f},
 macro recall {m.get('macro_recall', 0):.4f}{f", ROC AUC {m['roc_auc']:.4f}" if 'roc_auc' in m else ''}.
 
 | class | precision | recall | F1 | support |
