@@ -52,7 +52,7 @@ run-docker: install ## the same run as `make run`, every task in our CPU image v
 	$(DOCKER_ENV) with bash -c '$(DOCKER_ENV) build cpu && \
 		$(BIN)/imgclf run --runner docker --network none $(RUN_ARGS) --pipeline-root $(PIPELINE_ROOT)'
 
-# The images a cluster pulls: make compile IMAGE=us-docker.pkg.dev/P/R/imgclf:0.1.0 GPU_IMAGE=.../imgclf-gpu:0.1.0
+# The images a cluster pulls: make compile IMAGE=us-docker.pkg.dev/P/R/imgclf:0.2.0 GPU_IMAGE=.../imgclf-gpu:0.2.0
 IMAGE ?=
 GPU_IMAGE ?=
 compile: install ## compile the pipeline to build/imgclf-training.yaml (IMAGE=, GPU_IMAGE=: images the cluster pulls)

@@ -98,8 +98,9 @@ def _add_registry(sub) -> None:
     chk.add_argument("--repair", action="store_true",
                      help="remove leftovers, make a complete newer version the champion, rewrite models.config")
     chk.add_argument("--champion", type=int, metavar="N",
-                     help="with --repair: point a damaged or missing champion record at complete version N "
-                          "(never done without it)")
+                     help="with --repair: point the champion record at complete version N: repairs a "
+                          "damaged or missing record (never done without it) or rolls back by hand (later "
+                          "repairs do not roll forward past it)")
     chk.add_argument("--grace", type=float, metavar="SECONDS",
                      help="leftovers of a publish claimed less than this long ago may still be running and are "
                           "left alone (default: IMGCLF_REGISTRY_GRACE_SECONDS, else 3600); 0 when nothing publishes")

@@ -33,7 +33,7 @@ def gpu_image() -> str:
 
 def image_problem(name: str) -> str:
     """Why a cluster cannot pull `name` ("" if it can): a name without a registry or namespace part
-    (`imgclf:0.1.0`) means docker.io/library/imgclf, which is not ours; it exists only where it was built."""
+    (`imgclf:0.2.0`) means docker.io/library/imgclf, which is not ours; it exists only where it was built."""
     if not name or any(c.isspace() for c in name):
         return "an image name must be non-empty with no spaces"
     if "/" not in name.split("@")[0]:

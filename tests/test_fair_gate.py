@@ -117,3 +117,28 @@ def test_a_champion_without_recorded_images_is_compared_with_a_warning(season, t
     g = gate.gate(str(pp2), str(pred), registry=str(old), model_name="fm", min_compared_images=1)
     assert any(r.startswith("WARN: champion v1 was published before imgclf recorded") for r in g.reasons)
     assert g.compared["images"] == g.compared["test_images"] and not g.compared["champion_seen_recorded"]
+
+
+def test_the_lookup_skips_on_data_and_options_and_judges_an_older_champion_on_data_alone(season, tmp_path):
+    import shutil
+
+    from components.release import champion
+
+    reg, pp1, _, _ = season
+    v1 = registry.read_record(reg, "fm", 1)["params"]
+    same = json.dumps({k: v1[k] for k in ("epochs", "batch_size", "width", "depth", "patience")})
+    assert champion.lookup(str(pp1), registry=reg, model_name="fm", train_options=same).action == "skip"
+    other = champion.lookup(str(pp1), registry=reg, model_name="fm", train_options=json.dumps({"epochs": 99}))
+    assert other.action == "train" and other.reason.startswith("the training options changed since champion v1")
+    # logging and backups are not the model: changing them still skips
+    logs = json.dumps({**json.loads(same), "backup_seconds": 5.0, "tensorboard_uri": str(tmp_path / "tb")})
+    assert champion.lookup(str(pp1), registry=reg, model_name="fm", train_options=logs).action == "skip"
+    # a champion published before the options were recorded: judged on data and preprocessing, as then
+    old = tmp_path / "reg"
+    shutil.copytree(reg, old)
+    record_path = old / "fm" / "1" / registry.RECORD
+    record = json.loads(record_path.read_text())
+    record.pop("train_options_fingerprint")
+    record_path.write_text(json.dumps(record))
+    again = champion.lookup(str(pp1), registry=str(old), model_name="fm", train_options=json.dumps({"epochs": 99}))
+    assert again.action == "skip" and "its training options were not recorded" in again.reason

@@ -55,8 +55,8 @@ def test_compiled_yaml_loads_back(tmp_path):
     assert caching["comp-train"] == {"enableCache": True} and caching["comp-gate"] == caching["comp-publish"] == {}
     assert set(spec["root"]["outputDefinitions"]["parameters"]) == {"outcome"}
     images = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
-    assert images.pop("exec-train") == "imgclf-gpu:0.1.0"  # compiled for a cluster: train asks for a GPU
-    assert set(images.values()) == {"imgclf:0.1.0"}
+    assert images.pop("exec-train") == "imgclf-gpu:0.2.0"  # compiled for a cluster: train asks for a GPU
+    assert set(images.values()) == {"imgclf:0.2.0"}
 
 
 @pytest.mark.slow

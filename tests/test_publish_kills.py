@@ -397,6 +397,16 @@ def test_a_champion_set_by_hand_is_not_rolled_forward(two_versions, capsys):
     assert pointer(loc) == pinned(loc) == 1 and "ok: " in capsys.readouterr().out
 
 
+def test_a_rollback_by_hand_stays_until_the_next_publish(two_versions, capsys):
+    loc = registry.model_uri(two_versions, NAME)
+    assert pointer(loc) == pinned(loc) == 2
+    assert main(["registry", "check", "--repair", "--champion", "1", loc]) == 0
+    assert "a rollback by hand" in capsys.readouterr().out and pointer(loc) == pinned(loc) == 1
+    # Neither a check nor the next publish's own repair rolls it forward to 2 again.
+    assert main(["registry", "check", "--repair", loc]) == 0
+    assert pointer(loc) == pinned(loc) == 1
+
+
 @pytest.mark.parametrize("where", ["s3", "gs"])
 def test_a_damaged_champion_record_in_a_bucket_is_named(where, work, request, tmp_path):
     reg = _registry_root(where, tmp_path, request)
@@ -437,7 +447,8 @@ def test_the_run_steps_name_a_damaged_champion_record(two_versions, tmp_path, mo
     with pytest.raises(registry.RegistryError) as e:
         champion.lookup(str(tmp_path), registry=two_versions, model_name=NAME)
     _assert_named(str(e.value), loc)
-    evaluated = SimpleNamespace(metrics={"accuracy": 0.9, "macro_f1": 0.9, "test_images": 10}, classes=["a", "b"])
+    evaluated = SimpleNamespace(metrics={"accuracy": 0.9, "macro_f1": 0.9, "test_images": 10}, classes=["a", "b"],
+                                intervals={})
     monkeypatch.setattr(gate.Evaluation, "load", lambda _: evaluated)
     rows = [{"location": f"{i}.png", "label": c, "predicted": c, "probability": "1.0"} for i, c in enumerate("abab")]
     monkeypatch.setattr(gate, "read_predictions", lambda _: rows, raising=False)
@@ -458,6 +469,6 @@ def test_registry_check_usage(two_versions, capsys):
     for argv, why in ((["registry", "check"], "which registry?"),
                       (["registry", "check", loc, "--registry", two_versions], "not both"),
                       (["registry", "check", "s3://bucket"], "expected REGISTRY/NAME"),
-                      (["registry", "check", "--repair", "--champion", "1", loc], "is not damaged")):
+                      (["registry", "check", "--repair", "--champion", "0", loc], "expected a version number")):
         assert main(argv) == 1
         assert why in capsys.readouterr().err

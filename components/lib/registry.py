@@ -406,6 +406,7 @@ class Finding:
     action: str = ""  # what --repair does about it; "" when it will not (the reason is in `left`)
     left: str = ""
     fix: Callable[[], object] | None = None
+    """Does the repair; returning False means it found the thing in use after all and left it."""
     done: bool = False
 
 
@@ -540,9 +541,6 @@ def _check(loc: str, model_name: str, repair: bool, set_champion: int | None, gr
         problem = f"it names version {champ}, which is not complete: {incomplete}"
     complete = [v for v, fs in numbered.items() if RECORD in fs]
     if set_champion is not None:
-        if not problem and got is not None and champ != set_champion:
-            raise RegistryError(f"--champion {set_champion}: {pointer_uri} is not damaged (it names version {champ}); "
-                                "--champion only repairs a damaged or missing champion record")
         if (why := _version_problem(loc, set_champion, _sub(files, set_champion))):
             raise RegistryError(f"--champion {set_champion}: version {set_champion} is not complete ({why}); "
                                 f"versions with a record: {sorted(complete) or 'none'}")
@@ -551,7 +549,7 @@ def _check(loc: str, model_name: str, repair: bool, set_champion: int | None, gr
         out.findings.append(Finding(out.damaged))
         out.config_pins = serving_config_version_at(loc, model_name)
         return _apply(out)
-    if problem or (got is None and set_champion is not None):
+    if set_champion is not None and (problem or got is None or champ != set_champion):
         # `passed_over`: the newest version folder now; a person chose the champion among those, so they are
         # never rolled forward over it (later publishes are).
         pointer = json.dumps({"version": set_champion, "updated": now.isoformat(timespec="seconds"),
@@ -565,7 +563,8 @@ def _check(loc: str, model_name: str, repair: bool, set_champion: int | None, gr
                 raise RegistryError(f"{pointer_uri} changed while it was being repaired; run the check again") from None
 
         what = f"{pointer_uri}: the champion record is damaged ({_one_line(problem)})" if problem else \
-            f"{pointer_uri}: missing"
+            f"{pointer_uri}: missing" if got is None else \
+            f"{pointer_uri}: names version {champ}; --champion {set_champion} chooses another (a rollback by hand)"
         out.findings.append(Finding(what, f"pointed at version {set_champion}", fix=set_pointer))
         champ = set_champion
     elif set_champion is None:
@@ -609,8 +608,10 @@ def _apply(out: Check) -> Check:
     if out.repair:
         for f in out.findings:
             if f.fix is not None and not f.done:
-                f.fix()
-                f.done = True
+                if f.fix() is False:
+                    f.action, f.left = "", "a running process took it up meanwhile: left alone"
+                else:
+                    f.done = True
         if any(f.done for f in out.findings):
             out.config_pins = serving_config_version_at(out.location, out.model_name)
     return out
@@ -690,6 +691,12 @@ def publish(saved_model_dir: str, model_dir: str, registry: str, model_name: str
                          for p in sorted(staged.rglob("*")) if p.is_file()}
         (staged / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
         storage.publish_dir(str(staged), dest, last=(SAVED_MODEL, RECORD))
+    # Only a version whose every file is there becomes the champion: a repair that judged this publish
+    # abandoned (older than the grace period) may have removed part of it meanwhile.
+    if problem := _version_problem(loc, version):
+        raise RegistryError(f"{dest}: the version is not complete after its copy ({problem}); the champion stays. "
+                            f"Was it removed by a repair while this publish ran? Run 'imgclf registry check "
+                            f"--repair {loc}' and publish again")
     pointer = {"version": version, "updated": record["created"], "source_run": record.get("source_run", "")}
     moved = advance_champion(registry, model_name, version, pointer)
     pinned = _sync_serving_config(loc, model_name)

@@ -57,17 +57,19 @@ def _z(level: float) -> float:
 
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro F1 over all `num_classes` (a class with no image and no prediction counts 0, as sklearn's
-    f1_score(average="macro", labels=range(num_classes), zero_division=0)), for each row of index arrays
-    `y`, `pred` (2-D: one bootstrap sample per row; 1-D: one sample). Counted with one bincount per
+    """Macro F1 over the `num_classes` classes (a class with no image and no prediction counts 0, as
+    sklearn's f1_score(average="macro", labels=range(num_classes), zero_division=0)), for each row of
+    index arrays `y`, `pred` (2-D: one bootstrap sample per row; 1-D: one sample). A prediction equal to
+    `num_classes` stands for a class outside these (one only the other model of a comparison knows): a
+    miss for its image's class, and no class of its own in the average. Counted with one bincount per
     array over row-offset class indices, so a block of samples costs a few passes over its images."""
     y2, p2 = np.atleast_2d(y), np.atleast_2d(pred)
-    k, r = num_classes, len(y2)
+    k, r = num_classes + 1, len(y2)
     offset = (np.arange(r) * k)[:, None]
 
     def count(idx, weights=None):
         return np.bincount((idx + offset).ravel(), weights=None if weights is None else weights.ravel(),
-                           minlength=r * k).reshape(r, k)
+                           minlength=r * k).reshape(r, k)[:, :num_classes]
 
     tp = count(y2, (y2 == p2).astype(np.float64))
     denom = count(y2) + count(p2)
@@ -76,8 +78,17 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     return out if np.ndim(y) == 2 else out[0]
 
 
-def _samples(n: int, samples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+BLOCK_CELLS = 2_000_000
+"""Bootstrap indices drawn a block of samples at a time, at most this many (16 MB of int64) per block:
+memory stays bounded whatever the number of test images."""
+
+
+def _samples(n: int, samples: int, seed: int):
+    """`samples` bootstrap resamples of range(n), as blocks of rows; the same for a given seed and n."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, BLOCK_CELLS // max(n, 1))
+    for start in range(0, samples, rows):
+        yield rng.integers(0, n, size=(min(rows, samples - start), n))
 
 
 def bootstrap_macro_f1(y, pred, num_classes: int, level: float = LEVEL, samples: int = BOOTSTRAP_SAMPLES,
@@ -87,16 +98,9 @@ def bootstrap_macro_f1(y, pred, num_classes: int, level: float = LEVEL, samples:
     value = float(macro_f1(y, pred, num_classes)) if len(y) else float("nan")
     if len(y) == 0:
         return Interval(value, 0.0, 1.0)
-    values = np.concatenate([macro_f1(y[idx], pred[idx], num_classes)
-                             for idx in _chunks(_samples(len(y), samples, seed))])
+    values = np.concatenate([macro_f1(y[idx], pred[idx], num_classes) for idx in _samples(len(y), samples, seed)])
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return Interval(value, float(low), float(high))
-
-
-def _chunks(idx: np.ndarray, rows: int = 200):
-    """Bootstrap samples a block at a time: memory bounded by the block, not by samples x images."""
-    for start in range(0, len(idx), rows):
-        yield idx[start:start + rows]
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ def paired_bootstrap_macro_f1(y, challenger, champion, num_classes: int, level: 
     if len(y) == 0:
         return Comparison("macro_f1", fa, fb, Interval(float("nan"), -1.0, 1.0), 1.0, "paired bootstrap")
     diffs = np.concatenate([macro_f1(y[idx], a[idx], num_classes) - macro_f1(y[idx], b[idx], num_classes)
-                            for idx in _chunks(_samples(len(y), samples, seed))])
+                            for idx in _samples(len(y), samples, seed)])
     low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     p_value = float((np.sum(diffs <= 0) + 1) / (len(diffs) + 1))
     return Comparison("macro_f1", fa, fb, Interval(fa - fb, float(low), float(high)), p_value,

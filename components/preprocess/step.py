@@ -39,11 +39,6 @@ def data_fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-SPLIT_RULE = "sha256(seed:image sha256) position; test [0, test_fraction), validation next, train the rest"
-"""How an unsplit image's split follows from its content: recorded with the records, so the registry can
-say how every published model's splits were made."""
-
-
 def split_position(sha256: str, seed: int) -> float:
     """Where an image falls in [0, 1): from its content and the seed alone, so adding or removing other
     images never moves it to another split (TFX splits by hash for the same reason)."""

@@ -45,9 +45,10 @@ def _changes(champ: dict, meta: RecordsMetadata, train_fp: str) -> list[str]:
                        f"{meta.data_fingerprint[:12]})")
     elif champ.get("fingerprint") != meta.fingerprint:
         changed.append("the preprocessing options changed")
-    if champ.get("train_options_fingerprint") != train_fp:
-        changed.append("the training options changed" if champ.get("train_options_fingerprint") else
-                       "the champion's training options were not recorded")
+    # A champion published before imgclf recorded its options is judged on data and preprocessing alone,
+    # as then: otherwise every scheduled run would train again until a new champion is published.
+    if champ.get("train_options_fingerprint", train_fp) != train_fp:
+        changed.append("the training options changed")
     return changed
 
 
@@ -71,9 +72,11 @@ def lookup(dataset_dir: str, opts: ChampionOptions, *, train_options: str = "") 
             v = champ["version"]
             changed = _changes(champ, meta, train_fp)
             if not changed and opts.skip_unchanged:
-                result = Lookup("skip", f"the data (fingerprint {meta.data_fingerprint[:12]}), preprocessing and "
-                                f"training options are what champion v{v} was trained with", v,
-                                champ["data_fingerprint"])
+                what = f"the data (fingerprint {meta.data_fingerprint[:12]}), preprocessing and training options " \
+                    f"are what champion v{v} was trained with" if champ.get("train_options_fingerprint") else \
+                    f"the data (fingerprint {meta.data_fingerprint[:12]}) and preprocessing are what champion v{v} " \
+                    "was trained with (its training options were not recorded, so they were not compared)"
+                result = Lookup("skip", what, v, champ["data_fingerprint"])
             else:
                 why = "; ".join(changed) + f" since champion v{v}" if changed else \
                     "the data and options are unchanged but skip_unchanged is off"

@@ -90,9 +90,8 @@ def _interval_of(name: str, truth: list[str], pred: list[str], classes: list[str
     p = np.array([index.get(q, len(classes)) for q in pred], dtype=np.int64)
     if name == "accuracy":
         return stats.wilson(int((y == p).sum()), len(y))
-    # An answer outside `classes` (a class only the other model knows) is a miss for every class here.
-    return stats.bootstrap_macro_f1(y, p, len(classes) + 1) if (p == len(classes)).any() else \
-        stats.bootstrap_macro_f1(y, p, len(classes))
+    # An answer outside `classes` (a class only the other model knows) is index len(classes): a miss.
+    return stats.bootstrap_macro_f1(y, p, len(classes))
 
 
 def _compare(metric: str, a: _Answers, classes: list[str]) -> stats.Comparison:
@@ -103,8 +102,7 @@ def _compare(metric: str, a: _Answers, classes: list[str]) -> stats.Comparison:
     old = np.array([index.get(q, other) for q in a.champion], dtype=np.int64)
     if metric == "accuracy":
         return stats.mcnemar(y, new, old)
-    k = other + 1 if (new == other).any() or (old == other).any() else other
-    return stats.paired_bootstrap_macro_f1(y, new, old, k)
+    return stats.paired_bootstrap_macro_f1(y, new, old, other)
 
 
 def _recalls(truth: list[str], pred: list[str], classes: list[str]) -> dict[str, tuple[int, int]]:
@@ -216,12 +214,11 @@ def _against_champion(result: GateResult, champ: dict, dataset_dir: str, predict
                        "test images (more data or a larger test_fraction), or lower min_compared_images")
         return False
     comparison = _compare(opts.compare_metric, chosen, shared)
-    result.champion.update({m: _metric(m, chosen.truth, chosen.champion, shared) for m in METRICS})
+    on_compared = {who: {m: _interval_of(m, chosen.truth, answers, shared).as_dict() for m in METRICS}
+                   for who, answers in (("challenger", chosen.challenger), ("champion", chosen.champion))}
+    result.champion.update({m: on_compared["champion"][m]["value"] for m in METRICS})
     result.champion["compared_images"] = n
-    result.intervals["compared"] = {
-        "challenger": {m: _interval_of(m, chosen.truth, chosen.challenger, shared).as_dict() for m in METRICS},
-        "champion": {m: _interval_of(m, chosen.truth, chosen.champion, shared).as_dict() for m in METRICS},
-        "comparison": comparison.as_dict()}
+    result.intervals["compared"] = {**on_compared, "comparison": comparison.as_dict()}
     diff = comparison.difference
     where = f"on the same {n} test images seen by neither model ({why_out})"
     delta = (f"{comparison.challenger:.4f} vs champion v{version} {comparison.champion:.4f} {where}: "
@@ -261,10 +258,6 @@ def _recall_rule(reasons: list[str], chosen: _Answers, classes: list[str], versi
         return False
     reasons.append(f"PASS: no class's recall dropped by more than {max_drop:.3f} against champion v{version}")
     return True
-
-
-def _metric(name: str, truth: list[str], pred: list[str], classes: list[str]) -> float:
-    return _interval_of(name, truth, pred, classes).value
 
 
 def _csv(rows: list[dict]) -> str:
