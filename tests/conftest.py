@@ -1,6 +1,7 @@
 """Shared fixtures: small real-image datasets cut from the embedded Fashion-MNIST sample."""
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shutil
@@ -10,6 +11,19 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+_PRINT = builtins.print
+
+
+@pytest.fixture(autouse=True)
+def _plain_print():
+    """Every test starts with the real `print`. kfp.local indents a task's log by swapping
+    `builtins.print` for the task's duration (kfp.local.logging_utils.indented_print). In the full
+    suite an earlier in-process run left it swapped, and every later test's output started with four
+    spaces: a test's result depended on which tests ran before it."""
+    builtins.print = _PRINT
+    yield
+
+
 SAMPLE = REPO / "data" / "fashion-mnist-sample"
 
 

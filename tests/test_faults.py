@@ -102,7 +102,7 @@ def test_every_shard_and_the_first_batches_hold_most_classes(ten_class_folder, t
     meta = RecordsMetadata.load(str(tmp_path / "pp"))
     spec = {records.LABEL: tf.io.FixedLenFeature([], tf.int64)}
     shards = meta.shard_paths(str(tmp_path / "pp"), "train")
-    assert len(shards) == 4
+    assert len(shards) == -(-meta.count("train") // 40) >= 4
     for shard in shards:
         labels = [int(tf.io.parse_single_example(r, spec)[records.LABEL]) for r in tf.data.TFRecordDataset(shard)]
         assert len(set(labels)) >= 7, (shard, Counter(labels))

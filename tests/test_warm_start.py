@@ -71,7 +71,7 @@ def assert_same(got: keras.Model, want: keras.Model, skip: tuple[str, ...] = ())
 
 
 def warm_line(out: str) -> str:
-    lines = [line for line in out.splitlines() if line.startswith("train: warm start from ")]
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith("train: warm start from ")]
     assert len(lines) == 1, out
     return lines[0]
 
