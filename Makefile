@@ -82,7 +82,7 @@ test-fast: install system-packages ## the inner loop: every test not marked slow
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 docs: install ## regenerate the README's generated tables (parameters, per-task resources) from their declarations
-	$(BIN)/python -m pipelines.docs
+	$(BIN)/python -m imgclf.pipelines.docs
 
 bench: install system-packages ## CPU benchmarks: end to end and input vs the notebook scripts (ImageDataGenerator, image_dataset_from_directory), ingest and predict speed vs issue 17's goals, training, steps; tables in build/bench (~65 min)
 	$(BIN)/python -m benchmarks.end_to_end $(BENCH_ARGS)

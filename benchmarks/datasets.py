@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipelines.sample_data import build_folder
+from imgclf.pipelines.local.sample_data import build_folder
 
 CLASSES = 10
 
@@ -27,8 +27,8 @@ def warm_page_cache(folder: Path) -> int:
 def prepare(folder: Path, work: Path, image_size: int, color_mode: str = "rgb", val_fraction: float = 0.1,
             test_fraction: float = 0.1) -> dict:
     """Our one-off cost: ingest + preprocess the folder. Returns the TFRecord folder and the seconds of each."""
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
 
     t = time.perf_counter()
     ingest(str(folder), str(work / "ingested"))
@@ -45,9 +45,9 @@ def export_npz(dataset_dir: str, path: Path, limit: int) -> dict:
     real input for the GPU benchmark, which runs where there is no TensorFlow to read TFRecords."""
     import numpy as np
 
-    from components.lib import records
+    from imgclf.components.lib import records
 
-    from components.contracts import RecordsMetadata
+    from imgclf.components.contracts import RecordsMetadata
 
     meta = RecordsMetadata.load(dataset_dir)
     xs, ys, n = [], [], 0

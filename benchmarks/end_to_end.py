@@ -77,7 +77,7 @@ QUICK = {
 
 def build_source(name: str, folder: Path, quick: bool) -> Path:
     """The workload's image folder (the embedded sample is used where it lies)."""
-    from pipelines.sample_data import build_folder
+    from imgclf.pipelines.local.sample_data import build_folder
 
     if name == "photos":
         return datasets.jpeg_folder(folder, 200 if quick else 2_000, 400)
@@ -98,7 +98,7 @@ def command(contender: str, source: Path, w: Workload, work: Path) -> list[str]:
 
 def read_ours(stdout: str, work: Path) -> dict:
     """Test accuracy and step times from the summary `imgclf run` prints; epochs trained from train.json."""
-    from components.contracts import TrainedModel, load_history
+    from imgclf.components.contracts import TrainedModel, load_history
 
     acc = re.search(r"^test accuracy : ([0-9.]+)$", stdout, re.M)
     if not acc:

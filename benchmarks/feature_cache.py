@@ -25,9 +25,9 @@ SIZE = 160
 def measure(model: str, cache: str, dataset_dir: str, model_dir: str, weights: str, epochs: int) -> dict:
     import keras
 
-    from components.evaluate.step import evaluate
-    from components.lib.layers import FAMILIES
-    from components.train.step import train
+    from imgclf.components.evaluate.step import evaluate
+    from imgclf.components.lib.layers import FAMILIES
+    from imgclf.components.train.step import train
 
     if not Path(weights).exists():
         getattr(keras.applications, FAMILIES[model].constructor)(

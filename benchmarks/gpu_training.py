@@ -1,13 +1,13 @@
 """Training throughput on the JAX backend, for a GPU machine that has JAX (with CUDA), Keras and NumPy but
 no TensorFlow: nothing on this module's import chain may import TensorFlow.
 
-For each model (our builders from components.models, augmentation in the model as shipped, weights none),
+For each model (our builders from imgclf.components.models, augmentation in the model as shipped, weights none),
 precision (float32 and mixed_float16, set the way the train step sets it) and input:
 - synthetic: one fixed random uint8 batch handed over again every step: the model's own ceiling;
 - real: preprocessed pixels from `gpu_input.npz` (written by `make bench` / benchmarks.training_throughput
   on a machine with TensorFlow), in memory, tiled to the epoch length and reshuffled every epoch by `fit`.
 The gap between the two is what feeding real in-memory data costs. images/s is the train step's own
-metric (components.throughput): steady = median of the epochs after the first, which also pays XLA
+metric (imgclf.components.throughput): steady = median of the epochs after the first, which also pays XLA
 compilation. Writes <out>/gpu_training.{json,md}.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run_one(model: str, precision: str, source: str, data, shape, classes: int, 
             images: int) -> dict:
     import keras
 
-    from components.train import accelerate, models, throughput
+    from imgclf.components.train import accelerate, models, throughput
 
     keras.utils.set_random_seed(1)
     with accelerate.setup(precision, "none", "auto") as hw:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
-    from components.train import accelerate
+    from imgclf.components.train import accelerate
 
     if keras.backend.backend() != "jax":
         raise SystemExit(f"gpu_training measures the JAX backend; KERAS_BACKEND is {keras.backend.backend()!r}")

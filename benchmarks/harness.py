@@ -53,11 +53,11 @@ def in_fresh_process(module: str, *args: str) -> dict:
 def imgclf() -> list[str]:
     """The `imgclf` command of this virtualenv (the module where the entry point is not installed)."""
     cli = Path(sys.executable).parent / "imgclf"
-    return [str(cli)] if cli.exists() else [sys.executable, "-m", "pipelines.cli"]
+    return [str(cli)] if cli.exists() else [sys.executable, "-m", "imgclf.pipelines.cli.main"]
 
 
 # What the contenders import first: our zygote's list, the notebook scripts' model module and our CLI.
-WARM_IMPORTS = ("pipelines.preloaded_tasks", "benchmarks.notebook_model", "pipelines.cli")
+WARM_IMPORTS = ("imgclf.pipelines.local.preloaded_tasks", "benchmarks.notebook_model", "imgclf.pipelines.cli.main")
 
 
 def warm_imports() -> float:
@@ -66,7 +66,7 @@ def warm_imports() -> float:
     otherwise whichever contender runs first after a pause alone reads TensorFlow from disk (an
     `imgclf run` whose first task took 14.2 s against 4.7 s a round later); as `warm_page_cache` does for
     the images."""
-    from pipelines.preloaded_tasks import PRELOAD
+    from imgclf.pipelines.local.preloaded_tasks import PRELOAD
 
     code = "import importlib\nfor name in %r:\n    importlib.import_module(name)" % ((*PRELOAD, *WARM_IMPORTS),)
     start = time.perf_counter()

@@ -80,10 +80,10 @@ def _batches_ours(dataset_dir: str, augment: bool):
     import keras
     import tensorflow as tf
 
-    from components.contracts import RecordsMetadata
-    from components.lib import records
-    from components.train import models
-    from components.train import step as train
+    from imgclf.components.contracts import RecordsMetadata
+    from imgclf.components.lib import records
+    from imgclf.components.train import models
+    from imgclf.components.train import step as train
 
     meta = RecordsMetadata.load(dataset_dir)
     ds = train._input(records.make_dataset(dataset_dir, meta, "train", BATCH, shuffle=True, seed=1, prefetch=False),

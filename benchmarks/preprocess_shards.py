@@ -27,8 +27,8 @@ def run_sharded(dataset_dir: str, tasks: int, pipeline_root: str, **opts) -> tup
     (the records folder, wall seconds of the run, seconds of the plan and merge tasks)."""
     from kfp import dsl
 
-    from pipelines.local import run_pipeline
-    from pipelines.training import sharded_preprocess
+    from imgclf.pipelines.local.run import run_pipeline
+    from imgclf.pipelines.definitions.training import sharded_preprocess
 
     def shards_pipeline():
         manifest = dsl.importer(artifact_uri=str(Path(dataset_dir).resolve()), artifact_class=dsl.Dataset,
@@ -55,9 +55,9 @@ def _shard_seconds(records: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
-    from pipelines.sample_data import build_folder
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
+    from imgclf.pipelines.local.sample_data import build_folder
 
     args = harness.parse_args(__doc__, argv, **{
         "--folder": {"default": FULL_FOLDER, "help": f"the image folder (default {FULL_FOLDER}; built if missing)"},

@@ -2,7 +2,7 @@
 `imgclf predict` against the plain loop a user writes over the same SavedModel.
 
 Ingest runs as a local run executes it: `ingest(source, out, report_html=...)`, as the pipeline's
-component body calls it, in a process where the zygote's libraries (pipelines.preloaded_tasks.PRELOAD:
+component body calls it, in a process where the zygote's libraries (imgclf.pipelines.local.preloaded_tasks.PRELOAD:
 TensorFlow, Keras, ...) are already imported before the clock starts, because local runs fork every
 task from a zygote that preloaded them; only the call is timed. The second row is the same call in a
 cold process, the clock started before those imports. Both are set against issue 17's reference of
@@ -11,7 +11,7 @@ reference figure, not a result of this run) next to the goal, at least 3x faster
 
 Predict: the plain loop is what a user writes (`tf.saved_model.load(dir).signatures["serving_default"]`,
 each file's bytes read, 64 per call as `image_bytes=tf.constant(...)`, the top class collected); ours is
-`components.predict.step.predict(inputs=[folder], model=dir)` with its defaults (batch 64). Each runs
+`imgclf.components.predict.step.predict(inputs=[folder], model=dir)` with its defaults (batch 64). Each runs
 in its own fresh process with TensorFlow (and for ours the step module) imported before the clock, and
 both clocks include loading the model (predict loads it inside the call). Their class counts must
 agree, or the pair is refused. The whole `imgclf predict --model DIR FOLDER --output x.csv` process,
@@ -48,7 +48,7 @@ MODEL_IMAGES = 100
 INGEST_CONTENDERS = {"warm": "TensorFlow preloaded (as a local run's forked task); the call timed",
                      "cold": "cold process; TensorFlow import included"}
 PREDICT_CONTENDERS = {"plain": "plain loop over serving_default, batches of 64",
-                      "ours": "components.predict.step.predict(), in process",
+                      "ours": "imgclf.components.predict.step.predict(), in process",
                       "cli": "imgclf predict --output x.csv, whole process timed from outside"}
 
 
@@ -57,7 +57,7 @@ def preload() -> None:
     """What the zygote imports before it forks a task."""
     import importlib
 
-    from pipelines.preloaded_tasks import PRELOAD
+    from imgclf.pipelines.local.preloaded_tasks import PRELOAD
 
     for name in PRELOAD:
         importlib.import_module(name)
@@ -67,7 +67,7 @@ def measure_ingest(source: str, out: str, cold: bool) -> dict:
     start = time.perf_counter()
     if not cold:
         preload()
-    from components.ingest.step import ingest
+    from imgclf.components.ingest.step import ingest
 
     if not cold:
         start = time.perf_counter()
@@ -102,7 +102,7 @@ def measure_plain(folder: str, model: str) -> dict:
 def measure_ours(folder: str, model: str) -> dict:
     import tensorflow  # noqa: F401  (imported before the clock, as on the plain loop's side)
 
-    from components.predict.step import predict
+    from imgclf.components.predict.step import predict
 
     start = time.perf_counter()
     r = predict(inputs=[folder], model=model, batch_size=BATCH)
@@ -113,11 +113,11 @@ def measure_ours(folder: str, model: str) -> dict:
 def build_model(work: str) -> dict:
     """A 160 px RGB SavedModel made by the pipeline's own steps on a small generated folder."""
     from benchmarks import datasets
-    from components.evaluate.step import evaluate
-    from components.export.step import export
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
-    from components.train.step import train
+    from imgclf.components.evaluate.step import evaluate
+    from imgclf.components.export.step import export
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
+    from imgclf.components.train.step import train
 
     w = Path(work)
     t = time.perf_counter()

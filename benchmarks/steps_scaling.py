@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from pipelines.sample_data import build_folder
+from imgclf.pipelines.local.sample_data import build_folder
 
 MODULE = "benchmarks.steps_scaling"
 SAMPLE = "data/fashion-mnist-sample"
@@ -58,25 +58,25 @@ def run_step(step: str, source: str, work: str, epochs: int) -> dict:
     t = time.perf_counter()
     quarantined = 0
     if step == "ingest":
-        from components.ingest.step import ingest
+        from imgclf.components.ingest.step import ingest
         s = ingest(source, str(w / "ingested"))
         n, quarantined = s.images, s.quarantined
     elif step == "preprocess":
-        from components.preprocess.step import preprocess
+        from imgclf.components.preprocess.step import preprocess
         s = preprocess(str(w / "ingested"), ds, image_size=28, color_mode="grayscale")
         n, quarantined = sum(s.counts.values()), s.quarantined
     elif step == "train":
-        from components.contracts import RecordsMetadata
-        from components.train.step import train
+        from imgclf.components.contracts import RecordsMetadata
+        from imgclf.components.train.step import train
         r = train(ds, model, epochs=epochs, batch_size=64, patience=epochs)
         n = r.epochs_run * RecordsMetadata.load(ds).count("train")
     elif step == "evaluate":
-        from components.evaluate.step import evaluate
-        from components.contracts import RecordsMetadata
+        from imgclf.components.evaluate.step import evaluate
+        from imgclf.components.contracts import RecordsMetadata
         evaluate(ds, model, str(w / "predictions"))
         n = RecordsMetadata.load(ds).count("test")
     else:
-        from components.export.step import export
+        from imgclf.components.export.step import export
         n = export(model, ds, str(w / "predictions"), str(w / "saved_model")).checked_images
     return {"images": n, "quarantined": quarantined, "seconds": time.perf_counter() - t}
 

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from components.lib import storage
-from pipelines.sample_data import build_folder
+from imgclf.components.lib import storage
+from imgclf.pipelines.local.sample_data import build_folder
 from tests import stores
 
 MEASURE = """
 import json, resource, sys, time
-from components.ingest.step import ingest
+from imgclf.components.ingest.step import ingest
 t = time.perf_counter()
 s = ingest(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]))
 dt = time.perf_counter() - t

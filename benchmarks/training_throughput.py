@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import datasets, harness
-from pipelines.sample_data import build_folder
+from imgclf.pipelines.local.sample_data import build_folder
 
 MODULE = "benchmarks.training_throughput"
 BATCH = 32
@@ -25,7 +25,7 @@ GPU_INPUT_IMAGES = 512
 
 
 def measure(model: str, dataset_dir: str, model_dir: str, epochs: int) -> dict:
-    from components.train.step import train
+    from imgclf.components.train.step import train
 
     r = train(dataset_dir, model_dir, architecture=model, epochs=epochs, batch_size=BATCH, weights="none",
               patience=epochs, seed=1)

@@ -5,4 +5,4 @@ import os
 # progress lines in KFP logs; real errors still surface as Python exceptions.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.2.0"
+from imgclf import __version__  # noqa: F401 - declared once, in imgclf/__init__.py

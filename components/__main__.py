@@ -1,4 +1,4 @@
-"""`python -m components <step> --flag value ...`: run one step's function directly.
+"""`python -m imgclf.components <step> --flag value ...`: run one step's function directly.
 
 This is the container entry point (`docker run IMAGE <step> ...`); the steps come from
 components/steps.py, their flags (with help, allowed values and defaults) from the step's signature
@@ -15,7 +15,7 @@ import typing
 
 def add_step_arguments(parser: argparse.ArgumentParser, fn) -> None:
     """Flags for a step: its declared options with their help, then its own artifact paths."""
-    from components.lib.options import add_arguments
+    from imgclf.components.lib.options import add_arguments
 
     cls = getattr(fn, "options", None)
     declared = {o.name: o for o in cls.declared()} if cls else {}
@@ -31,10 +31,10 @@ def add_step_arguments(parser: argparse.ArgumentParser, fn) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components import steps
-    from components.lib.options import ParameterError
+    from imgclf.components import steps
+    from imgclf.components.lib.options import ParameterError
 
-    parser = argparse.ArgumentParser(prog="python -m components", description="Run one imgclf step.")
+    parser = argparse.ArgumentParser(prog="python -m imgclf.components", description="Run one imgclf step.")
     sub = parser.add_subparsers(dest="step", required=True)
     for name in (n for n, s in steps.STEPS.items() if s.entry):
         add_step_arguments(sub.add_parser(name, help=steps.STEPS[name].help), steps.function(name))

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.lib import tables
+from imgclf.components.lib import tables
 
 SPLITS = ("train", "validation", "test")
 
@@ -215,7 +215,7 @@ class TrainedModel:
     hardware: dict
     result: dict
     options_fingerprint: str = ""
-    """Digest of the options that describe the model (components.lib.options.fingerprint): the registry
+    """Digest of the options that describe the model (imgclf.components.lib.options.fingerprint): the registry
     keeps it, and a run on unchanged data is skipped only when its options have the same digest."""
 
     def save(self, model_dir: str | Path) -> None:

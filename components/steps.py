@@ -1,5 +1,5 @@
 """Every step, registered once: its function and its options class, by name. The container entry point
-(`python -m components <step>`), `imgclf step`, the KFP glue and the pipelines' parameter lists all
+(`python -m imgclf.components <step>`), `imgclf step`, the KFP glue and the pipelines' parameter lists all
 read this table; nothing is imported until a step is asked for.
 """
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from components.lib.options import Options
+from imgclf.components.lib.options import Options
 
 
 @dataclass(frozen=True)
@@ -18,45 +18,45 @@ class Step:
     """"module:Class" of its options ("" for a step without options)."""
     help: str = ""
     entry: bool = True
-    """A subcommand of the container entry point (`python -m components <step>`)."""
+    """A subcommand of the container entry point (`python -m imgclf.components <step>`)."""
 
 
 STEPS = {
-    "ingest": Step("components.ingest.step:ingest", "components.ingest.options:IngestOptions",
+    "ingest": Step("imgclf.components.ingest.step:ingest", "imgclf.components.ingest.options:IngestOptions",
                    "list and decode-check every image of a source; write the manifest and quarantine"),
-    "preprocess": Step("components.preprocess.step:preprocess", "components.preprocess.options:PreprocessOptions",
+    "preprocess": Step("imgclf.components.preprocess.step:preprocess", "imgclf.components.preprocess.options:PreprocessOptions",
                        "seeded stratified split, serving-time decode + resize, sharded TFRecords"),
     # Preprocess spread over tasks (the pipelines' form): plan -> N shard tasks -> merge; same records.
-    "preprocess_plan": Step("components.preprocess.shards:plan", "components.preprocess.options:PreprocessOptions",
+    "preprocess_plan": Step("imgclf.components.preprocess.shards:plan", "imgclf.components.preprocess.options:PreprocessOptions",
                             "fix every split and its order from the manifest; choose the shard tasks", entry=False),
-    "preprocess_shard": Step("components.preprocess.shards:write_part",
-                             "components.preprocess.options:PreprocessOptions",
+    "preprocess_shard": Step("imgclf.components.preprocess.shards:write_part",
+                             "imgclf.components.preprocess.options:PreprocessOptions",
                              "write one shard task's share of the TFRecord files", entry=False),
-    "preprocess_merge": Step("components.preprocess.shards:merge", "components.preprocess.options:PreprocessOptions",
+    "preprocess_merge": Step("imgclf.components.preprocess.shards:merge", "imgclf.components.preprocess.options:PreprocessOptions",
                              "gather the shard tasks' files into one records artifact with its metadata",
                              entry=False),
-    "train": Step("components.train.step:train", "components.train.options:TrainOptions",
+    "train": Step("imgclf.components.train.step:train", "imgclf.components.train.options:TrainOptions",
                   "fit a Keras 3 model on the TFRecords, resumable; save .keras, history and curves"),
-    "evaluate": Step("components.evaluate.step:evaluate", "",
+    "evaluate": Step("imgclf.components.evaluate.step:evaluate", "",
                      "score the test split: metrics, confusion matrix, ROC, predictions, HTML report"),
-    "export": Step("components.export.step:export", "components.export.options:ExportOptions",
+    "export": Step("imgclf.components.export.step:export", "imgclf.components.export.options:ExportOptions",
                    "write the raw-bytes SavedModel and prove it answers like evaluate"),
-    "champion": Step("components.release.champion:lookup", "components.release.options:ChampionOptions",
+    "champion": Step("imgclf.components.release.champion:lookup", "imgclf.components.release.options:ChampionOptions",
                      "read the registry's champion; decide whether this run trains"),
-    "gate": Step("components.release.gate:gate", "components.release.options:GateOptions",
+    "gate": Step("imgclf.components.release.gate:gate", "imgclf.components.release.options:GateOptions",
                  "thresholds and the champion re-scored on this test split: publish or refuse"),
-    "publish": Step("components.release.publish:publish", "components.release.options:PublishOptions",
+    "publish": Step("imgclf.components.release.publish:publish", "imgclf.components.release.options:PublishOptions",
                     "copy the checked SavedModel into the registry as the next version"),
     # A sweep's trial (train, its failure kept as its result) and selection: wired by pipelines/training.py
     # from the sweep file, their inputs are lists and JSON, so no entry-point subcommand.
-    "trial": Step("components.train.trial:run_trial", "components.train.options:TrainOptions",
+    "trial": Step("imgclf.components.train.trial:run_trial", "imgclf.components.train.options:TrainOptions",
                   "one trial of a sweep: train with the trial's options, scored on the validation split", entry=False),
-    "select": Step("components.sweep.select:select", "",
+    "select": Step("imgclf.components.sweep.select:select", "",
                    "the best trial of a sweep by its validation score; its model becomes the run's", entry=False),
-    "deploy": Step("components.deploy.step:deploy", "components.deploy.options:DeployOptions",
+    "deploy": Step("imgclf.components.deploy.step:deploy", "imgclf.components.deploy.options:DeployOptions",
                    "serve a published version: KServe InferenceService, Vertex AI endpoint or TF Serving config"),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
-    "predict": Step("components.predict.step:predict", "components.predict.options:BatchPredictOptions",
+    "predict": Step("imgclf.components.predict.step:predict", "imgclf.components.predict.options:BatchPredictOptions",
                     "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),
 }
 

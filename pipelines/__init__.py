@@ -1,7 +1,7 @@
 """The pipelines, by the name the CLI, the docs and the tests use; each module defines STEPS and a
 build_* function. Light on purpose: `imgclf` imports this before it knows whether it needs kfp."""
 
-PIPELINES = {"training": "pipelines.training", "predict": "pipelines.prediction"}
+PIPELINES = {"training": "imgclf.pipelines.definitions.training", "predict": "imgclf.pipelines.definitions.prediction"}
 
 
 def steps_of(pipeline: str) -> tuple[str, ...]:
@@ -12,8 +12,8 @@ def steps_of(pipeline: str) -> tuple[str, ...]:
 
 def check_parameters(values: dict, pipeline: str = "training", check_paths: bool = False) -> dict:
     """Every value checked against the steps' declarations before anything runs or is sent."""
-    from components import steps
-    from components.lib.options import validate
+    from imgclf.components import steps
+    from imgclf.components.lib.options import validate
 
     return validate(values, *steps.pipeline_options(list(steps_of(pipeline))), check_paths=check_paths,
                     pipeline_only=True)

@@ -1,7 +1,7 @@
 """The README's generated tables: the parameters (from the steps' option declarations) and each
 task's default CPU and memory (from pipelines/platform.py).
 
-`python -m pipelines.docs` rewrites the tables between their markers in README.md (`make docs`);
+`python -m imgclf.pipelines.docs` rewrites the tables between their markers in README.md (`make docs`);
 `--check` exits 1 when README.md is not current (a test runs it).
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines import PIPELINES, steps_of
-from pipelines.declare import parameters
+from imgclf.pipelines import PIPELINES, steps_of
+from imgclf.pipelines.definitions.declare import parameters
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,7 +21,7 @@ def _cell(text: str) -> str:
 
 
 def table(pipeline: str) -> str:
-    from components import steps as step_table
+    from imgclf.components import steps as step_table
 
     steps = steps_of(pipeline)
     owner = {}
@@ -37,7 +37,7 @@ def table(pipeline: str) -> str:
 
 
 def resources_table() -> str:
-    from pipelines.platform import DEFAULT_RESOURCES
+    from imgclf.pipelines.remote.platform import DEFAULT_RESOURCES
 
     rows = ["| task | CPU request | CPU limit | memory request | memory limit |", "|---|---|---|---|---|"]
     rows += [f"| `{name}` | {r.cpu_request} | {r.cpu_limit} | {r.memory_request} | {r.memory_limit} |"
@@ -66,7 +66,7 @@ def render(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.docs", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m imgclf.pipelines.docs", description=__doc__)
     p.add_argument("--check", action="store_true", help="exit 1 if README.md's tables are not current")
     args = p.parse_args(argv)
     text = README.read_text(encoding="utf-8")

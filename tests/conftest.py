@@ -64,8 +64,8 @@ TEN = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
 def preprocessed(tmp: Path, per_class: int) -> Path:
     """Real Fashion-MNIST images of all ten classes (every third a JPEG), ingested and preprocessed at
     32 px grey with 15 % validation and 15 % test: the records the training tests start from."""
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
 
     ingest(str(make_folder(tmp / "src", TEN, per_class, jpeg_every=3)), str(tmp / "ds"))
     preprocess(str(tmp / "ds"), str(tmp / "pp"), image_size=32, color_mode="grayscale", val_fraction=0.15,
@@ -96,11 +96,11 @@ def ten_class_folder(tmp_path) -> Path:
 def chain_factory(tmp_path_factory):
     """Run ingest -> preprocess -> train -> evaluate -> export once per class set and share the result:
     training is the slow part of the suite."""
-    from components.evaluate.step import evaluate
-    from components.export.step import export
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
-    from components.train.step import train
+    from imgclf.components.evaluate.step import evaluate
+    from imgclf.components.export.step import export
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
+    from imgclf.components.train.step import train
 
     built = {}
 
@@ -131,7 +131,7 @@ STORE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-s
 def stores():
     """A real S3 API server and a GCS emulator on 127.0.0.1, configured through the environment exactly
     as a user configures MinIO or an emulator (so subprocesses such as kfp.local tasks see them too)."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
     from tests import stores as st
 
     s3, gcs = st.moto_s3(), st.gcs_emulator()
@@ -157,7 +157,7 @@ _bucket_counter = iter(range(10_000))
 @pytest.fixture
 def bucket(stores):
     """A fresh bucket name in both stores: returns (s3_uri, gs_uri) of its root."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
 
     name = f"bkt{next(_bucket_counter)}"
     for proto in ("s3", "gs"):

@@ -28,7 +28,7 @@ def script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def image() -> str:
     """Our CPU image, built from this tree; the engine is stopped again if this fixture started it."""
-    from components.kfp_glue.wrappers import IMAGE
+    from imgclf.components.kfp_glue.wrappers import IMAGE
 
     up = script("up")
     if up.returncode:
@@ -68,12 +68,12 @@ def test_image_runs_every_step_as_non_root_with_the_hosts_kfp(image):
     import kfp
     import tensorflow as tf
 
-    import components
+    import imgclf.components
 
     facts = json.loads(docker_run(image, "python3", "-c", (
         "import json, os, kfp, tensorflow, components; print(json.dumps({'uid': os.getuid(), "
-        "'kfp': kfp.__version__, 'tf': tensorflow.__version__, 'imgclf': components.__version__}))")))
-    assert facts == {"uid": 1000, "kfp": kfp.__version__, "tf": tf.__version__, "imgclf": components.__version__}
+        "'kfp': kfp.__version__, 'tf': tensorflow.__version__, 'imgclf': imgclf.components.__version__}))")))
+    assert facts == {"uid": 1000, "kfp": kfp.__version__, "tf": tf.__version__, "imgclf": imgclf.components.__version__}
     usage = docker_run(image)  # no arguments: the step list
     assert all(step in usage for step in STEPS)
     helps = docker_run(image, "sh", "-c", "for s in " + " ".join(STEPS) + "; do imgclf-entrypoint $s --help; done")
@@ -84,8 +84,8 @@ def test_image_runs_every_step_as_non_root_with_the_hosts_kfp(image):
 def test_each_step_by_hand_with_mounts_and_bucket_uris(image, stores, bucket, tmp_path):
     """The README's `docker run` commands, in order: the source and the published model in S3, the
     artifacts in between on a mounted folder, written by the image's non-root user."""
-    from components.lib import storage
-    from components.predict.step import predict
+    from imgclf.components.lib import storage
+    from imgclf.components.predict.step import predict
 
     s3, _ = bucket
     src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
@@ -143,11 +143,11 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     """kfp.local's DockerRunner: every task in our image, the source and an exported copy in S3 (endpoint
     and credentials from the environment), the pipeline root and the model registry on local disk: the
     published version must be found on the host (the registry is a declared path parameter, mounted)."""
-    from components.lib import registry
-    from components.predict.step import predict
-    from components.lib import storage
-    from pipelines.docker_local import docker_runner
-    from pipelines.local import run_local
+    from imgclf.components.lib import registry
+    from imgclf.components.predict.step import predict
+    from imgclf.components.lib import storage
+    from imgclf.pipelines.local.docker_runner import docker_runner
+    from imgclf.pipelines.local.run import run_local
 
     s3, _ = bucket
     src = make_folder(tmp_path / "src", TWO, 24, jpeg_every=3)
@@ -179,8 +179,8 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
 
 def test_a_failing_task_fails_imgclf_run_in_docker(image, tmp_path, capsys):
     """`imgclf run --runner docker`: a task that exits non-zero fails the run, named in the error."""
-    from pipelines.cli import main
-    from pipelines.docker_local import docker_runner
+    from imgclf.pipelines.cli.main import main
+    from imgclf.pipelines.local.docker_runner import docker_runner
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -211,7 +211,7 @@ def test_instant_non_zero_exits_keep_their_code(image):
     0); the replacement that `exit_codes_kept` installs reads it first, every time."""
     import docker
 
-    from pipelines.docker_local import run_container
+    from imgclf.pipelines.local.docker_runner import run_container
 
     client = docker.from_env()
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from components.contracts import ExportInfo, InputSpec, RecordsMetadata, TrainedModel
-from components.release.model_card import render
+from imgclf.components.contracts import ExportInfo, InputSpec, RecordsMetadata, TrainedModel
+from imgclf.components.release.model_card import render
 
 SPEC = {"classes": ["Bag", "Trouser"], "image_size": 28, "channels": 1, "color_mode": "grayscale"}
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.deploy import kserve
-from components.deploy.kserve import DeployError
-from components.deploy.options import DeployOptions
-from components.deploy.step import deploy
-from components.lib import registry, storage
-from components.lib.options import ParameterError
-from pipelines.cli import main
+from imgclf.components.deploy import kserve
+from imgclf.components.deploy.kserve import DeployError
+from imgclf.components.deploy.options import DeployOptions
+from imgclf.components.deploy.step import deploy
+from imgclf.components.lib import registry, storage
+from imgclf.components.lib.options import ParameterError
+from imgclf.pipelines.cli.main import main
 from tests.kube_double import KubeDouble, problems
 from tests.vertex_models_double import VertexModelsDouble
 
@@ -327,7 +327,7 @@ def test_a_damaged_champion_record_is_named_by_deploy_with_the_repair(damage, re
 
 
 def test_a_run_without_registry_says_how_to_serve_its_saved_model(tmp_path):
-    from pipelines.local import LocalRun
+    from imgclf.pipelines.local.run import LocalRun
 
     sm = tmp_path / "run" / "export" / "saved_model"
     run = LocalRun(pipeline_root=str(tmp_path), ingest_report="i.html", saved_model=str(sm),
@@ -397,7 +397,7 @@ def test_vertex_uploads_versions_of_one_model_and_splits_traffic(vertex_models, 
 
 
 def test_vertex_refuses_a_version_that_is_not_complete_before_any_call(vertex_models, bucket, tmp_path, capsys):
-    from components.deploy import vertex
+    from imgclf.components.deploy import vertex
 
     _, gs = bucket
     local = tmp_path / "registry"

@@ -12,11 +12,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.lib import records
-from components.contracts import DatasetError, RecordsMetadata, read_manifest, read_quarantine
-from components.ingest.step import ingest
-from components.preprocess.step import preprocess
-from components.train.step import train
+from imgclf.components.lib import records
+from imgclf.components.contracts import DatasetError, RecordsMetadata, read_manifest, read_quarantine
+from imgclf.components.ingest.step import ingest
+from imgclf.components.preprocess.step import preprocess
+from imgclf.components.train.step import train
 from tests.conftest import TWO, make_folder, sample_files, tree_digest
 
 
@@ -171,7 +171,7 @@ def test_converted_pixels_in_records(dirty, tmp_path):
         for pixels, _, locs, _ in ds:
             for p, loc in zip(pixels.numpy(), locs.numpy()):
                 seen[os.path.basename(loc.decode())] = p
-    from components.lib import images
+    from imgclf.components.lib import images
     for name in ("alpha.png", "phone photo.jpg", "cmyk.jpg", "gray16.png"):
         raw = next(dirty.rglob(name)).read_bytes()
         np.testing.assert_array_equal(seen[name], images.tf_decode_resize(tf.constant(raw), 28, 3).numpy())
@@ -222,7 +222,7 @@ def test_forked_readers_find_exactly_what_threads_find(dirty, tmp_path):
 def test_a_store_failure_in_a_forked_reader_ends_ingest_naming_the_file(dirty, tmp_path, monkeypatch):
     """A failure of the store itself, raised in a reader process, ends the step with the URI, and no
     output is left: not one quarantined file among many."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
 
     real = storage.read_bytes
 

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from components.contracts import SplitImages, read_predictions
-from components.evaluate.step import evaluate
-from components.export.step import export
-from components.lib import registry
-from components.preprocess.step import preprocess
-from components.release import gate, seen
-from components.release.publish import publish
-from components.train.step import train
+from imgclf.components.contracts import SplitImages, read_predictions
+from imgclf.components.evaluate.step import evaluate
+from imgclf.components.export.step import export
+from imgclf.components.lib import registry
+from imgclf.components.preprocess.step import preprocess
+from imgclf.components.release import gate, seen
+from imgclf.components.release.publish import publish
+from imgclf.components.train.step import train
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_a_champion_without_recorded_images_is_compared_with_a_warning(season, t
 def test_the_lookup_skips_on_data_and_options_and_judges_an_older_champion_on_data_alone(season, tmp_path):
     import shutil
 
-    from components.release import champion
+    from imgclf.components.release import champion
 
     reg, pp1, _, _ = season
     v1 = registry.read_record(reg, "fm", 1)["params"]

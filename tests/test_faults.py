@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from components.contracts import Evaluation, RecordsMetadata
-from components.ingest.step import ingest
-from components.lib import records, storage
-from components.preprocess.step import preprocess
+from imgclf.components.contracts import Evaluation, RecordsMetadata
+from imgclf.components.ingest.step import ingest
+from imgclf.components.lib import records, storage
+from imgclf.components.preprocess.step import preprocess
 from tests import stores as st
 from tests.conftest import TEN, make_folder
 
@@ -59,7 +59,7 @@ def test_a_store_outage_mid_preprocess_ends_the_step_instead_of_quarantining(buc
 
 
 def test_a_diverged_loss_stops_training_whatever_the_value():
-    from components.train.step import TrainingDiverged, _finite_loss_guard
+    from imgclf.components.train.step import TrainingDiverged, _finite_loss_guard
 
     guard = _finite_loss_guard()
     rng = random.Random(3)
@@ -76,8 +76,8 @@ def test_a_diverged_loss_stops_training_whatever_the_value():
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_model_with_non_finite_metrics_never_passes_the_gate_nor_is_published(tmp_path, bad):
-    from components.lib import registry
-    from components.release.gate import gate
+    from imgclf.components.lib import registry
+    from imgclf.components.release.gate import gate
 
     pred = tmp_path / "pred"
     pred.mkdir()
@@ -157,7 +157,7 @@ def test_ingest_and_preprocess_never_raise_on_mutated_real_images(tmp_path):
     """300 seeded mutations (truncations, byte flips, header edits, cut chunks, junk) of real PNG, JPEG,
     BMP, GIF and animated GIF files: every file ends up in the manifest or the quarantine with a cause,
     and preprocess decodes every admitted one."""
-    from components.contracts import read_manifest, read_quarantine
+    from imgclf.components.contracts import read_manifest, read_quarantine
 
     rng = random.Random(19)
     seeds = _seed_images()
@@ -187,7 +187,7 @@ def test_table_rows_ingest_cannot_read_are_quarantined_with_their_cause(tmp_path
                    tmp_path / "labels.parquet")
     s = ingest(str(tmp_path / "labels.parquet"), str(tmp_path / "ds"))
     assert s.images == 24 and s.quarantined == 4
-    from components.contracts import read_quarantine
+    from imgclf.components.contracts import read_quarantine
 
     reasons = {q["location"]: (q["reason"], q["detail"]) for q in read_quarantine(str(tmp_path / "ds"))}
     assert reasons[str(tmp_path / "gone.png")][0] == "missing"
@@ -199,7 +199,7 @@ def test_table_rows_ingest_cannot_read_are_quarantined_with_their_cause(tmp_path
 def test_a_table_given_by_a_relative_path_records_locations_every_later_step_resolves(tmp_path, monkeypatch):
     """Before: `--data data/labels.csv` stored working-folder-relative locations, which preprocess
     resolved against the dataset artifact: every image was lost."""
-    from components.contracts import read_manifest
+    from imgclf.components.contracts import read_manifest
 
     src = make_folder(tmp_path / "work" / "data", ["Bag", "Coat"], 12)
     lines = ["path,label"] + [f"{p.relative_to(src)},{p.parent.name}" for p in sorted(src.rglob("*.png"))]
@@ -230,7 +230,7 @@ def _image_entries(tmp_path) -> dict[str, bytes]:
 
 
 def test_archive_faults_name_the_url_and_leave_nothing_partial(tmp_path, http_dir):
-    from components.contracts import DatasetError
+    from imgclf.components.contracts import DatasetError
 
     root, url = http_dir
     entries = _image_entries(tmp_path)
@@ -269,7 +269,7 @@ def test_a_download_dropped_midway_is_retried(tmp_path, http_dir):
 
 
 def test_tables_in_other_encodings_or_damaged_name_the_file(tmp_path):
-    from components.contracts import DatasetError
+    from imgclf.components.contracts import DatasetError
 
     src = make_folder(tmp_path / "imgs", ["Bag", "Coat"], 12)
     text = "path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(src.rglob("*.png")))
@@ -287,8 +287,8 @@ def test_tables_in_other_encodings_or_damaged_name_the_file(tmp_path):
 def test_formula_like_labels_are_neutralised_for_spreadsheets_and_exact_for_the_next_step(tmp_path):
     import csv
 
-    from components.contracts import read_manifest, read_quarantine
-    from components.lib import tables
+    from imgclf.components.contracts import read_manifest, read_quarantine
+    from imgclf.components.lib import tables
 
     labels = ["=1+1", "=cmd|' /C calc'!A0", "@SUM(A1)", "+x", "-x", "'quoted"]
     src = make_folder(tmp_path / "imgs", TEN[:6], 10)
@@ -316,7 +316,7 @@ def test_formula_like_labels_are_neutralised_for_spreadsheets_and_exact_for_the_
 
 @pytest.mark.parametrize("names", [("Cat", "cat"), ("Caf\u00e9", "Cafe\u0301"), ("SHIRT", "Shirt", "shirt")])
 def test_class_names_equal_but_for_case_or_normalisation_are_refused_naming_both(tmp_path, names):
-    from components.contracts import DatasetError
+    from imgclf.components.contracts import DatasetError
 
     src = tmp_path / "src"
     for name, cls in zip(names, TEN):
@@ -330,7 +330,7 @@ def test_class_names_equal_but_for_case_or_normalisation_are_refused_naming_both
 
 
 def test_a_table_cannot_reach_local_files_outside_its_folder_unless_allowed(tmp_path):
-    from components.contracts import read_quarantine
+    from imgclf.components.contracts import read_quarantine
 
     inside = make_folder(tmp_path / "t" / "imgs", ["Bag", "Coat"], 10)
     elsewhere = make_folder(tmp_path / "elsewhere", ["Bag"], 3, skip=20)
@@ -353,7 +353,7 @@ def test_admission_follows_the_serving_decoder(tmp_path):
 
     from PIL import Image
 
-    from components.contracts import read_quarantine
+    from imgclf.components.contracts import read_quarantine
 
     src = make_folder(tmp_path / "src", ["Bag", "Coat"], 10)
     base = Image.open(next((src / "Bag").glob("*.png"))).convert("RGB").resize((48, 40))
@@ -380,7 +380,7 @@ def test_admission_follows_the_serving_decoder(tmp_path):
 
 
 def _fake_saved_model(root) -> tuple[str, str]:
-    from components.contracts import MODEL_FILE, TRAIN_FILE
+    from imgclf.components.contracts import MODEL_FILE, TRAIN_FILE
 
     sm, model = root / "sm", root / "m"
     (sm / "variables").mkdir(parents=True)
@@ -394,7 +394,7 @@ def _fake_saved_model(root) -> tuple[str, str]:
 def _publish_concurrently(registry_uri: str, tmp_path, n: int) -> list[int]:
     import threading
 
-    from components.lib import registry
+    from imgclf.components.lib import registry
 
     sm, model = _fake_saved_model(tmp_path)
     start, got, errors = threading.Barrier(n), [], []
@@ -420,7 +420,7 @@ def _publish_concurrently(registry_uri: str, tmp_path, n: int) -> list[int]:
 def test_concurrent_publishers_take_distinct_versions_and_the_pointer_only_moves_forward(where, tmp_path, request):
     """Before: two publishers on an S3 registry both computed version N, both copied into N/ and both
     reported it: one model silently replaced the other."""
-    from components.lib import registry
+    from imgclf.components.lib import registry
 
     reg = str(tmp_path / "reg") if where == "local" else request.getfixturevalue("bucket")[0] + "/reg"
     got = _publish_concurrently(reg, tmp_path, 4)
@@ -440,7 +440,7 @@ def test_a_local_create_only_write_is_never_seen_empty_or_partial(tmp_path):
     while a writer creates: the reader sees nothing, or all of it, with a tag that a write_if accepts."""
     import threading
 
-    from components.lib import storage
+    from imgclf.components.lib import storage
 
     for i in range(300):
         path = str(tmp_path / f"p{i}.json")
@@ -468,7 +468,7 @@ def test_a_local_create_only_write_is_never_seen_empty_or_partial(tmp_path):
 def test_the_gcs_emulator_ignores_create_only_preconditions(bucket):
     """Said in the README: gcp-storage-emulator accepts a second if_generation_match=0 write, so the GCS
     path of the version claim cannot be shown here; real GCS refuses it (412)."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
 
     _, gs = bucket
     storage.write_if(f"{gs}/claims/1", b"first", None)
@@ -483,7 +483,7 @@ def test_ingest_never_raises_on_generated_table_rows(tmp_path, stores):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.contracts import read_manifest, read_quarantine
+    from imgclf.components.contracts import read_manifest, read_quarantine
 
     src = make_folder(tmp_path / "t" / "imgs", ["Bag", "Coat"], 12)
     good = [str(p) for p in sorted(src.rglob("*.png"))]

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import pytest
 
-from components.contracts import RecordsMetadata, load_history
-from components.lib.layers import load_model
-from components.train.step import train
+from imgclf.components.contracts import RecordsMetadata, load_history
+from imgclf.components.lib.layers import load_model
+from imgclf.components.train.step import train
 from tests.conftest import REPO, TEN, make_folder, preprocessed
 
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -46,7 +46,7 @@ def _layers(model) -> list:
 
 @pytest.mark.slow
 def test_cached_head_is_the_image_path_model(records, tmp_path, capsys):
-    from components.evaluate.step import evaluate
+    from imgclf.components.evaluate.step import evaluate
 
     pp, weights = records
     cached = train(str(pp), str(tmp_path / "cached"), weights=weights, augment=False, **HEAD)
@@ -65,7 +65,7 @@ def test_cached_head_is_the_image_path_model(records, tmp_path, capsys):
     np.testing.assert_allclose(h_cached["learning_rate"], h_images["learning_rate"], rtol=1e-6)
     # The saved whole model, fed validation *images*, scores the best head epoch's validation loss on features.
     meta = RecordsMetadata.load(str(pp))
-    from components.lib import records as rec
+    from imgclf.components.lib import records as rec
     x, y = zip(*[(xb.numpy(), yb.numpy()) for xb, yb in rec.make_dataset(str(pp), meta, "validation", 64)])
     p = a.predict(np.concatenate(x), verbose=0)
     val_loss = float(np.mean(-np.log(p[np.arange(len(p)), np.concatenate(y)])))
@@ -111,7 +111,7 @@ def test_fine_tuning_starts_from_the_cached_head_and_trains_on_images(records, t
 def test_killed_head_phase_resumes_with_features_read_back(records, tmp_path):
     pp, weights = records
     backup = str(tmp_path / "model.backup")
-    cmd = [sys.executable, "-m", "components", "train", "--dataset-dir", str(pp), "--model-dir", str(tmp_path / "m"),
+    cmd = [sys.executable, "-m", "imgclf.components", "train", "--dataset-dir", str(pp), "--model-dir", str(tmp_path / "m"),
            "--architecture", FAMILY, "--weights", weights, "--no-augment", "--epochs", "150", "--patience", "150",
            "--batch-size", "32", "--learning-rate", "0.05", "--backup-uri", backup,
            "--backup-seconds", "0"]
@@ -153,7 +153,7 @@ def test_imgclf_run_trains_the_head_on_cached_features_then_fine_tunes(records, 
     _, weights = records
     data = make_folder(tmp_path / "data", TEN, 12, jpeg_every=4)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "32",
+        [sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(data), "--image-size", "32",
          "--color-mode", "grayscale", "--architecture", FAMILY, "--weights", weights, "--no-augment",
          "--fine-tune-layers", "10", "--fine-tune-epochs", "1", "--epochs", "2", "--batch-size", "16",
          "--val-fraction", "0.1", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from components.evaluate import gradcam
-from components.lib.layers import FAMILIES
-from components.train import models
+from imgclf.components.evaluate import gradcam
+from imgclf.components.lib.layers import FAMILIES
+from imgclf.components.train import models
 from tests.conftest import REPO
 
 
@@ -51,8 +51,8 @@ def test_map_lights_up_where_the_evidence_is():
 
 JAX_MAPS = """
 import sys, numpy as np, keras
-from components.evaluate import gradcam
-from components.lib.layers import load_model  # registers the custom layers
+from imgclf.components.evaluate import gradcam
+from imgclf.components.lib.layers import load_model  # registers the custom layers
 net = keras.saving.load_model(sys.argv[1])
 x = np.load(sys.argv[2])
 maps, probs, _ = gradcam.heatmaps(net, x)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from components.lib import images
+from imgclf.components.lib import images
 from tests.conftest import sample_files
 
 

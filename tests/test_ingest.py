@@ -9,8 +9,8 @@ import os
 import pytest
 from PIL import Image
 
-from components.contracts import DatasetError, read_manifest, read_quarantine
-from components.ingest.step import ingest
+from imgclf.components.contracts import DatasetError, read_manifest, read_quarantine
+from imgclf.components.ingest.step import ingest
 from tests.conftest import TWO, make_folder, sample_files, tree_digest
 
 
@@ -132,9 +132,9 @@ def test_reader_batches_are_bounded_by_files_and_bytes():
     generated listings, sizes from empty files to ones larger than a batch."""
     import random
 
-    from components.ingest.sources import Item
-    from components.ingest.step import batched
-    from components.lib.storage import Entry
+    from imgclf.components.ingest.sources import Item
+    from imgclf.components.ingest.step import batched
+    from imgclf.components.lib.storage import Entry
 
     rng = random.Random(11)
     for case in range(300):

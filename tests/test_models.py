@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.train import models
+from imgclf.components.train import models
 
 
 def test_baseline_shapes_and_float32_output():

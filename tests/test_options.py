@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import steps as registry
-from components.lib.options import Option, ParameterError, validate
-from pipelines import PIPELINES, steps_of
-from pipelines.declare import parameters
+from imgclf.components import steps as registry
+from imgclf.components.lib.options import Option, ParameterError, validate
+from imgclf.pipelines import PIPELINES, steps_of
+from imgclf.pipelines.definitions.declare import parameters
 from tests.conftest import REPO
 
 STEP_PACKAGES = ("ingest", "preprocess", "train", "evaluate", "export", "release", "predict", "sweep", "deploy")
@@ -102,7 +102,7 @@ def test_shared_options_are_one_declaration():
 @pytest.mark.parametrize("pipeline", list(PIPELINES))
 def test_compiled_pipeline_describes_every_parameter_with_its_declared_type_and_default(pipeline, target,
                                                                                      tmp_path):
-    from pipelines.cli import main
+    from imgclf.pipelines.cli.main import main
 
     out = tmp_path / "p.yaml"
     assert main(["compile", "--allow-local-image", "--pipeline", pipeline, "--target", target, "-o", str(out)]) == 0
@@ -126,7 +126,7 @@ def test_every_component_input_matches_its_step_declaration():
     """The generated KFP components take exactly each step's options, with the declared types and defaults."""
     from kfp.dsl import structures
 
-    from components.kfp_glue import wrappers
+    from imgclf.components.kfp_glue import wrappers
 
     for spec in wrappers.SPECS:
         if not spec.options:
@@ -155,8 +155,8 @@ def test_step_signatures_come_from_the_declarations():
 
 
 def test_a_step_refuses_bad_options_before_reading_anything(tmp_path):
-    from components.preprocess.step import preprocess
-    from components.train.step import train
+    from imgclf.components.preprocess.step import preprocess
+    from imgclf.components.train.step import train
 
     with pytest.raises(ParameterError, match="batch_size=0"):
         train(str(tmp_path / "missing"), str(tmp_path / "m"), batch_size=0)
@@ -188,7 +188,7 @@ def test_validate_refuses_unknown_names_and_missing_local_paths(tmp_path):
     ("--image-size", "100000", "an integer >= 8 and <= 1_024"),
 ])
 def test_imgclf_run_refuses_a_bad_parameter_before_any_task(flag, value, allowed, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--data", str(REPO / "data"), flag, value,
+    proc = subprocess.run([sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(REPO / "data"), flag, value,
                            "--pipeline-root", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert f"parameter {flag[2:].replace('-', '_')}=" in proc.stderr and allowed in proc.stderr, proc.stderr
@@ -196,7 +196,7 @@ def test_imgclf_run_refuses_a_bad_parameter_before_any_task(flag, value, allowed
 
 
 def test_submit_refuses_a_bad_parameter_before_anything_is_sent(tmp_path, capsys):
-    from pipelines.cli import main
+    from imgclf.pipelines.cli.main import main
 
     # No server listens on the host: a refusal here can only come from the check before sending.
     assert main(["submit", "--backend", "kfp", "--host", "http://127.0.0.1:9", "--allow-local-image", "data=gs://b/imgs",
@@ -207,8 +207,8 @@ def test_submit_refuses_a_bad_parameter_before_anything_is_sent(tmp_path, capsys
 
 def test_the_validate_task_stops_a_run_whose_parameters_bypassed_the_cli(tmp_path):
     """As when a parameter is typed into the KFP UI: the pipeline's first task refuses it, nothing else runs."""
-    from pipelines.local import PipelineFailed, run_pipeline
-    from pipelines.training import training_pipeline
+    from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
+    from imgclf.pipelines.definitions.training import training_pipeline
 
     with pytest.raises(PipelineFailed) as failed:
         run_pipeline(training_pipeline, {"data": str(REPO / "data" / "fashion-mnist-sample"), "lr_schedule": "cosin"},
@@ -234,16 +234,16 @@ def test_no_step_imports_another_step_and_libraries_import_no_step():
     for package in (*STEP_PACKAGES, "lib"):
         for path in (components / package).rglob("*.py"):
             others = [p for p in STEP_PACKAGES if p != package]
-            bad = sorted(m for m in _imports(path) if any(m == f"components.{o}" or m.startswith(f"components.{o}.")
+            bad = sorted(m for m in _imports(path) if any(m == f"imgclf.components.{o}" or m.startswith(f"imgclf.components.{o}.")
                                                           for o in others))
             assert not bad, f"{path.relative_to(REPO)} imports {bad}"
     for path in (components / "lib").rglob("*.py"):
-        assert not any(m.startswith("components.kfp_glue") for m in _imports(path)), path
-    assert not any(m.startswith("pipelines") for p in components.rglob("*.py") for m in _imports(p))
+        assert not any(m.startswith("imgclf.components.kfp_glue") for m in _imports(path)), path
+    assert not any(m.startswith("imgclf.pipelines") for p in components.rglob("*.py") for m in _imports(p))
 
 
 def test_the_readme_parameter_tables_are_current_and_the_layout_lists_every_file():
-    from pipelines import docs
+    from imgclf.pipelines import docs
 
     assert docs.main(["--check"]) == 0
     readme = (REPO / "README.md").read_text()
@@ -255,7 +255,7 @@ def test_the_readme_parameter_tables_are_current_and_the_layout_lists_every_file
 
 
 def test_docker_runner_mounts_every_declared_path_parameter():
-    from pipelines.docker_local import path_parameters
+    from imgclf.pipelines.local.docker_runner import path_parameters
 
     paths = {o.name: o.path for o in path_parameters()}
     assert paths == {o.name: o.path for o in parameters(_steps("training")) if o.path}

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import yaml
-from kfp import components
+from kfp import imgclf.components
 
-from pipelines.cli import main
+from imgclf.pipelines.cli.main import main
 from tests.conftest import TEN, make_folder
 
 STEPS = ["ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train", "evaluate", "export"]
@@ -18,7 +18,7 @@ STEPS = ["ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "t
 def test_compiled_yaml_loads_back(tmp_path):
     out = tmp_path / "p.yaml"
     assert main(["compile", "--allow-local-image", "-o", str(out)]) == 0
-    loaded = components.load_component_from_file(str(out))
+    loaded = imgclf.components.load_component_from_file(str(out))
     assert loaded.name == "imgclf-training"
     params = loaded.component_spec.inputs
     for name in ["data", "image_size", "color_mode", "architecture", "epochs", "batch_size", "learning_rate",
@@ -69,7 +69,7 @@ def test_whole_pipeline_runs_locally(tmp_path):
     weights = tmp_path / "mobilenet_v2_notop.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "28",
+        [sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(data), "--image-size", "28",
          "--color-mode", "grayscale", "--architecture", "mobilenet_v2", "--weights", str(weights),
          "--fine-tune-layers", "30", "--fine-tune-epochs", "1", "--epochs", "1", "--batch-size", "16",
          "--val-fraction", "0.1", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],
@@ -104,7 +104,7 @@ def test_quiet_cached_reruns_reuse_unchanged_tasks_and_rerun_after_a_data_change
     from tests.conftest import TWO
 
     data = make_folder(tmp_path / "data", TWO, 20)
-    argv = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "20", "--color-mode",
+    argv = [sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(data), "--image-size", "20", "--color-mode",
             "grayscale", "--epochs", "1", "--batch-size", "16", "--pipeline-root", str(tmp_path / "runs"),
             "--quiet", "--cache"]
 
@@ -135,7 +135,7 @@ def test_quiet_cached_reruns_reuse_unchanged_tasks_and_rerun_after_a_data_change
 
 
 def test_run_on_a_missing_folder_fails_with_the_cause(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--data", str(tmp_path / "missing"),
+    proc = subprocess.run([sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(tmp_path / "missing"),
                            "--pipeline-root", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     # Refused before any task runs, naming the parameter.
@@ -217,7 +217,7 @@ def test_compiling_for_a_cluster_refuses_images_it_cannot_pull(target, tmp_path,
 
 @pytest.mark.parametrize("target", ["kfp", "vertex"])
 def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(target, tmp_path):
-    from pipelines.platform import DEFAULT_RESOURCES, cpu_quantity, memory_quantity
+    from imgclf.pipelines.remote.platform import DEFAULT_RESOURCES, cpu_quantity, memory_quantity
 
     out = tmp_path / "p.yaml"
     assert main(["compile", "--target", target, "--allow-local-image", "-o", str(out)]) == 0
@@ -260,8 +260,8 @@ def test_bad_resource_settings_are_refused_before_compiling(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_failure_inside_a_branch_names_the_step_and_its_error_line(tmp_path):
     """Before: "the pipeline failed in step 'condition-branches-1'" (a KFP group name)."""
-    from pipelines.local import PipelineFailed, run_pipeline
-    from pipelines.training import training_pipeline
+    from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
+    from imgclf.pipelines.definitions.training import training_pipeline
 
     data = make_folder(tmp_path / "data", TEN[:3], 12)
     (tmp_path / "w.weights.h5").write_bytes(b"not an HDF5 file")

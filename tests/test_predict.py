@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from components.contracts import read_predictions
-from components.predict.step import predict
-from pipelines.cli import main
+from imgclf.components.contracts import read_predictions
+from imgclf.components.predict.step import predict
+from imgclf.pipelines.cli.main import main
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_undecodable_files_anywhere_in_any_batch_are_named_and_the_rest_answered
 def test_a_bucket_and_a_local_folder_in_one_run_give_each_file_its_own_answer(exported, tmp_path, bucket):
     """Local batches are read by one task and a store's files by a task each; batches that hold both
     kinds, broken files among them, must still answer every file as it is answered alone, in order."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
 
     tmp, classes, _, _, _ = exported
     s3, gs = bucket
@@ -118,7 +118,7 @@ def test_a_store_outage_mid_predict_ends_it_naming_the_uri_and_writes_nothing(ex
                                                                              monkeypatch, after):
     """Two batches are in flight at once: a store failure in either still ends the run, never becomes
     a row per file, and leaves no predictions file."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
     from tests import stores as st
 
     tmp, classes, _, _, _ = exported
@@ -148,7 +148,7 @@ def test_batches_in_flight_are_handed_out_in_order_and_never_more_at_once():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from components.predict import step
+    from imgclf.components.predict import step
 
     rng = random.Random(3)
     for case in range(40):
@@ -196,9 +196,9 @@ def test_cli_prints_a_table_and_exits_nonzero_when_nothing_could_be_read(exporte
 
 @pytest.mark.slow
 def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
-    from kfp import components
-    from pipelines.local import run_pipeline
-    from pipelines.prediction import prediction_pipeline
+    from kfp import imgclf.components
+    from imgclf.pipelines.local.run import run_pipeline
+    from imgclf.pipelines.definitions.prediction import prediction_pipeline
 
     tmp, classes, _, _, _ = exported
     folder = tmp_path / "batch"
@@ -210,4 +210,4 @@ def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
     direct = predict(str(tmp / "saved_model"), [str(folder)], keep_rows=True)
     assert [r["class"] for r in rows] == [r["class"] for r in direct.rows]
     assert main(["compile", "--allow-local-image", "--pipeline", "predict", "-o", str(tmp_path / "predict.yaml")]) == 0
-    assert components.load_component_from_file(str(tmp_path / "predict.yaml")).name == "imgclf-predict"
+    assert imgclf.components.load_component_from_file(str(tmp_path / "predict.yaml")).name == "imgclf-predict"

@@ -8,8 +8,8 @@ import os
 import pytest
 from kfp import dsl
 
-from pipelines import preloaded_tasks
-from pipelines.local import PipelineFailed, run_pipeline
+from imgclf.pipelines.local import preloaded_tasks
+from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -18,7 +18,7 @@ def probe(tag: str, leave: str) -> str:
     import os
     import sys
 
-    import components.lib.storage as storage
+    import imgclf.components.lib.storage as storage
 
     jax_before = "jax" in sys.modules
     import jax  # held back from the preload, importable in a task as in a fresh process

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.lib import images, records
-from components.contracts import DatasetError, RecordsMetadata, SplitImages
-from components.ingest.step import ingest
-from components.preprocess.step import assign_splits, preprocess, split_position
+from imgclf.components.lib import images, records
+from imgclf.components.contracts import DatasetError, RecordsMetadata, SplitImages
+from imgclf.components.ingest.step import ingest
+from imgclf.components.preprocess.step import assign_splits, preprocess, split_position
 from tests.conftest import TWO, make_folder
 
 
@@ -50,7 +50,7 @@ def test_stratified_split_counts_and_pixels(ten_class_folder, tmp_path):
 
 def test_split_is_seeded(ten_class_folder, tmp_path):
     ingest(str(ten_class_folder), str(tmp_path / "ds"))
-    from components.contracts import read_manifest
+    from imgclf.components.contracts import read_manifest
     rows, _ = read_manifest(str(tmp_path / "ds"))
     a = assign_splits(rows, 0.1, 0.1, seed=1)
     assert a == assign_splits(rows, 0.1, 0.1, seed=1)
@@ -195,7 +195,7 @@ def test_nearest_hash_matches_xor_popcount_over_every_pair(monkeypatch):
     """Generated hash sets (random, with planted near copies, duplicated training hashes for ties, all-zero
     backgrounds) across block boundaries: the matrix-product search finds the same nearest training
     hash, first on ties, at the same distance as XOR and popcount over every pair."""
-    from components.preprocess import step
+    from imgclf.components.preprocess import step
 
     rng = np.random.default_rng(11)
     monkeypatch.setattr(step, "TRAIN_CHUNK", 7)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from components.ingest.step import ingest
-from components.preprocess.shards import merge, plan, task_count, write_part
-from components.preprocess.step import preprocess
+from imgclf.components.ingest.step import ingest
+from imgclf.components.preprocess.shards import merge, plan, task_count, write_part
+from imgclf.components.preprocess.step import preprocess
 from tests.conftest import TEN, make_folder
 
 OPTS = {"image_size": 16, "color_mode": "grayscale", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 5,
@@ -80,7 +80,7 @@ def test_tasks_in_series_get_one_shard_task_unless_asked_for_more(images, files,
 
 
 def test_the_plan_reads_the_in_series_variable(manifest, tmp_path, monkeypatch):
-    from components.preprocess import shards
+    from imgclf.components.preprocess import shards
 
     monkeypatch.setattr(shards, "IMAGES_PER_TASK", 10)  # 60 images: 6 automatic tasks
     assert plan(str(manifest), str(tmp_path / "a"), shard_tasks=0, **OPTS) == list(range(6))

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.lib import registry, storage
-from pipelines.cli import main
+from imgclf.components.lib import registry, storage
+from imgclf.pipelines.cli.main import main
 
 NAME = "fm"
 SOURCE = {  # a stand-in SavedModel: publish only copies files (and requires saved_model.pb)
@@ -131,7 +131,7 @@ def assert_clean(loc: str, verified: set[int] | None = None) -> None:
 
 PUBLISHER = textwrap.dedent("""
     import json, os, shutil, signal, sys, time
-    from components.lib import registry, storage
+    from imgclf.components.lib import registry, storage
     import gcsfs, s3fs, google.cloud.storage  # imported once: each publish runs in a fork of this process
 
     where, reg, sm, md = sys.argv[1:5]
@@ -439,7 +439,7 @@ def test_predict_names_a_damaged_champion_record_in_one_line(two_versions, tmp_p
 def test_the_run_steps_name_a_damaged_champion_record(two_versions, tmp_path, monkeypatch):
     """The champion lookup and the gate (the steps of `imgclf run` that read the pointer) raise the
     RegistryError, which the run reports as its error."""
-    from components.release import champion, gate
+    from imgclf.components.release import champion, gate
 
     loc = registry.model_uri(two_versions, NAME)
     (Path(loc) / registry.CHAMPION_FILE).write_text('{"version": "x"}')

@@ -13,13 +13,13 @@ import pytest
 # Trains three models for the champion/challenger flow: the full suite only.
 pytestmark = pytest.mark.slow
 
-from components.contracts import RecordsMetadata, read_predictions
-from components.evaluate.step import evaluate
-from components.lib import registry, storage
-from components.release import champion, gate
-from components.export.step import export
-from components.release.publish import publish
-from components.train.step import train
+from imgclf.components.contracts import RecordsMetadata, read_predictions
+from imgclf.components.evaluate.step import evaluate
+from imgclf.components.lib import registry, storage
+from imgclf.components.release import champion, gate
+from imgclf.components.export.step import export
+from imgclf.components.release.publish import publish
+from imgclf.components.train.step import train
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,8 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
 
 KILL = textwrap.dedent("""
     import os, signal, sys, shutil
-    from components.lib import storage
-    from components.release.publish import publish
+    from imgclf.components.lib import storage
+    from imgclf.components.release.publish import publish
     calls = {"n": 0}
     def dying(real):
         def wrapper(*a, **kw):
@@ -156,7 +156,7 @@ def test_publish_killed_midway_leaves_the_registry_readable_and_unchanged(models
     assert registry.version_problem(reg, "fm", 1) == ""
     import tensorflow as tf
 
-    from components.lib import serving
+    from imgclf.components.lib import serving
 
     with serving.local_model(before["uri"]) as path:
         assert "serving_default" in tf.saved_model.load(str(path)).signatures
@@ -180,7 +180,7 @@ def test_published_model_answers_a_base64_rest_body_in_a_fresh_process(models, t
                  {"signature_name": "serving_default",
                   "instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in blobs]},
                  {"inputs": {"image_bytes": [{"b64": base64.b64encode(b).decode()} for b in blobs]}}):
-        proc = subprocess.run([sys.executable, "-m", "components.export.serving_rest", str(reg / "fm" / "1")],
+        proc = subprocess.run([sys.executable, "-m", "imgclf.components.export.serving_rest", str(reg / "fm" / "1")],
                               input=json.dumps(body), capture_output=True, text=True, check=True)
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
         got = [p["class_name"] for p in answer["predictions"]] if "predictions" in answer \
@@ -194,7 +194,7 @@ def test_warmup_file_parses_as_tf_serving_prediction_logs_and_runs(models):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from components.export.warmup import WARMUP_FILE
+    from imgclf.components.export.warmup import WARMUP_FILE
 
     _, m = models
     sm = m["first"][2]
@@ -220,7 +220,7 @@ def test_tflite_export_agrees_with_keras(chain_factory, tmp_path):
 
 def _run(data, reg, root, *extra):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--image-size", "28", "--color-mode",
+        [sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(data), "--image-size", "28", "--color-mode",
          "grayscale", "--batch-size", "16", "--depth", "2", "--test-fraction", "0.2", "--registry", reg,
          "--model-name", "fm", "--pipeline-root", str(root), *extra], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

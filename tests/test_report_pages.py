@@ -42,10 +42,10 @@ def render(page, tmp_path) -> dict:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    from components.evaluate.step import evaluate
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
-    from components.train.step import train
+    from imgclf.components.evaluate.step import evaluate
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
+    from imgclf.components.train.step import train
 
     tmp = tmp_path_factory.mktemp("pages")
     src = make_folder(tmp / "src", TEN, 14, jpeg_every=3)
@@ -103,7 +103,7 @@ def test_confusion_matrix_stays_readable_at_100_classes():
     class names stay at a legible size; the top-confusions table names the largest cells."""
     import numpy as np
 
-    from components.lib import reports
+    from imgclf.components.lib import reports
 
     rng = np.random.RandomState(0)
     cm = rng.poisson(0.2, (100, 100))
@@ -124,7 +124,7 @@ def test_misclassified_grid_covers_every_classs_worst_errors_most_confident_firs
     each class's most confident errors, ordered by confidence, and memory stays at classes x k images."""
     import numpy as np
 
-    from components.evaluate.step import MAX_GRID, Examples
+    from imgclf.components.evaluate.step import MAX_GRID, Examples
 
     rng = np.random.RandomState(3)
     n = 10

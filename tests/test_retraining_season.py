@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from components.lib import registry
-from components.release import seen
+from imgclf.components.lib import registry
+from imgclf.components.release import seen
 from tests.conftest import TEN, make_folder
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ COMMON = ["--image-size", "16", "--color-mode", "grayscale", "--epochs", "12", "
 
 
 def _run(data: Path, reg: str, root: Path, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--registry", reg,
+    proc = subprocess.run([sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(data), "--registry", reg,
                            "--pipeline-root", str(root), *COMMON, *extra], capture_output=True, text=True,
                           timeout=900)
     out = proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binom
 from sklearn.metrics import f1_score
 
-from components.lib import stats
+from imgclf.components.lib import stats
 
 
 @pytest.mark.parametrize("case", range(40))

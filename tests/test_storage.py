@@ -9,10 +9,10 @@ import zipfile
 
 import pytest
 
-from components.lib import storage
-from components.contracts import DatasetError, read_manifest, read_quarantine
-from components.ingest.step import ingest
-from components.preprocess.step import preprocess
+from imgclf.components.lib import storage
+from imgclf.components.contracts import DatasetError, read_manifest, read_quarantine
+from imgclf.components.ingest.step import ingest
+from imgclf.components.preprocess.step import preprocess
 from tests import stores as st
 from tests.conftest import TWO, make_folder, sample_files
 
@@ -218,12 +218,12 @@ def test_imgclf_run_from_a_bucket_exports_to_a_bucket(bucket, tmp_path, proto):
     import subprocess
     import sys
 
-    from components.predict.step import predict
+    from imgclf.components.predict.step import predict
 
     root = bucket[0] if proto == "s3" else bucket[1]
     storage.upload_dir(str(make_folder(tmp_path / "d", TWO, 15, jpeg_every=3)), f"{root}/images")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", f"{root}/images", "--export-to", f"{root}/models/m",
+        [sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", f"{root}/images", "--export-to", f"{root}/models/m",
          "--image-size", "28", "--color-mode", "grayscale", "--epochs", "1", "--batch-size", "16", "--width", "8",
          "--depth", "2", "--val-fraction", "0.2", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=600)
@@ -239,7 +239,7 @@ def test_imgclf_run_from_a_bucket_exports_to_a_bucket(bucket, tmp_path, proto):
 def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypatch):
     import yaml
 
-    from pipelines.cli import main
+    from imgclf.pipelines.cli.main import main
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-VISIBLE-IF-LEAKED")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
@@ -317,7 +317,7 @@ def test_local_listing_matches_os_walk_on_generated_trees(tmp_path):
 
 KILLED_INSIDE = """
 import os, signal, sys
-from components.lib import storage
+from imgclf.components.lib import storage
 with storage.atomic_dir(sys.argv[1]) as out:
     (out / "half.bin").write_bytes(b"x" * 1000)
     os.kill(os.getpid(), signal.SIGKILL)   # as if the step's pod were killed mid-write
@@ -325,7 +325,7 @@ with storage.atomic_dir(sys.argv[1]) as out:
 
 HELD_INSIDE = """
 import os, sys
-from components.lib import storage
+from imgclf.components.lib import storage
 os.replace = lambda *a: (print("writing", flush=True), sys.stdin.read())  # stays inside, holding its partial
 storage.atomic_write_text(sys.argv[1], "the other writer")
 """

@@ -8,9 +8,9 @@ import pytest
 import requests
 import yaml
 
-from pipelines import cron
-from pipelines.backends import without_cache
-from pipelines.cli import main
+from imgclf.pipelines.remote import cron
+from imgclf.pipelines.remote.backends import without_cache
+from imgclf.pipelines.cli.main import main
 from tests.kfp_double import KfpDouble
 from tests.vertex_double import VertexDouble
 
@@ -299,7 +299,7 @@ def _params_file(tmp_path, kind: str, values: dict) -> str:
 
 @pytest.mark.parametrize("kind", ["yaml", "json"])
 def test_params_file_merges_under_the_command_line_for_submit_and_run(kind, tmp_path, kfp_api, capsys):
-    from pipelines.cli import _params_file as run_file, build_parser
+    from imgclf.pipelines.cli.main import _params_file as run_file, build_parser
 
     values = {"data": "s3://images/flowers", "epochs": 7, "learning_rate": 0.01, "augment": False,
               "architecture": "mobilenet_v2"}

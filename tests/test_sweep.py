@@ -11,9 +11,9 @@ import sys
 import pytest
 import yaml
 
-from components.lib.options import ParameterError
-from pipelines import sweep
-from pipelines.cli import main
+from imgclf.components.lib.options import ParameterError
+from imgclf.pipelines.definitions import sweep
+from imgclf.pipelines.cli.main import main
 from tests.conftest import TEN, make_folder
 
 GRID = {"parallelism": 2, "grid": {"learning_rate": [0.001, 0.01], "width": [4, 8]}}
@@ -31,7 +31,7 @@ def test_a_grid_is_every_combination_in_order():
 
 def test_random_samples_are_seeded_typed_and_within_their_declared_bounds():
     """Generated spaces: every draw lies in its range, with the option's type; same seed, same trials."""
-    from components.train.options import TrainOptions
+    from imgclf.components.train.options import TrainOptions
 
     declared = {o.name: o for o in TrainOptions.declared()}
     gen = random.Random(3)
@@ -150,8 +150,8 @@ def test_a_sweep_compiles_to_a_parallel_for_with_its_limit_and_gpu_trials(tmp_pa
 
 @pytest.fixture(scope="module")
 def small_records(tmp_path_factory):
-    from components.ingest.step import ingest
-    from components.preprocess.step import preprocess
+    from imgclf.components.ingest.step import ingest
+    from imgclf.components.preprocess.step import preprocess
 
     tmp = tmp_path_factory.mktemp("sweep-records")
     ingest(str(make_folder(tmp / "src", TEN[:3], 20)), str(tmp / "ds"))
@@ -169,10 +169,10 @@ def test_trials_and_selection_never_read_the_test_split(small_records, tmp_path)
     does read them, fails on the same records."""
     import shutil
 
-    from components.contracts import RecordsMetadata
-    from components.evaluate.step import evaluate
-    from components.sweep.select import select
-    from components.train.trial import run_trial
+    from imgclf.components.contracts import RecordsMetadata
+    from imgclf.components.evaluate.step import evaluate
+    from imgclf.components.sweep.select import select
+    from imgclf.components.train.trial import run_trial
 
     poisoned = tmp_path / "pp"
     shutil.copytree(small_records, poisoned)
@@ -195,9 +195,9 @@ def test_trials_and_selection_never_read_the_test_split(small_records, tmp_path)
 
 
 def test_a_failed_trial_is_its_result_and_only_all_failed_fails_the_sweep(small_records, tmp_path):
-    from components.contracts import SweepResult
-    from components.sweep.select import AllTrialsFailed, select
-    from components.train.trial import run_trial
+    from imgclf.components.contracts import SweepResult
+    from imgclf.components.sweep.select import AllTrialsFailed, select
+    from imgclf.components.train.trial import run_trial
 
     items = sweep.parse({"grid": {"class_weight": ["auto", "NoSuchClass=2"]}}).items()
     ok = run_trial(str(small_records), str(tmp_path / "m0"), items[0], **TINY)
@@ -221,7 +221,7 @@ def test_a_2x2_sweep_runs_through_kfp_local_and_only_the_winner_is_evaluated(tmp
     f = tmp_path / "sweep.yaml"
     f.write_text(yaml.safe_dump(GRID))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--sweep", str(f), "--image-size", "16",
+        [sys.executable, "-m", "imgclf.pipelines.cli.main", "run", "--data", str(data), "--sweep", str(f), "--image-size", "16",
          "--color-mode", "grayscale", "--epochs", "1", "--batch-size", "16", "--depth", "1", "--no-augment",
          "--val-fraction", "0.2", "--test-fraction", "0.2", "--pipeline-root", str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=900)

@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from components.contracts import read_predictions
-from components.export.step import ServingMismatch, export
-from components.contracts import load_history
+from imgclf.components.contracts import read_predictions
+from imgclf.components.export.step import ServingMismatch, export
+from imgclf.components.contracts import load_history
 
 
 @pytest.fixture(params=["two", "ten"], ids=["two-class", "ten-class"])
@@ -110,7 +110,7 @@ def test_export_refuses_a_model_that_disagrees_with_evaluate(chain, tmp_path):
 FORKED_EXPORT = textwrap.dedent("""
     import json, sys
     import tensorflow  # imported, runtime not started: as in a task forked from the local zygote
-    from components.export import step
+    from imgclf.components.export import step
     seen = []
     original = step.FreshChecker.check
     def check(self, *args):
@@ -119,7 +119,7 @@ FORKED_EXPORT = textwrap.dedent("""
     step.FreshChecker.check = check
     model, pp, pred, out, refuse = sys.argv[1:]
     if refuse:  # the fresh process's own verdict fails, as a bad SavedModel would make it
-        from components.export import serving_check
+        from imgclf.components.export import serving_check
         def main(argv, show=True):
             sys.exit(refuse)
         serving_check.main = main
@@ -142,8 +142,8 @@ def test_the_fresh_check_forks_where_it_can_and_spawns_where_it_cannot(chain, tm
     """A fork taken before the model loads checks as a new interpreter does, and its refusal fails the
     step with its own cause."""
     tmp, _, _, _, ex = chain
-    from components.contracts import ExportInfo
-    from components.export import step
+    from imgclf.components.contracts import ExportInfo
+    from imgclf.components.export import step
 
     assert not step._can_fork(), "this test process's TensorFlow runs thread pools: no fork"
     got = _export_in_new_process(tmp / "model", tmp / "pp", tmp / "pred", tmp_path / "sm")

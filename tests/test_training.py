@@ -15,10 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from components.train import accelerate, models
-from components.contracts import RecordsMetadata, TrainedModel, load_history
-from components.lib.layers import load_model
-from components.train.step import class_weights, train
+from imgclf.components.train import accelerate, models
+from imgclf.components.contracts import RecordsMetadata, TrainedModel, load_history
+from imgclf.components.lib.layers import load_model
+from imgclf.components.train.step import class_weights, train
 from tests.conftest import REPO, preprocessed
 
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -31,7 +31,7 @@ def records(tmp_path_factory):
 
 
 def real_batch(records_dir: Path, n: int = 8):
-    from components.lib import records as rec
+    from imgclf.components.lib import records as rec
 
     meta = RecordsMetadata.load(str(records_dir))
     x, y = next(iter(rec.make_dataset(str(records_dir), meta, "train", n)))
@@ -81,8 +81,8 @@ def test_pretrained_weights_file_frozen_base_then_fine_tuning(records, tmp_path,
     base, then fine-tune the top layers with BatchNormalization frozen."""
     import tensorflow as tf
 
-    from components.lib import records as rec
-    from components.lib import storage
+    from imgclf.components.lib import records as rec
+    from imgclf.components.lib import storage
 
     # Pretraining as a user would: the backbone from scratch on the sample. MobileNetV2's BatchNormalization
     # momentum (0.999) needs thousands of steps before its statistics mean anything; 0.9 needs a few dozen.
@@ -141,7 +141,7 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
 
 
 def _train_cmd(records_dir, out, backup, *extra):
-    return [sys.executable, "-m", "components", "train", "--dataset-dir", str(records_dir), "--model-dir", str(out),
+    return [sys.executable, "-m", "imgclf.components", "train", "--dataset-dir", str(records_dir), "--model-dir", str(out),
             "--epochs", "8", "--patience", "8", "--batch-size", "16", "--width", "48", "--depth", "3",
             "--backup-uri", backup, "--backup-seconds", "0", *extra]
 
@@ -151,7 +151,7 @@ def test_killed_training_resumes_from_last_epoch(records, tmp_path, bucket):
     """SIGKILL mid-run, start again with the same backup location (what a KFP retry does): it continues
     from the last saved epoch, the learning-rate schedule and history are continuous, and the model is
     as good as an uninterrupted run's."""
-    from components.lib import storage
+    from imgclf.components.lib import storage
 
     s3, _ = bucket
     backup = f"{s3}/runs/train/model.backup"
@@ -192,7 +192,7 @@ def test_two_replicas_with_the_global_batch_scaled(records, tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from components.train.step import train
+        from imgclf.components.train.step import train
         r = train({str(records)!r}, {str(tmp_path / "m")!r}, epochs=2, batch_size=16, width=8, depth=2,
                   distribute="mirrored")
         print("REPLICAS", r.replicas)
@@ -208,11 +208,11 @@ def test_two_replicas_with_the_global_batch_scaled(records, tmp_path):
 def test_train_on_jax_backend_then_serve_with_tensorflow(records, tmp_path):
     """Keras 3 only in the model and training code: the step trains under KERAS_BACKEND=jax, and the saved
     model evaluates and exports under TensorFlow."""
-    from components.evaluate.step import evaluate
-    from components.export.step import export
+    from imgclf.components.evaluate.step import evaluate
+    from imgclf.components.export.step import export
 
     proc = subprocess.run(
-        [sys.executable, "-m", "components", "train", "--dataset-dir", str(records), "--model-dir",
+        [sys.executable, "-m", "imgclf.components", "train", "--dataset-dir", str(records), "--model-dir",
          str(tmp_path / "m"), "--epochs", "3", "--batch-size", "32", "--width", "16", "--depth", "2",
          "--label-smoothing", "0.1", "--lr-schedule", "plateau"],
         env={**QUIET, "KERAS_BACKEND": "jax"}, capture_output=True, text=True)
@@ -271,7 +271,7 @@ def test_mixed_precision_training_saves_a_float32_model_with_the_trained_weights
     """Trained under mixed bfloat16 (what auto picks on a CPU with native bfloat16), the saved model computes
     in float32 throughout, holds the trained weights (it scores on the validation split what training saw
     at its best epoch, within bfloat16's rounding), and train.json records the policy it trained under."""
-    from components.evaluate.step import evaluate
+    from imgclf.components.evaluate.step import evaluate
 
     r = train(str(records), str(tmp_path / "m"), epochs=4, batch_size=32, width=8, depth=2, patience=4,
               precision="mixed_bfloat16", seed=5)
@@ -281,7 +281,7 @@ def test_mixed_precision_training_saves_a_float32_model_with_the_trained_weights
     assert {layer.compute_dtype for layer in net.layers} == {"float32"}
     assert {w.dtype for w in net.weights} == {"float32"}
     meta = RecordsMetadata.load(str(records))
-    from components.lib import records as rec
+    from imgclf.components.lib import records as rec
 
     xs, ys = zip(*((np.asarray(x), np.asarray(y)) for x, y in rec.make_dataset(str(records), meta, "validation", 64)))
     accuracy = float(np.mean(np.argmax(net.predict(np.concatenate(xs), verbose=0), 1) == np.concatenate(ys)))
@@ -329,7 +329,7 @@ def test_backups_are_spaced_and_the_best_weights_survive_them(tmp_path, monkeypa
     `backup_seconds` after the previous one (every epoch at 0), state.json always names a checkpoint and
     best weights of the same backup, the in-memory best is the best epoch's, and a restore reads back
     the last backup's best."""
-    from components.train import checkpoint
+    from imgclf.components.train import checkpoint
 
     rng = np.random.default_rng(7)
     net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -375,9 +375,9 @@ def test_train_input_runs_without_the_autotuning_thread(records):
     """Deleting an iterator with autotuning joins its model thread, which may be asleep for up to 60 s
     (seen as 9-59 s after the last epoch of pipeline runs): every input the train step fits on is built
     with autotuning off, and still delivers one-hot batches."""
-    from components.lib import records as rec
-    from components.train.step import _input
-    from components.train.throughput import InputStamps
+    from imgclf.components.lib import records as rec
+    from imgclf.components.train.step import _input
+    from imgclf.components.train.throughput import InputStamps
 
     meta = RecordsMetadata.load(str(records))
     for split, stamps, repeat in (("train", InputStamps(), True), ("validation", None, False)):
@@ -392,7 +392,7 @@ def test_train_input_runs_without_the_autotuning_thread(records):
 GAP_SCRIPT = textwrap.dedent("""
     import os, sys, time
     import keras, numpy as np
-    from components.train import throughput
+    from imgclf.components.train import throughput
 
     class Pause(keras.callbacks.Callback):  # runs after Throughput: its time is in no epoch
         def __init__(self, seconds):
@@ -436,7 +436,7 @@ def test_a_long_gap_in_fit_dumps_every_threads_stack_and_nothing_else_does(cases
 
 
 def test_a_bad_fit_watch_is_refused_before_any_work(records, tmp_path, monkeypatch):
-    from components.train import throughput
+    from imgclf.components.train import throughput
 
     for bad in ("ten", "5s", "1e"):
         monkeypatch.setenv(throughput.WATCH_ENV, bad)

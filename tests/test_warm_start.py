@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from components.lib.layers import load_model
-from components.train import models, step
+from imgclf.components.lib.layers import load_model
+from imgclf.components.train import models, step
 from tests.conftest import preprocessed
 
 SMALL = {"width": 8, "depth": 2, "batch_size": 16, "epochs": 1, "patience": 1, "seed": 3}

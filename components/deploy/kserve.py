@@ -28,8 +28,8 @@ import os
 
 import yaml
 
-from components.deploy.options import DeployOptions, dns_label_problem
-from components.lib import registry, storage
+from imgclf.components.deploy.options import DeployOptions, dns_label_problem
+from imgclf.components.lib import registry, storage
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 STORAGE_SCHEMES = ("gs://", "s3://", "pvc://")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components.lib.options import ParameterError, option
-from components.lib.registry import RegistryTarget
+from imgclf.components.lib.options import ParameterError, option
+from imgclf.components.lib.registry import RegistryTarget
 
 TARGETS = ("none", "kserve", "vertex", "tf-serving")
 VERTEX_TF_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"

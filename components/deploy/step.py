@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from components.deploy import kserve, tf_serving
-from components.deploy.kserve import DeployError
-from components.deploy.options import DeployOptions
-from components.lib import registry
-from components.lib.options import takes
+from imgclf.components.deploy import kserve, tf_serving
+from imgclf.components.deploy.kserve import DeployError
+from imgclf.components.deploy.options import DeployOptions
+from imgclf.components.lib import registry
+from imgclf.components.lib.options import takes
 
 
 @dataclass
@@ -78,7 +78,7 @@ def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_
 
 
 def deploy_vertex(opts: DeployOptions, version: int) -> Deployed:
-    from components.deploy import vertex
+    from imgclf.components.deploy import vertex
 
     d = vertex.deploy(opts, version)
     split = ", ".join(f"{k}: {v} %" for k, v in sorted(d.traffic.items()))
@@ -108,7 +108,7 @@ def deploy(output_dir: str, opts: DeployOptions) -> Deployed:
     if opts.deploy == "kserve":
         kserve.manifest(opts, 1, False)  # name and storage URI refused before the registry is read
     elif opts.deploy == "vertex":
-        from components.deploy import vertex
+        from imgclf.components.deploy import vertex
 
         vertex.artifact_uri(opts, 1)
     version, has_previous, champion = published_version(opts)

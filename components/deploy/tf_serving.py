@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import shlex
 
-from components.deploy.options import DeployOptions
-from components.lib import registry, storage
+from imgclf.components.deploy.options import DeployOptions
+from imgclf.components.lib import registry, storage
 
 CONFIG = registry.SERVING_CONFIG
 MOUNT = registry.SERVING_BASE_PATH  # where the model folder is mounted, as KServe's storage initializer puts it

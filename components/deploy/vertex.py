@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.deploy.kserve import DeployError
-from components.deploy.options import DeployOptions
-from components.lib import registry
+from imgclf.components.deploy.kserve import DeployError
+from imgclf.components.deploy.options import DeployOptions
+from imgclf.components.lib import registry
 
 ALIAS = "champion"
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, SweepResult, TrainedModel, load_history
-from components.lib import records, reports, stats, storage, tables
+from imgclf.components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, SweepResult, TrainedModel, load_history
+from imgclf.components.lib import records, reports, stats, storage, tables
 
 MAX_GRID = 24
 # Grad-CAM: the most confident errors, and the most confident right answers of the weakest classes.
@@ -85,7 +85,7 @@ def evaluate(dataset_dir: str, model_dir: str, predictions_dir: str, report_html
     """Predict every test image; write `predictions.csv` + `metrics.json`, and the HTML report."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    from components.lib.layers import load_model  # Keras: only when the step runs
+    from imgclf.components.lib.layers import load_model  # Keras: only when the step runs
 
     meta = RecordsMetadata.load(dataset_dir)
     info = TrainedModel.load(model_dir)
@@ -185,7 +185,7 @@ def write_report(path: str, model, meta: RecordsMetadata, info: TrainedModel, mo
 
 
 def _gradcam_section(model, classes: list[str], errors: list[tuple], examples: Examples, weakest: list[dict]) -> str:
-    from components.evaluate import gradcam
+    from imgclf.components.evaluate import gradcam
 
     weak = [classes.index(r["class"]) for r in weakest[:CAM_CLASSES]]
     chosen = errors[:CAM_WRONG] + examples.right_of(weak)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.lib.options import Options, option
+from imgclf.components.lib.options import Options, option
 
 
 @dataclass(frozen=True, kw_only=True)

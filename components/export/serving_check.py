@@ -1,6 +1,6 @@
 """Fresh-process check of an exported SavedModel with plain TensorFlow (no Keras, no imgclf model code).
 
-`python -m components.export.serving_check OUT_JSON SAVED_MODEL SHARD...` feeds each test record's original
+`python -m imgclf.components.export.serving_check OUT_JSON SAVED_MODEL SHARD...` feeds each test record's original
 encoded bytes to `serving_default` and writes the answers to OUT_JSON. It also checks what a serving
 system adds on top: the same images sent as a base64 REST body (as TF Serving's REST API receives them)
 must give the same answers, and the TF Serving warm-up file, if present, must replay. From the command
@@ -24,8 +24,8 @@ import numpy as np
 def main(argv: list[str], show: bool = True) -> None:
     import tensorflow as tf
 
-    from components.export import serving_rest, warmup
-    from components.lib.serving import answer_records
+    from imgclf.components.export import serving_rest, warmup
+    from imgclf.components.lib.serving import answer_records
 
     out_json, saved_model_dir, shards = argv[0], argv[1], argv[2:]
     loaded = tf.saved_model.load(saved_model_dir)

@@ -6,7 +6,7 @@ turns every `{"b64": ...}` object into raw bytes, stacks the instances into one 
 calls the signature. Doing the same here lets export and the tests prove that what we publish answers
 a REST body correctly without running a TF Serving binary.
 
-`python -m components.export.serving_rest SAVED_MODEL < body.json` prints the answer TF Serving would give.
+`python -m imgclf.components.export.serving_rest SAVED_MODEL < body.json` prints the answer TF Serving would give.
 """
 from __future__ import annotations
 

@@ -21,11 +21,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.contracts import INPUT_KEY, ExportInfo, RecordsMetadata, TrainedModel, read_predictions
-from components.export import warmup
-from components.export.options import ExportOptions
-from components.lib import images, records, storage
-from components.lib.options import takes
+from imgclf.components.contracts import INPUT_KEY, ExportInfo, RecordsMetadata, TrainedModel, read_predictions
+from imgclf.components.export import warmup
+from imgclf.components.export.options import ExportOptions
+from imgclf.components.lib import images, records, storage
+from imgclf.components.lib.options import takes
 
 CLI_SHOW = "assets.extra/saved_model_cli.txt"
 TFLITE_FILE = "assets.extra/model.tflite"
@@ -87,7 +87,7 @@ def export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_d
 
 def _export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_dir: str, opts: ExportOptions,
             checker: "FreshChecker") -> ExportResult:
-    from components.lib.layers import load_model  # Keras: only when the step runs
+    from imgclf.components.lib.layers import load_model  # Keras: only when the step runs
 
     info = TrainedModel.load(model_dir)
     meta = RecordsMetadata.load(dataset_dir)
@@ -175,7 +175,7 @@ def _tflite(model, dataset_dir: str, meta: RecordsMetadata, dest: Path) -> float
 
 
 class FreshChecker:
-    """`components.export.serving_check` in another process that never holds the Keras model.
+    """`imgclf.components.export.serving_check` in another process that never holds the Keras model.
 
     Started before the model is loaded, so nothing of it can survive there. Where TensorFlow is
     imported but its runtime has not started and no other Python thread runs (a local task forked
@@ -198,7 +198,7 @@ class FreshChecker:
             os.close(read)
             self._request = os.fdopen(write, "w")
         else:
-            self.proc = subprocess.Popen([sys.executable, "-m", "components.export.serving_check", "--stdin"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "imgclf.components.export.serving_check", "--stdin"],
                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log, text=True)
             self._request = self.proc.stdin
 
@@ -218,7 +218,7 @@ class FreshChecker:
 
     def check(self, saved_model_dir: str, test_shards: list[str]) -> dict:
         """The fresh process's answers; meanwhile this process lists the files with `saved_model_cli`."""
-        from components.export.serving_check import show_all
+        from imgclf.components.export.serving_check import show_all
 
         answers = Path(self._tmp.name) / "answers.json"
         self._send(json.dumps([str(answers), saved_model_dir, *test_shards]) + "\n")
@@ -270,7 +270,7 @@ def _serve_check(read_fd: int, log_fd: int) -> None:
         with os.fdopen(read_fd) as requests:
             request = requests.readline()
         if request:
-            from components.export import serving_check
+            from imgclf.components.export import serving_check
 
             serving_check.main(json.loads(request), show=False)
         code = 0

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from components.lib import images, reports, storage
+from imgclf.components.lib import images, reports, storage
 
 EXAMPLES_PER_REASON = 3
 GRID_PER_CLASS = 6
@@ -13,7 +13,7 @@ GRID_CLASSES = 20
 
 
 def _thumb(dataset_dir: str, location: str, size: int = 64) -> np.ndarray | None:
-    from components.contracts import location_uri
+    from imgclf.components.contracts import location_uri
 
     try:
         with Image.open(io.BytesIO(storage.read_bytes(location_uri(dataset_dir, location)))) as img:

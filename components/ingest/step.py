@@ -22,13 +22,13 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from components.contracts import (CLASSES, DatasetError, INGEST_SUMMARY, MANIFEST, MANIFEST_FIELDS, QUARANTINE,
+from imgclf.components.contracts import (CLASSES, DatasetError, INGEST_SUMMARY, MANIFEST, MANIFEST_FIELDS, QUARANTINE,
                                   QUARANTINE_FIELDS)
-from components.ingest.options import IngestOptions
-from components.ingest.sources import Item, resolve
-from components.lib import images, storage, tables
-from components.lib.options import takes
-from components.lib.progress import Progress
+from imgclf.components.ingest.options import IngestOptions
+from imgclf.components.ingest.sources import Item, resolve
+from imgclf.components.lib import images, storage, tables
+from imgclf.components.lib.options import takes
+from imgclf.components.lib.progress import Progress
 
 __all__ = ["DatasetError", "IngestSummary", "ingest"]
 
@@ -409,7 +409,7 @@ def summarize(opts: IngestOptions, layout: str, checked: _Checked, seconds: floa
 
 
 def write_report(path: str, summary: IngestSummary, checked: _Checked, dataset_dir: str) -> None:
-    from components.ingest.report import write_report as render
+    from imgclf.components.ingest.report import write_report as render
 
     kept = checked.kept()
     by_class_split = Counter((checked.labels[i], checked.splits[i]) for i in kept)

@@ -12,8 +12,8 @@ import dataclasses
 
 def validate(**params) -> str:
     """The pipeline's first task: every parameter checked in seconds, before any work starts."""
-    from components.lib.options import validate as check
-    from components.steps import pipeline_options
+    from imgclf.components.lib.options import validate as check
+    from imgclf.components.steps import pipeline_options
 
     groups = pipeline_options(params.pop("pipeline_steps"))
     check(params, *groups, pipeline_only=True)
@@ -22,7 +22,7 @@ def validate(**params) -> str:
 
 
 def ingest(dataset, metrics, report, **options):
-    from components.ingest.step import ingest as run
+    from imgclf.components.ingest.step import ingest as run
 
     s = run(output_dir=dataset.path, report_html=report.path, **options)
     dataset.metadata.update({"classes": s.classes, "images": s.images, "layout": s.layout})
@@ -36,20 +36,20 @@ def ingest(dataset, metrics, report, **options):
 
 
 def preprocess_plan(dataset, plan, **options) -> list:
-    from components.preprocess.shards import plan as run
+    from imgclf.components.preprocess.shards import plan as run
 
     return run(dataset.path, plan.path, **options)
 
 
 def preprocess_shard(dataset, plan, part, shard: int, **options):
-    from components.preprocess.shards import write_part
+    from imgclf.components.preprocess.shards import write_part
 
     p = write_part(dataset.path, plan.path, shard, part.path, **options)
     part.metadata.update({"shard": shard, "files": len(p["files"])})
 
 
 def preprocess_merge(dataset, plan, parts, records, metrics, **options):
-    from components.preprocess.shards import merge
+    from imgclf.components.preprocess.shards import merge
 
     _records_outputs(merge(dataset.path, plan.path, [p.path for p in parts], records.path, **options), records,
                      metrics)
@@ -65,8 +65,8 @@ def _records_outputs(s, records, metrics) -> None:
 
 
 def train(records, model, metrics, curves, **options):
-    from components.contracts import load_history
-    from components.train.step import train as run
+    from imgclf.components.contracts import load_history
+    from imgclf.components.train.step import train as run
 
     # Next to the output in the artifact store (not the local output folder, which KFP uploads only on
     # success): a retried attempt has the same output URI and finds the state there.
@@ -83,7 +83,7 @@ def train(records, model, metrics, curves, **options):
 
 
 def trial(records, model, metrics, curves, trial: str, **options) -> str:
-    from components.train.trial import run_trial
+    from imgclf.components.train.trial import run_trial
 
     backup = model.uri.rstrip("/") + ".backup"  # as train: a retried attempt resumes from it
     r = run_trial(records.path, model.path, trial, backup_uri=backup, curves_html=curves.path, **options)
@@ -96,7 +96,7 @@ def trial(records, model, metrics, curves, trial: str, **options) -> str:
 
 
 def select(models, model, report, results: list, metric: str) -> str:
-    from components.sweep.select import select as run
+    from imgclf.components.sweep.select import select as run
 
     s = run(list(results), [m.path for m in models], model.path, metric=metric, report_html=report.path)
     model.metadata.update({"framework": "keras", "trial": s.winner.index, "options": s.winner.options,
@@ -105,7 +105,7 @@ def select(models, model, report, results: list, metric: str) -> str:
 
 
 def evaluate(records, model, predictions, metrics, classification, report) -> float:
-    from components.evaluate.step import evaluate as run
+    from imgclf.components.evaluate.step import evaluate as run
 
     r = run(records.path, model.path, predictions.path, report_html=report.path)
     for k, v in r.metrics.items():
@@ -122,8 +122,8 @@ def evaluate(records, model, predictions, metrics, classification, report) -> fl
 
 
 def export(model, records, predictions, saved_model, **options):
-    from components.contracts import INPUT_KEY
-    from components.export.step import export as run
+    from imgclf.components.contracts import INPUT_KEY
+    from imgclf.components.export.step import export as run
 
     r = run(model.path, records.path, predictions.path, saved_model.path, **options)
     saved_model.metadata.update({"framework": "tensorflow", "format": "SavedModel", "signature": "serving_default",
@@ -135,8 +135,8 @@ def export(model, records, predictions, saved_model, **options):
 def champion(records, **options):
     from collections import namedtuple
 
-    from components.release.champion import lookup
-    from components.release.options import ChampionOptions
+    from imgclf.components.release.champion import lookup
+    from imgclf.components.release.options import ChampionOptions
 
     # The train options come along so that a change of them is a reason to train (skip_unchanged).
     import json
@@ -150,14 +150,14 @@ def champion(records, **options):
 def gate(records, predictions, reasons, compared, metrics, **options):
     from collections import namedtuple
 
-    from components.release.gate import gate as run
+    from imgclf.components.release.gate import gate as run
 
     r = run(records.path, predictions.path, decision_md=reasons.path, compared_csv=compared.path, **options)
     metrics.log_metric("compared images", r.compared.get("images", 0))
     metrics.log_metric("passed", int(r.decision != "refuse"))
     for k, v in r.challenger.items():
         metrics.log_metric(f"challenger {k}", v)
-    from components.release.options import COMPARE_METRICS
+    from imgclf.components.release.options import COMPARE_METRICS
 
     for k in COMPARE_METRICS:
         if k in r.champion:
@@ -166,13 +166,13 @@ def gate(records, predictions, reasons, compared, metrics, **options):
 
 
 def publish(saved_model, model, records, predictions, **options) -> int:
-    from components.release.publish import publish as run
+    from imgclf.components.release.publish import publish as run
 
     return run(saved_model.path, model.path, records.path, predictions.path, **options)
 
 
 def deploy(deployment, **options) -> str:
-    from components.deploy.step import deploy as run
+    from imgclf.components.deploy.step import deploy as run
 
     d = run(deployment.path, **options)
     deployment.metadata.update({"target": d.target, "version": d.version})
@@ -188,7 +188,7 @@ def not_published(summary: str) -> str:
 
 
 def training_skipped(reason: str, champion_version: int, note) -> str:
-    from components.release.gate import skipped
+    from imgclf.components.release.gate import skipped
 
     return skipped(reason, champion_version, note.path)
 
@@ -196,7 +196,7 @@ def training_skipped(reason: str, champion_version: int, note) -> str:
 def predict(predictions, metrics, images: str, output_format: str, **options):
     import os
 
-    from components.predict.step import predict as run
+    from imgclf.components.predict.step import predict as run
 
     os.makedirs(predictions.path, exist_ok=True)
     r = run(inputs=[images], output=os.path.join(predictions.path, f"predictions.{output_format}"), **options)

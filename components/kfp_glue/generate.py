@@ -5,7 +5,7 @@ KFP ships a lightweight component as its function's *source* (`inspect.getsource
 interface from the annotations in the container, so a signature set at run time would be lost there.
 Generating the source itself (registered with `linecache`, which is where `inspect.getsource` looks)
 keeps both sides exact. The generated body only forwards its arguments to a hand-written function in
-`components.kfp_glue.bodies`, which the image (or this virtualenv) provides.
+`imgclf.components.kfp_glue.bodies`, which the image (or this virtualenv) provides.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import linecache
 import textwrap
 from dataclasses import dataclass
 
-from components.lib.options import Option, union
+from imgclf.components.lib.options import Option, union
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ComponentSpec:
     """Only the options' pipeline parameters (the validate task); a step's component takes them all."""
 
     def declared(self) -> list[Option]:
-        from components.steps import pipeline_options
+        from imgclf.components.steps import pipeline_options
 
         return union(*pipeline_options(list(self.options)), pipeline_only=self.pipeline_only)
 
@@ -68,7 +68,7 @@ def option_help(o: Option) -> str:
     return _one_line(f"{o.help}.{allowed}")
 
 
-def source(spec: ComponentSpec, body: str = "components.kfp_glue.bodies") -> str:
+def source(spec: ComponentSpec, body: str = "imgclf.components.kfp_glue.bodies") -> str:
     """The component function's source text."""
     opts = spec.declared()
     required = [o for o in opts if o.required]
@@ -91,14 +91,14 @@ def source(spec: ComponentSpec, body: str = "components.kfp_glue.bodies") -> str
             f"    return _body(**_given)\n")
 
 
-def build(spec: ComponentSpec, decorator, body: str = "components.kfp_glue.bodies"):
+def build(spec: ComponentSpec, decorator, body: str = "imgclf.components.kfp_glue.bodies"):
     """The KFP component: the generated function, compiled where `inspect.getsource` finds its text."""
     text = source(spec, body)
     filename = f"<imgclf-component {spec.name} of {','.join(spec.options) or 'no options'}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
-    namespace: dict = {"__name__": "components.kfp_glue.wrappers"}
+    namespace: dict = {"__name__": "imgclf.components.kfp_glue.wrappers"}
     exec(compile("from kfp.dsl import *\nfrom typing import *\n", filename, "exec", dont_inherit=True), namespace)  # what KFP puts above it in the container
     exec(compile(text, filename, "exec", dont_inherit=True), namespace)  # real annotations, as KFP reads them
     fn = namespace[spec.name]
-    fn.__module__ = "components.kfp_glue.wrappers"
+    fn.__module__ = "imgclf.components.kfp_glue.wrappers"
     return decorator(fn)

@@ -10,8 +10,8 @@ import os
 
 from kfp import dsl
 
-from components import __version__
-from components.kfp_glue.generate import Artifact, ComponentSpec, Wired, build
+from imgclf.components import __version__
+from imgclf.components.kfp_glue.generate import Artifact, ComponentSpec, Wired, build
 
 IMAGE = os.environ.get("IMGCLF_IMAGE", f"imgclf:{__version__}")
 _decorate = dsl.component(base_image=IMAGE, install_kfp_package=False)

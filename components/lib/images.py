@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from components.lib.options import Options, option
+from imgclf.components.lib.options import Options, option
 
 # Formats TensorFlow's decode_image understands: anything else could be ingested but never served.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from components.contracts import MODEL_FILE
+from imgclf.components.contracts import MODEL_FILE
 
 
 def load_model(model_dir: str) -> keras.Model:

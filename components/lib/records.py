@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from components.contracts import RecordsMetadata
+    from imgclf.components.contracts import RecordsMetadata
 
 PIXELS, LABEL, ENCODED, LOCATION = "image/pixels", "image/label", "image/encoded", "image/location"
 

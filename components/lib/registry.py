@@ -71,9 +71,9 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from components.contracts import MODEL_FILE, TRAIN_FILE
-from components.lib import storage
-from components.lib.options import Options, option
+from imgclf.components.contracts import MODEL_FILE, TRAIN_FILE
+from imgclf.components.lib import storage
+from imgclf.components.lib.options import Options, option
 
 SCHEMA_VERSION = 2  # 2: the input spec under "input", the network under "architecture"
 CHAMPION_FILE = "champion.json"

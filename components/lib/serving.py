@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from components.lib import records, storage
+from imgclf.components.lib import records, storage
 
 
 @contextlib.contextmanager

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.lib.images import PixelLimit
-from components.lib.options import option
+from imgclf.components.lib.images import PixelLimit
+from imgclf.components.lib.options import option
 
 FORMATS = ("csv", "jsonl")
 

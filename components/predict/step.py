@@ -19,12 +19,12 @@ from typing import Iterator
 
 import numpy as np
 
-from components.contracts import INPUT_KEY, ExportInfo
-from components.lib import serving, storage, tables
-from components.lib import images
-from components.lib.options import takes
-from components.lib.progress import Progress
-from components.predict.options import FORMATS, PredictOptions
+from imgclf.components.contracts import INPUT_KEY, ExportInfo
+from imgclf.components.lib import serving, storage, tables
+from imgclf.components.lib import images
+from imgclf.components.lib.options import takes
+from imgclf.components.lib.progress import Progress
+from imgclf.components.predict.options import FORMATS, PredictOptions
 
 
 @dataclass
@@ -111,7 +111,7 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
     fmt = Path(output).suffix.lstrip(".").lower() if output else ""
     if output and fmt not in FORMATS:
         raise ValueError(f"--output must end in .csv or .jsonl, got {output!r}")
-    from components.lib.registry import resolve
+    from imgclf.components.lib.registry import resolve
 
     model, top_k, batch_size, max_pixels = opts.model, opts.top_k, opts.batch_size, opts.max_pixels
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.lib.images import COLOR_MODES
-from components.lib.options import Seeded, option
+from imgclf.components.lib.images import COLOR_MODES
+from imgclf.components.lib.options import Seeded, option
 
 
 MAX_SHARDS = 256
@@ -32,7 +32,7 @@ class PreprocessOptions(Seeded):
     def __post_init__(self):
         super().__post_init__()
         if self.val_fraction + self.test_fraction >= 1:
-            from components.lib.options import ParameterError
+            from imgclf.components.lib.options import ParameterError
 
             raise ParameterError(f"parameters val_fraction={self.val_fraction} and test_fraction="
                                  f"{self.test_fraction}: together they must leave room for training (sum < 1)")

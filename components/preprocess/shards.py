@@ -16,12 +16,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from components.contracts import DatasetError, ingest_source, load_manifest
-from components.lib import storage
-from components.lib.options import takes
-from components.lib.progress import Progress
-from components.preprocess.options import MAX_SHARDS, PreprocessOptions
-from components.preprocess.step import (PreprocessSummary, image_loader, input_spec, plan_splits, record_files,
+from imgclf.components.contracts import DatasetError, ingest_source, load_manifest
+from imgclf.components.lib import storage
+from imgclf.components.lib.options import takes
+from imgclf.components.lib.progress import Progress
+from imgclf.components.preprocess.options import MAX_SHARDS, PreprocessOptions
+from imgclf.components.preprocess.step import (PreprocessSummary, image_loader, input_spec, plan_splits, record_files,
                                         save_metadata, split_infos, write_file)
 
 PLAN_FILE, PART_FILE = "plan.json", "part.json"

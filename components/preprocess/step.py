@@ -12,12 +12,12 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from components.contracts import (DatasetError, InputSpec, RecordsMetadata, SplitImages, SplitInfo, ingest_source,
+from imgclf.components.contracts import (DatasetError, InputSpec, RecordsMetadata, SplitImages, SplitInfo, ingest_source,
                                   load_manifest, location_uri)
-from components.lib import images, records, storage
-from components.lib.options import takes
-from components.lib.progress import Progress
-from components.preprocess.options import LAYOUT_ONLY, PreprocessOptions
+from imgclf.components.lib import images, records, storage
+from imgclf.components.lib.options import takes
+from imgclf.components.lib.progress import Progress
+from imgclf.components.preprocess.options import LAYOUT_ONLY, PreprocessOptions
 
 
 @dataclass

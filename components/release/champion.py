@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.contracts import RecordsMetadata
-from components.lib import registry as layout
-from components.lib import storage
-from components.lib.options import fingerprint, takes
-from components.release.options import ChampionOptions
+from imgclf.components.contracts import RecordsMetadata
+from imgclf.components.lib import registry as layout
+from imgclf.components.lib import storage
+from imgclf.components.lib.options import fingerprint, takes
+from imgclf.components.release.options import ChampionOptions
 
 
 @dataclass
@@ -31,7 +31,7 @@ def _train_options(given: str):
     or all out: they take their defaults)."""
     import json
 
-    from components.steps import options
+    from imgclf.components.steps import options
 
     cls = options("train")
     return cls(**cls.pick(json.loads(given or "{}")))

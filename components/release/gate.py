@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.contracts import Evaluation, InputSpec, RecordsMetadata, SplitImages, read_predictions
-from components.lib import registry as layout
-from components.lib import serving, stats, storage, tables
-from components.lib.options import takes
-from components.release import seen
-from components.release.options import COMPARE_METRICS as METRICS
-from components.release.options import GateOptions
+from imgclf.components.contracts import Evaluation, InputSpec, RecordsMetadata, SplitImages, read_predictions
+from imgclf.components.lib import registry as layout
+from imgclf.components.lib import serving, stats, storage, tables
+from imgclf.components.lib.options import takes
+from imgclf.components.release import seen
+from imgclf.components.release.options import COMPARE_METRICS as METRICS
+from imgclf.components.release.options import GateOptions
 
 
 @dataclass

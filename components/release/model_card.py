@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 def render(record: dict) -> str:
-    from components.contracts import InputSpec
+    from imgclf.components.contracts import InputSpec
 
     spec = InputSpec.from_dict(record)
     m, gate = record["metrics"], record.get("gate", {})

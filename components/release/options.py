@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.lib.options import option
-from components.lib.registry import RegistryTarget
+from imgclf.components.lib.options import option
+from imgclf.components.lib.registry import RegistryTarget
 
 COMPARE_METRICS = ("accuracy", "macro_f1")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from components.contracts import SPLITS, Evaluation, RecordsMetadata, SplitImages, TrainedModel
-from components.lib import registry as layout
-from components.lib.options import takes
-from components.release import model_card, seen
-from components.release.options import PublishOptions
+from imgclf.components.contracts import SPLITS, Evaluation, RecordsMetadata, SplitImages, TrainedModel
+from imgclf.components.lib import registry as layout
+from imgclf.components.lib.options import takes
+from imgclf.components.release import model_card, seen
+from imgclf.components.release.options import PublishOptions
 
 
 @takes(PublishOptions)

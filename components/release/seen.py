@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 
-from components.lib import registry
+from imgclf.components.lib import registry
 
 SEEN_IMAGES = "assets.extra/seen_images.txt.gz"
 PREFIX = 16

@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 
-from components.contracts import SWEEP_FILE, TRIAL_FILE, TRIAL_METRICS, SweepResult, TrialResult
-from components.lib import reports, storage
+from imgclf.components.contracts import SWEEP_FILE, TRIAL_FILE, TRIAL_METRICS, SweepResult, TrialResult
+from imgclf.components.lib import reports, storage
 
 
 class AllTrialsFailed(RuntimeError):

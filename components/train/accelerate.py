@@ -12,7 +12,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-from components.train.options import DISTRIBUTE, PRECISIONS
+from imgclf.components.train.options import DISTRIBUTE, PRECISIONS
 
 
 @dataclass

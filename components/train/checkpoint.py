@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from components.lib import storage
+from imgclf.components.lib import storage
 
 STATE, BEST = "state.json", "best.weights.npz"
 

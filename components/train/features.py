@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from components.lib import records, storage
+from imgclf.components.lib import records, storage
 
 FOLDER = "features"
 INDEX = "features.json"
@@ -28,7 +28,7 @@ def wanted(choice: str, architecture: str, pretrained: bool, augment: bool) -> b
     """auto: when the backbone is frozen (pretrained transfer family) and augmentation is off, since
     augmented images would give different features every epoch; on: also with augmentation (the head
     phase then trains on unaugmented images, fine-tuning still augments); off: never."""
-    from components.train import models
+    from imgclf.components.train import models
 
     frozen = models.is_transfer(architecture) and pretrained
     if choice == "on" and not frozen:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import keras
 from keras import layers
 
-from components.lib.layers import FAMILIES, FamilyPreprocess, RandomFlipRotateZoom
-from components.train.options import ARCHITECTURES
+from imgclf.components.lib.layers import FAMILIES, FamilyPreprocess, RandomFlipRotateZoom
+from imgclf.components.train.options import ARCHITECTURES
 
 
 def augmentation(flip: str = "horizontal", rotation: float = 0.02, zoom: float = 0.05,

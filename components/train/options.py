@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.lib.options import Seeded, option
+from imgclf.components.lib.options import Seeded, option
 
 # The networks components/train/models.py builds (it checks, on import, that it builds exactly these).
 ARCHITECTURES = ("baseline", "mobilenet_v2", "efficientnet_v2_b0", "inception_v3", "resnet50_v2", "vgg16")

@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.contracts import (HISTORY_FILE, MODEL_FILE, TENSORBOARD_DIR, RecordsMetadata, TrainedModel)
-from components.lib import records, reports, storage
-from components.lib.options import fingerprint, takes
-from components.train.options import TrainOptions
+from imgclf.components.contracts import (HISTORY_FILE, MODEL_FILE, TENSORBOARD_DIR, RecordsMetadata, TrainedModel)
+from imgclf.components.lib import records, reports, storage
+from imgclf.components.lib.options import fingerprint, takes
+from imgclf.components.train.options import TrainOptions
 
 
 class TrainingDiverged(RuntimeError):
@@ -109,8 +109,8 @@ def warm_start_from(net, source: str, tmp: str):
     asked for a warm start, and a run that silently trained from scratch would not be one."""
     import keras
 
-    from components.lib import layers  # noqa: F401 - registers the custom layers the file may hold
-    from components.train import models
+    from imgclf.components.lib import layers  # noqa: F401 - registers the custom layers the file may hold
+    from imgclf.components.train import models
 
     if not source.endswith(".keras"):
         source = storage.join(source, MODEL_FILE)
@@ -167,7 +167,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     """
     import keras
 
-    from components.train import accelerate, checkpoint, features, models, throughput
+    from imgclf.components.train import accelerate, checkpoint, features, models, throughput
 
     throughput.watch_seconds()  # a bad IMGCLF_FIT_WATCH_SECONDS is refused before any work
     meta = RecordsMetadata.load(dataset_dir)
@@ -233,7 +233,7 @@ def _trainable(net) -> int:
 def make_session(dataset_dir: str, meta: RecordsMetadata, opts: TrainOptions, hw, backup, resume,
                  tb_local: Path) -> _Session:
     """The input pipelines (one endless, reshuffled training iterator) and the state to continue."""
-    from components.train import throughput
+    from imgclf.components.train import throughput
 
     global_batch = opts.batch_size * hw.replicas
     stamps = throughput.InputStamps()
@@ -252,7 +252,7 @@ def make_session(dataset_dir: str, meta: RecordsMetadata, opts: TrainOptions, hw
 
 def network(run: _Session, weights):
     """The network the options describe, under the current dtype policy."""
-    from components.train import models
+    from imgclf.components.train import models
 
     o = run.opts
     return models.build(o.architecture, run.meta.input.shape, len(run.meta.classes), weights=weights, width=o.width,
@@ -288,7 +288,7 @@ def resume_model(run: _Session):
 def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight,
         whole=None) -> None:
     """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup."""
-    from components.train import checkpoint, throughput
+    from imgclf.components.train import checkpoint, throughput
 
     stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
     extra_state = {"phase1_epochs": run.state.get("phase1_epochs"), "features": whole is not None}
@@ -313,7 +313,7 @@ def fit_head_on_features(run: _Session, dataset_dir: str, tmp: str, class_weight
 
     import keras
 
-    from components.train import features
+    from imgclf.components.train import features
 
     o, meta, batch = run.opts, run.meta, run.opts.batch_size * run.hw.replicas
     local = Path(tmp) / features.FOLDER
@@ -340,7 +340,7 @@ def fit_head_on_features(run: _Session, dataset_dir: str, tmp: str, class_weight
 def fine_tune(run: _Session, class_weight) -> None:
     """Phase 2: from phase 1's best weights, the backbone's top layers (BatchNormalization frozen) at
     learning_rate x fine_tune_lr_factor."""
-    from components.train import models
+    from imgclf.components.train import models
 
     o, resume = run.opts, run.resume
     phase1 = run.state["phase1_epochs"]
@@ -357,7 +357,7 @@ def fine_tune(run: _Session, class_weight) -> None:
 
 
 def summarize(run: _Session, seconds: float) -> TrainResult:
-    from components.train import throughput
+    from imgclf.components.train import throughput
 
     history = run.history
     losses = history[run.monitor]

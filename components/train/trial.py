@@ -13,10 +13,10 @@ import json
 import time
 import traceback
 
-from components.contracts import DatasetError, RecordsMetadata, TrialResult
-from components.lib.options import takes
-from components.train.options import TrainOptions
-from components.train.step import train
+from imgclf.components.contracts import DatasetError, RecordsMetadata, TrialResult
+from imgclf.components.lib.options import takes
+from imgclf.components.train.options import TrainOptions
+from imgclf.components.train.step import train
 
 
 @takes(TrainOptions)

@@ -6,26 +6,28 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines import check_parameters, compiling, remote_cli  # light: nothing of kfp
-from pipelines.deploy_cli import add_deploy_parser
+from imgclf.pipelines import check_parameters  # light: nothing of kfp
+from imgclf.pipelines.cli import remote as remote_cli
+from imgclf.pipelines.remote import compiling
+from imgclf.pipelines.cli.deploy import add_deploy_parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.runner != "docker":
-        from pipelines.preloaded_tasks import start_early
+        from imgclf.pipelines.local.preloaded_tasks import start_early
 
         start_early()
-    from pipelines.declare import parameters
-    from pipelines.local import run_local
-    from pipelines.training import STEPS
+    from imgclf.pipelines.definitions.declare import parameters
+    from imgclf.pipelines.local.run import run_local
+    from imgclf.pipelines.definitions.training import STEPS
 
     names = {o.name for o in parameters(STEPS)}
     params = check_parameters({k: v for k, v in vars(args).items() if k in names}, check_paths=True)
     sweep = compiling.sweep_of(args, params)
     runner = None
     if args.runner == "docker":
-        from components.kfp_glue.wrappers import IMAGE
-        from pipelines.docker_local import docker_runner
+        from imgclf.components.kfp_glue.wrappers import IMAGE
+        from imgclf.pipelines.local.docker_runner import docker_runner
 
         runner, params = docker_runner(params, IMAGE, network=args.network)
     result = run_local(params, pipeline_root=args.pipeline_root, runner=runner, quiet=args.quiet, cache=args.cache,
@@ -41,9 +43,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from components.predict.step import format_table, predict
+    from imgclf.components.predict.step import format_table, predict
 
-    from components.predict.options import PredictOptions
+    from imgclf.components.predict.options import PredictOptions
 
     result = predict(inputs=args.inputs, output=args.output, keep_rows=not args.output,
                      **PredictOptions.pick(vars(args)))
@@ -55,7 +57,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
-    from pipelines.sample_data import build_folder
+    from imgclf.pipelines.local.sample_data import build_folder
 
     counts = build_folder(args.out, per_class=args.per_class, seed=args.seed, idx_dir=args.idx_dir)
     print(f"wrote {sum(counts.values())} PNG images in {len(counts)} class folders under {args.out}")
@@ -63,7 +65,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry_check(args: argparse.Namespace) -> int:
-    from components.lib import registry
+    from imgclf.components.lib import registry
 
     if args.location and args.registry:
         raise ValueError("give REGISTRY/NAME or --registry (with --model-name), not both")
@@ -108,9 +110,9 @@ def _add_registry(sub) -> None:
 
 
 def _add_run(sub, given: dict) -> None:
-    from components.lib.options import add_arguments
-    from pipelines.declare import parameters
-    from pipelines.training import STEPS
+    from imgclf.components.lib.options import add_arguments
+    from imgclf.pipelines.definitions.declare import parameters
+    from imgclf.pipelines.definitions.training import STEPS
 
     run = sub.add_parser("run", help="run the whole pipeline locally with kfp.local on a folder of images",
                          description="Run the training pipeline locally; every parameter is checked first.")
@@ -140,8 +142,8 @@ def _add_compile(sub) -> None:
 
 
 def _add_predict(sub) -> None:
-    from components.lib.options import add_arguments
-    from components.predict.options import PredictOptions
+    from imgclf.components.lib.options import add_arguments
+    from imgclf.components.predict.options import PredictOptions
 
     pred = sub.add_parser("predict", help="classify images with an exported SavedModel (its serving signature)")
     add_arguments(pred, PredictOptions.declared())
@@ -151,7 +153,7 @@ def _add_predict(sub) -> None:
 
 
 def build_parser(run_given: dict | None = None) -> argparse.ArgumentParser:
-    from pipelines.sample_data import DEBIAN_IDX_DIR
+    from imgclf.pipelines.local.sample_data import DEBIAN_IDX_DIR
 
     p = argparse.ArgumentParser(prog="imgclf", description=__doc__)
     p.add_argument("--version", action="version", version=_versions())
@@ -177,7 +179,7 @@ def build_parser(run_given: dict | None = None) -> argparse.ArgumentParser:
 def _versions() -> str:
     from importlib import metadata
 
-    from components import __version__
+    from imgclf.components import __version__
 
     def of(package: str) -> str:
         try:
@@ -192,9 +194,9 @@ def _versions() -> str:
 def _params_file(argv: list[str]) -> dict:
     """`run --params-file F`: read before the parser is built, because its values become the flags'
     defaults (flags given on the command line still win)."""
-    from pipelines import params
-    from pipelines.declare import parameters
-    from pipelines.training import STEPS
+    from imgclf.pipelines.remote import params
+    from imgclf.pipelines.definitions.declare import parameters
+    from imgclf.pipelines.definitions.training import STEPS
 
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--params-file=")), None)
     if path is None and "--params-file" in argv[:-1]:
@@ -212,7 +214,7 @@ def _params_file(argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["step"]:  # argparse's REMAINDER drops a leading -h/--flag: hand over verbatim
-        from components.__main__ import main as step_main
+        from imgclf.components.__main__ import main as step_main
 
         return step_main(argv[1:])
     try:

@@ -34,7 +34,7 @@ import sys
 import threading
 
 PRELOAD = ("tensorflow", "keras", "numpy", "PIL.Image", "fsspec", "kfp.dsl.executor_main",
-           "components.lib.storage", "components.lib.images", "components.lib.records")
+           "imgclf.components.lib.storage", "imgclf.components.lib.images", "imgclf.components.lib.records")
 """What the zygote imports before its first fork: the libraries every heavy step imports first."""
 
 NOT_PRELOADED = ("jax",)
@@ -162,7 +162,7 @@ class Zygote:
         self._sock, self._lock, self._replies = ours, threading.Lock(), ours.makefile("rb")
         self._ready: dict | None = None
         self.import_env = import_time_env(dict(os.environ))
-        self.process = subprocess.Popen([sys.executable, "-m", "pipelines.preloaded_tasks", "--serve",
+        self.process = subprocess.Popen([sys.executable, "-m", "imgclf.pipelines.local.preloaded_tasks", "--serve",
                                          str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=os.getcwd(),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         env={**os.environ, "PYTHONPATH": _import_path()})
@@ -238,7 +238,7 @@ def preloaded_tasks():
     from kfp.local import subprocess_task_handler
 
     # Every task the zygote runs is told that tasks run one at a time (preprocess then plans one shard task).
-    from components.preprocess.shards import IN_SERIES_ENV
+    from imgclf.components.preprocess.shards import IN_SERIES_ENV
 
     original = subprocess_task_handler.run_local_subprocess
     zygote, _started = _started or Zygote(), None

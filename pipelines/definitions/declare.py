@@ -8,9 +8,9 @@ import inspect
 
 from kfp import dsl
 
-from components import steps as step_table
-from components.kfp_glue.generate import option_help
-from components.lib.options import Option, union
+from imgclf.components import steps as step_table
+from imgclf.components.kfp_glue.generate import option_help
+from imgclf.components.lib.options import Option, union
 
 
 def parameters(steps: tuple[str, ...]) -> list[Option]:

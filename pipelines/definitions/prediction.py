@@ -3,9 +3,9 @@ a predictions file (CSV or JSON Lines) out. Schedule it like training."""
 from kfp import dsl
 from kfp.dsl import Dataset
 
-from components.kfp_glue import wrappers as steps
-from pipelines.declare import for_step, pipeline
-from pipelines.platform import LOCAL, Platform
+from imgclf.components.kfp_glue import wrappers as steps
+from imgclf.pipelines.definitions.declare import for_step, pipeline
+from imgclf.pipelines.remote.platform import LOCAL, Platform
 
 PIPELINE_NAME = "imgclf-predict"
 STEPS = ("predict",)

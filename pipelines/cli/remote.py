@@ -26,7 +26,7 @@ def emitting(command):
 
 
 def backend(args: argparse.Namespace):
-    from pipelines.backends import Kfp, Vertex
+    from imgclf.pipelines.remote.backends import Kfp, Vertex
 
     if args.backend == "kfp":
         return Kfp(args.host, token=args.token, namespace=args.namespace)
@@ -38,9 +38,9 @@ def backend(args: argparse.Namespace):
 def package_and_params(args: argparse.Namespace, tmp: str) -> tuple[str, dict]:
     """The compiled package and its parameters: the params file, then `name=value` on top, checked
     against the package's inputs and (for our own pipelines) against the steps' declarations."""
-    from pipelines import params
-    from pipelines import check_parameters
-    from pipelines.compiling import compile_package, sweep_of
+    from imgclf.pipelines.remote import params
+    from imgclf.pipelines import check_parameters
+    from imgclf.pipelines.remote.compiling import compile_package, sweep_of
 
     if args.backend == "vertex" and not (args.pipeline_root or "").startswith("gs://"):
         raise ValueError(f"Vertex AI needs a gs:// pipeline root (--pipeline-root), got {args.pipeline_root!r}")
@@ -66,7 +66,7 @@ def what_would_be_sent(args: argparse.Namespace, package: str, values: dict, **e
     """The request a dry run shows: read back from the compiled package, as a backend would see it."""
     import yaml
 
-    from pipelines.backends import pipeline_name
+    from imgclf.pipelines.remote.backends import pipeline_name
 
     with open(package, encoding="utf-8") as f:
         spec = next(yaml.safe_load_all(f))
@@ -141,7 +141,7 @@ def cmd_schedule(args: argparse.Namespace) -> tuple:
 
 
 def _create_schedule(args: argparse.Namespace) -> tuple:
-    from pipelines import cron
+    from imgclf.pipelines.remote import cron
 
     if args.backend == "vertex" and args.interval:
         raise ValueError("Vertex schedules are cron only: use --cron")
@@ -196,7 +196,7 @@ def cmd_runs(args: argparse.Namespace) -> tuple:
 
 
 def add_backend_options(p: argparse.ArgumentParser, sends: bool = True) -> None:
-    from pipelines.compiling import add_compile_options
+    from imgclf.pipelines.remote.compiling import add_compile_options
 
     p.add_argument("--backend", choices=["kfp", "vertex"], required=True)
     p.add_argument("--host", help="KFP: API endpoint, e.g. http://localhost:8080 (default: in-cluster)")

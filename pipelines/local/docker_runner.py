@@ -17,7 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from components.lib import storage
+from imgclf.components.lib import storage
 
 # The variables components/lib/storage.py (and the Google/AWS client libraries under it) read.
 STORE_ENV_PREFIXES = ("IMGCLF_", "AWS_", "GCSFS_")
@@ -33,8 +33,8 @@ def store_environment() -> dict[str, str]:
 
 def path_parameters(steps: tuple[str, ...] | None = None) -> list:
     """Every pipeline parameter declared with a path role (Option.path "read" or "write")."""
-    from pipelines.declare import parameters
-    from pipelines.training import STEPS
+    from imgclf.pipelines.definitions.declare import parameters
+    from imgclf.pipelines.definitions.training import STEPS
 
     return [o for o in parameters(steps or STEPS) if o.path]
 

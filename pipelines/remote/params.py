@@ -18,7 +18,7 @@ def declared(pipeline_file: str) -> dict[str, dict]:
 
 
 def _coerce(name: str, kind: str, text: str):
-    from components.lib.options import parse_text
+    from imgclf.components.lib.options import parse_text
 
     try:
         return parse_text({"integer": int, "number": float, "boolean": bool}.get(kind, str), text)

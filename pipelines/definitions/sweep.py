@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.contracts import TRIAL_METRICS
-from components.lib.options import Option, ParameterError
+from imgclf.components.contracts import TRIAL_METRICS
+from imgclf.components.lib.options import Option, ParameterError
 
 MAX_TRIALS = 256
 KEYS = {"parallelism", "metric", "grid", "random"}
@@ -50,7 +50,7 @@ class Sweep:
 
 
 def _train_options() -> dict[str, Option]:
-    from components.train.options import TrainOptions
+    from imgclf.components.train.options import TrainOptions
 
     return {o.name: o for o in TrainOptions.declared() if o.pipeline}
 
@@ -61,7 +61,7 @@ def _refuse(where: str, why: str) -> ParameterError:
 
 def _option(name: str, declared: dict[str, Option]) -> Option:
     if name not in declared:
-        from components import steps
+        from imgclf.components import steps
 
         owner = next((s for s in steps.STEPS if (cls := steps.options(s)) and name in cls.names()), None)
         hint = (f" ({name} is a {owner} option: one {owner} feeds every trial, so only train options "
@@ -176,7 +176,7 @@ def load(path: str) -> Sweep:
 def check_with(sweep: Sweep, params: dict) -> None:
     """Every trial's options together with the run's other parameters (a combination can be wrong
     only together, e.g. fine_tune_layers on the baseline), and a validation split to score on."""
-    from components.train.options import TrainOptions
+    from imgclf.components.train.options import TrainOptions
 
     for i, t in enumerate(sweep.trials):
         try:

@@ -8,16 +8,16 @@ TARGETS = ("kserve", "vertex", "tf-serving")
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from components.deploy.options import DeployOptions
-    from components.deploy.step import deploy
+    from imgclf.components.deploy.options import DeployOptions
+    from imgclf.components.deploy.step import deploy
 
     deploy(args.output_dir, deploy=args.target, **DeployOptions.pick(vars(args)))  # prints what it did
     return 0
 
 
 def add_deploy_parser(sub) -> None:
-    from components.deploy.options import DeployOptions
-    from components.lib.options import add_arguments
+    from imgclf.components.deploy.options import DeployOptions
+    from imgclf.components.lib.options import add_arguments
 
     p = sub.add_parser("deploy", help="serve a published version: KServe, Vertex AI or TF Serving",
                        description="Deploy the registry's champion (or --model-version N). Every value is checked "

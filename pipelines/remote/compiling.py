@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines import PIPELINES
+from imgclf.pipelines import PIPELINES
 
 
 def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
@@ -14,7 +14,7 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
     GPUs, secrets), refusing settings a cluster could not use."""
     from kfp import compiler
 
-    from pipelines.platform import KFP_MINIO_SECRET, Platform, cpu_image, gpu_image, image_problem, resources_with
+    from imgclf.pipelines.remote.platform import KFP_MINIO_SECRET, Platform, cpu_image, gpu_image, image_problem, resources_with
 
     sweep = sweep_of(args)
     if sweep is not None and args.pipeline != "training":
@@ -49,14 +49,14 @@ def _step_setting(what: str, text: str) -> tuple[str, str]:
 
 
 def _pipeline_builder(name: str):
-    from pipelines.prediction import build_prediction_pipeline
-    from pipelines.training import build_training_pipeline
+    from imgclf.pipelines.definitions.prediction import build_prediction_pipeline
+    from imgclf.pipelines.definitions.training import build_training_pipeline
 
     return {"training": build_training_pipeline, "predict": build_prediction_pipeline}[name]
 
 
 def add_compile_options(p: argparse.ArgumentParser) -> None:
-    from pipelines.platform import DEFAULT_RESOURCES, KFP_MINIO_SECRET
+    from imgclf.pipelines.remote.platform import DEFAULT_RESOURCES, KFP_MINIO_SECRET
 
     p.add_argument("--pipeline", choices=list(PIPELINES), default="training")
     add_sweep_argument(p)
@@ -94,7 +94,7 @@ def sweep_of(args: argparse.Namespace, params: dict | None = None):
     """The checked sweep of `--sweep` (None without one); with `params`, checked with them too."""
     if not getattr(args, "sweep", ""):
         return None
-    from pipelines import sweep
+    from imgclf.pipelines.definitions import sweep
 
     found = sweep.load(args.sweep)
     if params is not None:

@@ -15,10 +15,10 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML
 
-from components.kfp_glue import wrappers as steps
-from pipelines.declare import for_step, pipeline
-from pipelines.platform import LOCAL, Platform
-from pipelines.sweep import Sweep
+from imgclf.components.kfp_glue import wrappers as steps
+from imgclf.pipelines.definitions.declare import for_step, pipeline
+from imgclf.pipelines.remote.platform import LOCAL, Platform
+from imgclf.pipelines.definitions.sweep import Sweep
 
 PIPELINE_NAME = "imgclf-training"
 STEPS = ("ingest", "preprocess", "champion", "train", "export", "gate", "publish", "deploy")

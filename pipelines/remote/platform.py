@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from components import __version__
+from imgclf.components import __version__
 
 # KFP's own MinIO credentials secret, present in every KFP namespace that uses MinIO.
 KFP_MINIO_SECRET = "mlpipeline-minio-artifact"
@@ -21,7 +21,7 @@ VERTEX_GPU_TYPES = ("NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA
 
 def cpu_image() -> str:
     """The image the components were built with (IMGCLF_IMAGE, else the local build's name)."""
-    from components.kfp_glue.wrappers import IMAGE
+    from imgclf.components.kfp_glue.wrappers import IMAGE
 
     return IMAGE
 

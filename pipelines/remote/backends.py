@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from pipelines import cron
+from imgclf.pipelines.remote import cron
 
 TERMINAL_OK = {"SUCCEEDED"}
 
@@ -215,7 +215,7 @@ def _kubernetes_core():
     the client's own default is whatever it was when kubernetes was first imported."""
     from kubernetes import client, config
 
-    from components.deploy.kserve import cluster_configured
+    from imgclf.components.deploy.kserve import cluster_configured
 
     if not cluster_configured():
         return None

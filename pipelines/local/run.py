@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.training import training_pipeline
+from imgclf.pipelines.definitions.training import training_pipeline
 
 
 # The last line of a task's log that states its error: a Python exception line ("ValueError: ..."), or
@@ -143,7 +143,7 @@ class LocalRun:
             if value:
                 lines.append(label + value)
         if self.saved_model and self.decision != "publish":
-            from components.deploy.tf_serving import serve_saved_model_line
+            from imgclf.components.deploy.tf_serving import serve_saved_model_line
 
             lines.append("serve it      : " + serve_saved_model_line(self.saved_model))
         return "\n".join(lines) + f"\nstep times:\n{steps}"
@@ -187,7 +187,7 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     """
     from kfp import local
 
-    from pipelines.docker_local import exit_codes_kept
+    from imgclf.pipelines.local.docker_runner import exit_codes_kept
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -197,14 +197,14 @@ def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=Non
     start = time.perf_counter()
     in_docker = exit_codes_kept() if isinstance(runner, local.DockerRunner) else contextlib.nullcontext()
     if runner is None or isinstance(runner, local.SubprocessRunner) and not runner.use_venv:
-        from pipelines.preloaded_tasks import preloaded_tasks
+        from imgclf.pipelines.local.preloaded_tasks import preloaded_tasks
 
         preloaded = preloaded_tasks()
     else:
         preloaded = contextlib.nullcontext()
     tail = _Tail(sys.stdout, _Quiet() if quiet else None)
     if cache is not None:
-        from pipelines.local_cache import local_cache
+        from imgclf.pipelines.local.cache import local_cache
 
         cached = local_cache(str(root), cache)
     else:
@@ -231,7 +231,7 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
 
     pipeline = training_pipeline
     if sweep is not None:
-        from pipelines.training import build_training_pipeline
+        from imgclf.pipelines.definitions.training import build_training_pipeline
 
         pipeline = build_training_pipeline(sweep=sweep)
     hits: list[str] | None = [] if cache else None
@@ -252,14 +252,14 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
     tensorboard = run_dir / "train" / "model" / "tensorboard"
     accuracy = None
     if (run_dir / "evaluate" / "predictions").is_dir():
-        from components.contracts import Evaluation
+        from imgclf.components.contracts import Evaluation
 
         accuracy = Evaluation.load(str(run_dir / "evaluate" / "predictions")).metrics["accuracy"]
     published = ""
     if outcome["decision"] == "publish":
-        from components.lib import registry
+        from imgclf.components.lib import registry
 
-        from components.release.options import RegistryTarget
+        from imgclf.components.release.options import RegistryTarget
 
         target = RegistryTarget(**RegistryTarget.pick(params))
         champ = registry.champion(target.registry, target.model_name)
