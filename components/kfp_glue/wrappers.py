@@ -1,131 +1,19 @@
-"""The KFP components: every component's artifacts and wiring declared here; its options come
-from the step's declaration (components/steps.py), its source is generated (generate.py) and its body
-forwards to bodies.py. No step logic here.
-
-`IMGCLF_IMAGE` names the image every task runs in; point it at your registry for KFP/Vertex.
-"""
+"""Every KFP component by name, for the pipelines: each is defined (generated, checked in) in its step's
+`component.py`; the per-pipeline validate components are in pipelines/definitions/*_face.py. `IMAGE`
+is the image every task runs in (`IMGCLF_IMAGE`, declared in specs.py)."""
 from __future__ import annotations
 
-import os
+from imgclf.components.deploy.component import deploy
+from imgclf.components.evaluate.component import evaluate
+from imgclf.components.export.component import export
+from imgclf.components.ingest.component import ingest
+from imgclf.components.kfp_glue.specs import IMAGE
+from imgclf.components.predict.component import predict
+from imgclf.components.preprocess.component import preprocess_merge, preprocess_plan, preprocess_shard
+from imgclf.components.release.component import champion, gate, not_published, publish, training_skipped
+from imgclf.components.sweep.component import select
+from imgclf.components.train.component import train, trial
 
-from kfp import dsl
-
-from imgclf.components import __version__
-from imgclf.components.kfp_glue.generate import Artifact, ComponentSpec, Wired, build
-
-IMAGE = os.environ.get("IMGCLF_IMAGE", f"imgclf:{__version__}")
-_decorate = dsl.component(base_image=IMAGE, install_kfp_package=False)
-
-RECORDS = Artifact("records", "Input[Dataset]", "preprocess's TFRecords and metadata")
-MODEL = Artifact("model", "Input[Model]", "train's Keras model, history and train.json")
-PREDICTIONS = Artifact("predictions", "Input[Dataset]", "evaluate's predictions.csv and metrics.json")
-
-SPECS = [
-    ComponentSpec("ingest", "List and decode-check every image of a labelled folder, bucket, archive or table; "
-                            "write the manifest and the quarantine.", (
-        Artifact("dataset", "Output[Dataset]", "manifest.csv, classes.json, quarantine.csv, summary.json"),
-        Artifact("metrics", "Output[Metrics]", "images, classes and quarantined files by reason"),
-        Artifact("report", "Output[HTML]", "the ingest report")), ("ingest",)),
-    ComponentSpec("preprocess_plan", "Fix every split and its order from the whole manifest (seeded, before any "
-                                     "image is read) and choose the shard tasks.", (
-        Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
-        Artifact("plan", "Output[Dataset]", "plan.json: every split's rows in order, near-duplicates, task count")),
-        ("preprocess",), returns="List[int]", returns_help="the shard task indices"),
-    ComponentSpec("preprocess_shard", "One shard task: decode + resize its share of the images (whole TFRecord "
-                                      "files, dealt round-robin) with the serving-time decoder.", (
-        Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
-        Artifact("plan", "Input[Dataset]", "the plan"),
-        Artifact("part", "Output[Dataset]", "this task's TFRecord files and part.json")), ("preprocess",),
-        wired=(Wired("shard", int, "this task's index"),)),
-    ComponentSpec("preprocess_merge", "Gather the shard tasks' files into one records artifact and write its "
-                                      "metadata, as a single preprocess task would.", (
-        Artifact("dataset", "Input[Dataset]", "ingest's manifest"),
-        Artifact("plan", "Input[Dataset]", "the plan"),
-        Artifact("parts", "Input[List[Dataset]]", "every shard task's files (dsl.Collected)"),
-        Artifact("records", "Output[Dataset]", "TFRecord shards per split and metadata.json"),
-        Artifact("metrics", "Output[Metrics]", "images per split, quarantined, near-duplicates")), ("preprocess",)),
-    ComponentSpec("train", "Fit a Keras 3 model (baseline CNN or a transfer family), resumable after a retry; save "
-                           ".keras, history, TensorBoard logs and learning curves.", (
-        RECORDS, Artifact("model", "Output[Model]", "model.keras, history.json, train.json, tensorboard/"),
-        Artifact("metrics", "Output[Metrics]", "the training summary and per-epoch throughput"),
-        Artifact("curves", "Output[HTML]", "learning curves")), ("train",)),
-    ComponentSpec("trial", "One trial of a sweep: train with the trial's options over the pipeline's, scored on "
-                           "the validation split; a failure is kept as the trial's result, not raised.", (
-        RECORDS, Artifact("model", "Output[Model]", "train's files (when it trained) and trial.json"),
-        Artifact("metrics", "Output[Metrics]", "the trial's validation scores"),
-        Artifact("curves", "Output[HTML]", "learning curves")), ("train",),
-        wired=(Wired("trial", str, "the sweep's item: JSON {index, options}"),),
-        returns="str", returns_help="the trial's result (trial.json) as JSON"),
-    ComponentSpec("select", "The best trial of a sweep by its validation score (never a test score); its model "
-                            "becomes the run's model.", (
-        Artifact("models", "Input[List[Model]]", "every trial's model (dsl.Collected)"),
-        Artifact("model", "Output[Model]", "the winner's model, with sweep.json listing every trial"),
-        Artifact("report", "Output[HTML]", "trials table, plot and the winner's options")),
-        wired=(Wired("results", "List[str]", "every trial's result (dsl.Collected)"),
-               Wired("metric", str, "val_accuracy or val_loss")),
-        returns="str", returns_help="the winner's trial.json"),
-    ComponentSpec("evaluate", "Score the test split: metrics, confusion matrix, ROC, predictions and an HTML "
-                              "report.", (
-        RECORDS, MODEL, Artifact("predictions", "Output[Dataset]", "predictions.csv and metrics.json"),
-        Artifact("metrics", "Output[Metrics]", "accuracy, macro averages, F1 per class"),
-        Artifact("classification", "Output[ClassificationMetrics]", "confusion matrix (and ROC when binary)"),
-        Artifact("report", "Output[HTML]", "the evaluation report")),
-        returns="float", returns_help="test accuracy"),
-    ComponentSpec("export", "Write the raw-bytes SavedModel, verify it against evaluate in a fresh process, "
-                            "optionally publish it.", (
-        MODEL, RECORDS, PREDICTIONS, Artifact("saved_model", "Output[Model]", "the TensorFlow SavedModel")),
-        ("export",)),
-    ComponentSpec("champion", "Read the registry's champion; decide whether this run trains (not when the data, "
-                              "preprocessing and training options are the champion's).", (RECORDS,),
-                  ("champion", "train"),
-                  returns="NamedTuple('Lookup', action=str, reason=str, champion_version=int, warm_start_from=str)",
-                  returns_help="action (train or skip), the reason, the champion's version, and the champion's "
-                               "model folder when warm starting"),
-    ComponentSpec("gate", "Thresholds, and the champion re-scored on the test images neither model has seen, "
-                          "compared by a paired test: publish, refuse, or no registry.", (
-        RECORDS, PREDICTIONS, Artifact("reasons", "Output[Markdown]", "the decision, its reasons and the 95 % "
-                                                                      "intervals"),
-        Artifact("compared", "Output[Dataset]", "a CSV of the images compared (location, sha256, label) and both models' answers"),
-        Artifact("metrics", "Output[Metrics]", "challenger and champion scores")), ("gate",),
-        returns="NamedTuple('Gate', decision=str, summary=str)",
-        returns_help="publish, refuse or no-registry, and the JSON summary"),
-    ComponentSpec("publish", "Copy the checked SavedModel into the registry as the next version and make it the "
-                             "champion.", (
-        Artifact("saved_model", "Input[Model]", "export's SavedModel"), MODEL, RECORDS, PREDICTIONS), ("publish",),
-        returns="int", returns_help="the published version"),
-    ComponentSpec("deploy", "Serve the published version: a KServe InferenceService, a Vertex AI model version on an "
-                            "endpoint, or a TF Serving config; nothing with deploy=none.", (
-        Artifact("deployment", "Output[Artifact]", "the InferenceService manifest or models.config written"),),
-        ("deploy",), returns="str", returns_help="what was deployed, and the commands that serve or apply it"),
-    ComponentSpec("not_published", "The visible end of a run whose model is not published (refused by the gate, "
-                                   "or no registry).",
-                  wired=(Wired("summary", str, "the gate's JSON summary"),), returns="str",
-                  returns_help="the gate's decision"),
-    ComponentSpec("training_skipped", "The visible end of a run on unchanged data: why nothing was trained.",
-                  (Artifact("note", "Output[Markdown]", "why training was skipped"),),
-                  wired=(Wired("reason", str, "the champion lookup's reason"),
-                         Wired("champion_version", int, "the champion that stays")),
-                  returns="str", returns_help="the outcome JSON"),
-    ComponentSpec("predict", "Batch prediction: a folder or bucket of images in, one row per image (top-k) out.", (
-        Artifact("predictions", "Output[Dataset]", "predictions.csv or predictions.jsonl"),
-        Artifact("metrics", "Output[Metrics]", "images classified, failed, and counts per class")),
-        ("predict",)),
-]
-
-_built = {spec.name: build(spec, _decorate) for spec in SPECS}
-ingest, train, evaluate, export = (_built[n] for n in ("ingest", "train", "evaluate", "export"))
-champion, gate, publish, deploy = _built["champion"], _built["gate"], _built["publish"], _built["deploy"]
-not_published, training_skipped, predict = _built["not_published"], _built["training_skipped"], _built["predict"]
-trial, select = _built["trial"], _built["select"]
-preprocess_plan, preprocess_shard, preprocess_merge = (_built[n] for n in ("preprocess_plan", "preprocess_shard",
-                                                                           "preprocess_merge"))
-
-
-def validate_component(steps: tuple[str, ...]):
-    """The first task of a pipeline made of `steps`: every pipeline parameter of theirs, checked."""
-    spec = ComponentSpec("validate", "Check every pipeline parameter (choices, ranges, finite numbers) in seconds, "
-                                     "before any work starts; a bad value fails here, and is not retried.",
-                         options=steps, pipeline_only=True,
-                         wired=(Wired("pipeline_steps", str, "the steps whose options to check"),),
-                         returns="str", returns_help="ok")
-    return build(spec, _decorate)
+__all__ = ["IMAGE", "champion", "deploy", "evaluate", "export", "gate", "ingest", "not_published", "predict",
+           "preprocess_merge", "preprocess_plan", "preprocess_shard", "publish", "select", "train",
+           "training_skipped", "trial"]

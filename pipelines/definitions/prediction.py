@@ -4,26 +4,24 @@ from kfp import dsl
 from kfp.dsl import Dataset
 
 from imgclf.components.kfp_glue import wrappers as steps
+from imgclf.pipelines.definitions import prediction_face as face
 from imgclf.pipelines.definitions.declare import for_step, pipeline
 from imgclf.pipelines.remote.platform import LOCAL, Platform
 
 PIPELINE_NAME = "imgclf-predict"
-STEPS = ("predict",)
+STEPS = face.STEPS
 
 
 def build_prediction_pipeline(platform: Platform = LOCAL):
-    validate = steps.validate_component(STEPS)
-
     def graph(p: dict) -> Dataset:
-        check = validate(pipeline_steps=",".join(STEPS), **p)
+        check = face.validate(pipeline_steps=",".join(STEPS), **p)
         task = steps.predict(**for_step("predict", p)).after(check)
         # New images land under the same URI: a cached answer would be stale.
         task.set_caching_options(False)
         platform.apply(*dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
         return task.outputs["predictions"]
 
-    return pipeline(PIPELINE_NAME, "Classify a folder or bucket of images with an exported model.", STEPS, graph,
-                    returns=Dataset)
+    return pipeline(PIPELINE_NAME, face.DESCRIPTION, face, graph)
 
 
 prediction_pipeline = build_prediction_pipeline()

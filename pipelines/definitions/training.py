@@ -8,30 +8,27 @@ kfp.local 2.17 can pick a `dsl.OneOf` parameter but not a `dsl.OneOf` artifact, 
 inside a branch cannot be pipeline outputs otherwise. `pipelines/local.py` finds the branch artifacts
 (SavedModel, report) in the run's folder.
 
-The parameters are the steps' declared options (pipelines/declare.py); each task gets its own.
+The parameters are the steps' declared options; the function's signature and the validate task are
+generated into training_face.py (pipelines/definitions/declare.py); each task gets its own.
 """
-from typing import NamedTuple
-
 from kfp import dsl
-from kfp.dsl import HTML
 
 from imgclf.components.kfp_glue import wrappers as steps
+from imgclf.pipelines.definitions import training_face as face
 from imgclf.pipelines.definitions.declare import for_step, pipeline
-from imgclf.pipelines.remote.platform import LOCAL, Platform
 from imgclf.pipelines.definitions.sweep import Sweep
+from imgclf.pipelines.remote.platform import LOCAL, Platform
 
 PIPELINE_NAME = "imgclf-training"
-STEPS = ("ingest", "preprocess", "champion", "train", "export", "gate", "publish", "deploy")
-Outputs = NamedTuple("Outputs", ingest_report=HTML, outcome=str)
+STEPS = face.STEPS
+Outputs = face.Outputs
 
 
 def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = None):
     """A fresh pipeline for `platform` (KFP builds the graph when the decorator runs, so cluster
     settings must be known here, not passed as parameters), with one train task or a `sweep`'s trials."""
-    validate = steps.validate_component(STEPS)
-
     def graph(p: dict) -> Outputs:
-        check = validate(pipeline_steps=",".join(STEPS), **p)
+        check = face.validate(pipeline_steps=",".join(STEPS), **p)
         ingest = steps.ingest(**for_step("ingest", p)).after(check)
         # The source is named by a URI whose contents change between runs (scheduled retraining):
         # never let a cluster's cache answer for it. Later steps are keyed on ingest's outputs and stay
@@ -75,11 +72,11 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         return Outputs(ingest_report=ingest.outputs["report"],
                        outcome=dsl.OneOf(gate.outputs["summary"], skip.outputs["Output"]))
 
-    description = "Labelled images in, a served Keras image classifier (raw-bytes SavedModel) out."
+    description = face.DESCRIPTION
     if sweep is not None:
         description += (f" Sweep: {len(sweep.trials)} trials over {', '.join(sweep.swept)}, {sweep.parallelism} at "
                         f"a time, selected on {sweep.metric} (validation split).")
-    return pipeline(PIPELINE_NAME, description, STEPS, graph, returns=Outputs)
+    return pipeline(PIPELINE_NAME, description, face, graph)
 
 
 def sharded_preprocess(dataset, options: dict):
