@@ -108,8 +108,9 @@ def test_a_failing_task_fails_alone(tmp_path, how, cause):
     with pytest.raises(PipelineFailed) as failed:
         run_pipeline(crashes, {"how": how}, str(tmp_path / "bad"))
     assert failed.value.step == "crash" and failed.value.cause == cause
-    task, _, _ = run_pipeline(crashes, {"how": "fine"}, str(tmp_path / "good"))
+    task, seconds, _ = run_pipeline(crashes, {"how": "fine"}, str(tmp_path / "good"))
     assert task.output == "fine"
+    assert list(seconds) == ["crash"] and seconds["crash"] > 0, "each task's time, under its step's name"
 
 
 SERVED = [({}, True), ({"PROBE_VALUE": "x", "HOME": "/elsewhere"}, True),
@@ -132,18 +133,14 @@ def test_which_environments_the_zygote_serves(monkeypatch):
 
 
 def test_split_command_reads_kfps_own_command(tmp_path):
-    from kfp.local import subprocess_task_handler
+    from kfp import local
+
+    from imgclf.pipelines import kfp_seams
 
     seen = []
-    original = subprocess_task_handler.run_local_subprocess
-    subprocess_task_handler.run_local_subprocess = lambda full_command, env_vars=None: seen.append(full_command) or 0
-    try:
-        from kfp import local
-
+    with kfp_seams.subprocess_runs(lambda original: lambda full_command, env_vars=None: seen.append(full_command) or 0):
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
         crash(how="fine")  # the stand-in only records the command
-    finally:
-        subprocess_task_handler.run_local_subprocess = original
     [command] = seen
     source, args = preloaded_tasks.split_command(command)
     assert "def crash(how: str) -> str:" in source

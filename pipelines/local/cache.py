@@ -6,21 +6,26 @@ cache keys a task on what its inputs *contain*:
 - its component, image, command and environment, and every parameter value;
 - each input artifact's files (names, sizes and bytes, hashed);
 - each parameter that names a local file or folder (the data folder): its listing with sizes and
-  modification times, so a changed, added or removed image re-runs ingest and all that follows.
+  modification times, so a changed, added or removed image re-runs ingest and all that follows;
+- for a local CSV/Parquet table source, the same for every local image its rows point to (resolved as
+  ingest resolves them), so an image replaced behind an unchanged table re-runs ingest too.
 A task is never served from the cache when caching is off for it in the pipeline (the champion
 lookup, the gate and publish read or change the registry) or when a parameter names a remote URI
-(s3://, gs://, https://): what a bucket holds now is not known without listing it, which is ingest's
-work. A hit copies the stored outputs into this run's folder, so every run folder is complete.
+(s3://, gs://, https://), or a table source has a row that does: what a bucket holds now is not known
+without listing it, which is ingest's work. A hit copies the stored outputs into this run's folder,
+so every run folder is complete.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+
+from imgclf.components.lib import storage
+from imgclf.pipelines import kfp_seams
 
 CACHE_DIR = ".imgclf-cache"
 ORIGIN = ".imgclf-origin"
@@ -38,6 +43,50 @@ def _digest_tree(path: Path, h, contents: bool) -> None:
                     h.update(block)
         else:
             h.update(str(st.st_mtime_ns).encode())
+
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _truthy(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
+def table_rows(data: str, base_uri: str = "", allow_outside_paths=False) -> tuple[list[str], bool] | None:
+    """(local files, whether a row names a remote URI) of a local CSV/Parquet table source, resolved as
+    ingest resolves them (components/ingest/sources.py: relative paths against `base_uri` or the table's
+    folder); rows that ingest quarantines without reading (empty, outside the table's folder) are left
+    out. None when `data` is not a local table file."""
+    if not data or not storage.is_local(data) or not data.lower().endswith(TABLE_SUFFIXES) \
+            or not os.path.isfile(storage.local_path(data)):
+        return None
+    from imgclf.components.contracts import DatasetError
+    from imgclf.components.ingest import sources
+
+    try:
+        items = list(sources._table_items(data, base_uri or "", _truthy(allow_outside_paths)))
+    except DatasetError:
+        return [], False  # ingest reports the unreadable table; its bytes are in the key already
+    files, remote = [], False
+    for item in items:
+        if item.problem:
+            continue
+        if storage.is_local(item.location):
+            files.append(os.path.abspath(storage.local_path(item.location)))
+        else:
+            remote = True
+    return files, remote
+
+
+def _digest_files(files: list[str], h) -> None:
+    """Each user file's path, size and modification time, as `_digest_tree` does for a folder."""
+    for name in files:
+        try:
+            st = os.stat(name)
+        except OSError:
+            h.update(f"{name}\0missing\0".encode())
+            continue
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
 
 
 def task_key(component_name: str, container, arguments: dict) -> str | None:
@@ -60,58 +109,54 @@ def task_key(component_name: str, container, arguments: dict) -> str | None:
             h.update(json.dumps(item, sort_keys=True, default=str).encode())
             if isinstance(item, str) and item and os.path.exists(item):
                 _digest_tree(Path(item).resolve(), h, contents=False)
+            rows = table_rows(item, arguments.get("data_base_uri") or "", arguments.get("allow_outside_paths")) \
+                if isinstance(item, str) else None
+            if rows is not None:
+                files, remote = rows
+                if remote:
+                    return None
+                _digest_files(files, h)
     return h.hexdigest()
 
 
-@contextlib.contextmanager
 def local_cache(pipeline_root: str, hits: list[str]):
-    """Serve unchanged tasks from `<pipeline_root>/.imgclf-cache`; the names of those served go to `hits`."""
-    from kfp.local import executor_input_utils, executor_output_utils, status
-    from kfp.local.orchestrator import task_executor
+    """Serve unchanged tasks from `<pipeline_root>/.imgclf-cache`; the names of those served go to `hits`.
 
-    original = task_executor.execute_single_task
+    Installed in kfp.local's per-task executor (kfp_seams.task_executions), which every task passes through."""
     store = Path(pipeline_root) / CACHE_DIR
 
-    def execute(task_name, task_spec, pipeline_resource_name, components, executors, io_store, pipeline_root,
-                runner, unique_pipeline_id, fail_stack):
-        def run():
-            return original(task_name=task_name, task_spec=task_spec, pipeline_resource_name=pipeline_resource_name,
-                            components=components, executors=executors, io_store=io_store,
-                            pipeline_root=pipeline_root, runner=runner, unique_pipeline_id=unique_pipeline_id,
-                            fail_stack=fail_stack)
+    def make(original):
+        def execute(task_name, task_spec, pipeline_resource_name, components, executors, io_store, pipeline_root,
+                    runner, unique_pipeline_id, fail_stack):
+            def run():
+                return original(task_name=task_name, task_spec=task_spec,
+                                pipeline_resource_name=pipeline_resource_name, components=components,
+                                executors=executors, io_store=io_store, pipeline_root=pipeline_root, runner=runner,
+                                unique_pipeline_id=unique_pipeline_id, fail_stack=fail_stack)
 
-        component_name = task_spec.component_ref.name
-        component = components[component_name]
-        executor = executors.get(component.executor_label)
-        if not task_spec.caching_options.enable_cache or executor is None or not executor.HasField("container"):
-            return run()
-        arguments = task_executor.OrchestratorUtils.make_task_arguments(task_inputs_spec=task_spec.inputs,
-                                                                        io_store=io_store)
-        key = task_key(component_name, executor.container, arguments)
-        if key is None:
-            return run()
-        task_root = executor_input_utils.construct_local_task_root(
-            pipeline_root=pipeline_root, pipeline_resource_name=pipeline_resource_name,
-            task_resource_name=executor_input_utils.get_local_task_resource_name(component_name))
-        entry = store / key
-        if (entry / ORIGIN).is_file():
-            restore(entry, Path(task_root))
-            executor_input = executor_input_utils.construct_executor_input(
-                component_spec=component, arguments=arguments, task_root=task_root, block_input_artifact=False)
-            print(f"{task_name}: unchanged inputs, outputs reused from the cache ({key[:12]})", flush=True)
-            hits.append(task_name)
-            return executor_output_utils.get_outputs_for_task(executor_input=executor_input,
-                                                              component_spec=component), status.Status.SUCCESS
-        outputs, task_status = run()
-        if task_status == status.Status.SUCCESS:
-            save(Path(task_root), entry)
-        return outputs, task_status
+            component_name = task_spec.component_ref.name
+            component = components[component_name]
+            executor = executors.get(component.executor_label)
+            if not task_spec.caching_options.enable_cache or executor is None or not executor.HasField("container"):
+                return run()
+            arguments = kfp_seams.task_arguments(task_spec, io_store)
+            key = task_key(component_name, executor.container, arguments)
+            if key is None:
+                return run()
+            task_root = kfp_seams.task_root(pipeline_root, pipeline_resource_name, component_name)
+            entry = store / key
+            if (entry / ORIGIN).is_file():
+                restore(entry, Path(task_root))
+                print(f"{task_name}: unchanged inputs, outputs reused from the cache ({key[:12]})", flush=True)
+                hits.append(task_name)
+                return kfp_seams.task_outputs(component, arguments, task_root)
+            outputs, task_status = run()
+            if kfp_seams.succeeded(task_status):
+                save(Path(task_root), entry)
+            return outputs, task_status
+        return execute
 
-    task_executor.execute_single_task = execute
-    try:
-        yield
-    finally:
-        task_executor.execute_single_task = original
+    return kfp_seams.task_executions(make)
 
 
 def save(task_root: Path, entry: Path) -> None:

@@ -4,7 +4,8 @@ run, on this machine's Docker engine.
 Three things kfp 2.17.0 leaves to the caller, handled here:
 - Local inputs and outputs named by pipeline parameters (every option declared with a path role: the
   data folder, `weights`, `registry`, `export_to`, `tensorboard_uri`, ...) are mounted at the same
-  absolute path, read-only for inputs; kfp mounts only the pipeline root.
+  absolute path, read-only for inputs; kfp mounts only the pipeline root. A CSV/Parquet table source
+  also has the folders its rows point into mounted, read-only (`row_folders`).
 - Store settings and credentials reach the containers through the environment (never parameters):
   the variables components/lib/storage.py reads are passed on as they are set here.
 - kfp runs containers with auto_remove, so a container that exits at once can be gone before its exit
@@ -13,11 +14,12 @@ Three things kfp 2.17.0 leaves to the caller, handled here:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 from imgclf.components.lib import storage
+from imgclf.pipelines import kfp_seams
+from imgclf.pipelines.local.cache import table_rows
 
 # The variables components/lib/storage.py (and the Google/AWS client libraries under it) read.
 STORE_ENV_PREFIXES = ("IMGCLF_", "AWS_", "GCSFS_")
@@ -85,6 +87,12 @@ def docker_runner(params: dict, image: str, network: str = "auto") -> tuple[obje
             raise FileNotFoundError(f"{value}: not found (parameter {name})")
         params[name] = str(path)
         mounts.append(_mount(str(path), read_only=not writes))
+    rows = table_rows(params.get("data") or "", params.get("data_base_uri") or "", params.get("allow_outside_paths"))
+    if rows is not None:
+        files, remote_rows = rows
+        remote = remote or remote_rows
+        mounts.extend(_mount(folder, read_only=True)
+                      for folder in row_folders(files, covered=[m["Source"] for m in mounts]))
     env = store_environment()
     credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
     if credentials and Path(credentials).is_file():
@@ -96,13 +104,24 @@ def docker_runner(params: dict, image: str, network: str = "auto") -> tuple[obje
     return runner, params
 
 
+def row_folders(files: list[str], covered: list[str] = ()) -> list[str]:
+    """The folders a table's local rows lie in, each once: none inside another one listed or inside an
+    already mounted folder (`covered`), none that does not exist (ingest reports those rows missing)."""
+    taken = [Path(c).resolve() for c in covered if Path(c).is_dir()]
+    folders = []
+    for folder in sorted({os.path.dirname(f) for f in files}, key=lambda f: (len(Path(f).parts), f)):
+        real = Path(folder).resolve()
+        if real.is_dir() and not any(real.is_relative_to(t) for t in taken):
+            folders.append(folder)
+            taken.append(real)
+    return folders
+
+
 def run_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
     """kfp's run_docker_container (kfp 2.17.0) without auto_remove: stream the log, read the exit
     code, then remove the container."""
-    from kfp.local import docker_task_handler
-
     run_args.pop("auto_remove", None)
-    container = client.containers.run(image=docker_task_handler.add_latest_tag_if_not_present(image),
+    container = client.containers.run(image=kfp_seams.image_with_tag(image),
                                       command=command, detach=True, stdout=True, stderr=True,
                                       volumes=volumes, **run_args)
     try:
@@ -113,13 +132,6 @@ def run_container(client, image: str, command: list[str], volumes: dict, **run_a
         container.remove(force=True)
 
 
-@contextlib.contextmanager
 def exit_codes_kept():
-    from kfp.local import docker_task_handler
-
-    original = docker_task_handler.run_docker_container
-    docker_task_handler.run_docker_container = run_container
-    try:
-        yield
-    finally:
-        docker_task_handler.run_docker_container = original
+    """While open, DockerRunner runs containers with `run_container` (kfp_seams.docker_runs)."""
+    return kfp_seams.docker_runs(run_container)

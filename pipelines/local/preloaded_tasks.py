@@ -21,7 +21,8 @@ Each task is told so (`IMGCLF_TASKS_IN_SERIES=1`), and preprocess's plan then as
 A task falls back to a plain subprocess when its command is not a lightweight Python component's, or
 when its environment changes a variable that the preloaded libraries read at import time (a task set
 to KERAS_BACKEND=jax must import Keras afresh). `IMGCLF_PRELOAD=0` turns the zygote off for a run.
-kfp is pinned at 2.17.0: the command shape and `run_local_subprocess` are read from that version.
+What this relies on in kfp (the command shape, `run_local_subprocess`, the executor) is declared in
+pipelines/kfp_seams.py and checked against the installed kfp by tests/test_kfp_seams.py.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ import subprocess
 import sys
 import threading
 
+from imgclf.pipelines import kfp_seams
+from imgclf.pipelines.kfp_seams import split_command
+
 PRELOAD = ("tensorflow", "keras", "numpy", "PIL.Image", "fsspec", "kfp.dsl.executor_main",
            "imgclf.components.lib.storage", "imgclf.components.lib.images", "imgclf.components.lib.records")
 """What the zygote imports before its first fork: the libraries every heavy step imports first."""
@@ -43,21 +47,6 @@ TF Lite's JAX converter imports jax (0.7 s of the zygote's 5-6 s). Held back whi
 
 IMPORT_TIME_ENV = ("KERAS_", "TF_", "XLA_", "CUDA_", "JAX_", "OMP_", "MKL_", "OPENBLAS_", "TPU_", "PYTHON")
 """Prefixes of environment variables read when TensorFlow, Keras or JAX is imported."""
-
-_CODE_MARK = '"$program_path/ephemeral_component.py"'
-
-
-def split_command(full_command: list[str]) -> tuple[str, list[str]] | None:
-    """(component source, executor arguments) of a lightweight Python component's command, else None.
-
-    kfp 2.17 builds `sh -ec 'program_path=...; printf "%s" "$0" > ephemeral_component.py; python3 -m
-    kfp.dsl.executor_main --component_module_path ... "$@"' <source> <args...>`.
-    """
-    for i, part in enumerate(full_command[:-1]):
-        if _CODE_MARK in part and '"$@"' in part and "kfp.dsl.executor_main" in part and "pip install" not in part:
-            return full_command[i + 1], list(full_command[i + 2:])
-    return None
-
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if key.startswith(IMPORT_TIME_ENV)}
@@ -96,9 +85,7 @@ def _run_task(request: dict) -> int:
         f.write(request["source"])
     sys.argv = ["kfp.dsl.executor_main", "--component_module_path", module, *request["args"]]
     try:
-        from kfp.dsl import executor_main
-
-        executor_main.executor_main()
+        kfp_seams.run_executor()
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -235,25 +222,23 @@ def preloaded_tasks():
     if not enabled():
         yield None
         return
-    from kfp.local import subprocess_task_handler
-
     # Every task the zygote runs is told that tasks run one at a time (preprocess then plans one shard task).
     from imgclf.components.preprocess.shards import IN_SERIES_ENV
 
-    original = subprocess_task_handler.run_local_subprocess
     zygote, _started = _started or Zygote(), None
 
-    def run_local_subprocess(full_command, env_vars=None):
-        split, env = split_command(full_command), {**os.environ, **(env_vars or {})}
-        if split is None or not zygote.serves(env):
-            return original(full_command=full_command, env_vars=env_vars)
-        return zygote.run(*split, {**env, IN_SERIES_ENV: "1"})
+    def make(original):
+        def run_local_subprocess(full_command, env_vars=None):
+            split, env = split_command(full_command), {**os.environ, **(env_vars or {})}
+            if split is None or not zygote.serves(env):
+                return original(full_command=full_command, env_vars=env_vars)
+            return zygote.run(*split, {**env, IN_SERIES_ENV: "1"})
+        return run_local_subprocess
 
-    subprocess_task_handler.run_local_subprocess = run_local_subprocess
     try:
-        yield zygote
+        with kfp_seams.subprocess_runs(make):
+            yield zygote
     finally:
-        subprocess_task_handler.run_local_subprocess = original
         zygote.close()
 
 

@@ -11,8 +11,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.definitions.training import training_pipeline
-
 
 # The last line of a task's log that states its error: a Python exception line ("ValueError: ..."), or
 # our steps' own "error: ..." lines.
@@ -23,12 +23,8 @@ class PipelineFailed(RuntimeError):
     """A task failed: names the step (not the KFP group around it) and its own error line."""
 
     def __init__(self, kfp_message: str, log_tail: list[str] | None = None):
-        plain = re.sub(r"\x1b\[[0-9;]*m", "", kfp_message)
-        # kfp.local: "Inner task failed: 'train' inside 'condition-branches-1'": the first name is the task.
-        inner = plain.split("Inner task failed:", 1)[-1]
-        failed = re.findall(r"'([^']+)'", inner)
-        self.step = failed[0] if failed else "?"
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", x) for x in (log_tail or [])]
+        self.step = kfp_seams.failed_task(kfp_message) or "?"
+        lines = [kfp_seams.plain(x) for x in (log_tail or [])]
         self.cause = next((x.strip() for x in reversed(lines) if _ERROR_LINE.match(x)), "")
         super().__init__(f"the pipeline failed in step '{self.step}'"
                          + (f": {self.cause}" if self.cause else "; its log above shows the cause"))
@@ -36,36 +32,22 @@ class PipelineFailed(RuntimeError):
 
 class _Quiet:
     """A line filter that passes the steps' own lines and kfp.local's task start/finish lines, and drops the
-    rest of kfp.local's chatter: the executor input JSON it dumps for every task, the executor's
-    loading lines, the output listings and separators, and TensorFlow's start-up notices."""
+    rest of kfp.local's chatter (kfp_seams.KfpChatter: the executor input JSON it dumps for every task,
+    the executor's loading lines, the output listings), separators, and TensorFlow's start-up notices."""
 
-    _KFP_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - (.*)$")
     # TensorFlow's start-up notices, printed by every task that imports it (absl and oneDNN).
     _TF_NOTICE = re.compile(r"^\s*(WARNING: All log messages before absl::InitializeLog|I0000 .*\] oneDNN custom)")
 
     def __init__(self):
-        self._skip = None
+        self._chatter = kfp_seams.KfpChatter()
 
     def keep(self, line: str) -> bool:
         """Whether to show this whole line (it reads the lines in order: dumps span many)."""
-        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-        if self._skip == "json":              # the executor input, closed by "    }" at the task's indent
-            self._skip = None if line == "    }" else "json"
+        if self._chatter.drops(line):
             return False
-        if self._skip == "outputs" and line.startswith("    "):
-            return False
-        self._skip = None
-        if "[KFP Executor" in line:
-            self._skip = "json" if line.rstrip().endswith("Got executor_input:") else None
-            return False
+        line = kfp_seams.plain(line)
         if self._TF_NOTICE.match(line):
             return False
-        kfp = self._KFP_LINE.match(line)
-        if kfp:
-            said = kfp.group(1)
-            if said.endswith(" outputs:"):
-                self._skip = "outputs"
-            return not (said.startswith("Streamed logs") or said.endswith(" outputs:") or "has no outputs" in said)
         return bool(line.strip()) and not set(line.strip()) <= {"-"}
 
 
@@ -149,31 +131,15 @@ class LocalRun:
         return "\n".join(lines) + f"\nstep times:\n{steps}"
 
 
-@contextlib.contextmanager
 def _timed_tasks(into: dict[str, float]):
-    """Time each task as kfp.local dispatches it (process start, imports and work included).
+    """Time each task kfp.local runs (process start, imports and work included): kfp.local keeps no
+    per-task timings (see kfp_seams.timed_tasks). Entered before the cache, so cache hits are not timed."""
 
-    kfp.local keeps no per-task timings; wrapping its dispatcher (kfp pinned at 2.17.0) is the one
-    place that sees every task start and end, whatever the runner.
-    """
-    from kfp.local import task_dispatcher
+    def done(name: str, seconds: float) -> None:
+        # A ParallelFor's iterations (shard tasks, trials) share a name: the longest one is shown.
+        into[name] = max(into.get(name, 0.0), seconds)
 
-    original = task_dispatcher.run_single_task_implementation
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            name = kwargs.get("component_name", "task").removeprefix("comp-")
-            # A ParallelFor's iterations (shard tasks, trials) share a name: the longest one is shown.
-            into[name] = max(into.get(name, 0.0), time.perf_counter() - start)
-
-    task_dispatcher.run_single_task_implementation = timed
-    try:
-        yield
-    finally:
-        task_dispatcher.run_single_task_implementation = original
+    return kfp_seams.timed_tasks(done)
 
 
 def run_pipeline(pipeline, params: dict, pipeline_root: str = "runs", runner=None, quiet: bool = False,
@@ -258,7 +224,6 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
     published = ""
     if outcome["decision"] == "publish":
         from imgclf.components.lib import registry
-
         from imgclf.components.release.options import RegistryTarget
 
         target = RegistryTarget(**RegistryTarget.pick(params))
