@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from kfp import imgclf.components
+from kfp import components
 
 from imgclf.pipelines.cli.main import main
 from tests.conftest import TEN, make_folder
@@ -18,7 +18,7 @@ STEPS = ["ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "t
 def test_compiled_yaml_loads_back(tmp_path):
     out = tmp_path / "p.yaml"
     assert main(["compile", "--allow-local-image", "-o", str(out)]) == 0
-    loaded = imgclf.components.load_component_from_file(str(out))
+    loaded = components.load_component_from_file(str(out))
     assert loaded.name == "imgclf-training"
     params = loaded.component_spec.inputs
     for name in ["data", "image_size", "color_mode", "architecture", "epochs", "batch_size", "learning_rate",
@@ -143,6 +143,7 @@ def test_run_on_a_missing_folder_fails_with_the_cause(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.unit
 def test_imgclf_step_runs_one_step_with_typed_flags(tmp_path, capsys):
     import json
 
@@ -182,8 +183,10 @@ def test_compile_targets_request_the_gpu_in_each_backends_terms(tmp_path, monkey
     assert "accelerator" not in (tmp_path / "cpu.yaml").read_text()
 
 
+@pytest.mark.unit
 def test_compile_rejects_backend_mismatches(tmp_path, capsys):
-    assert main(["compile", "--allow-local-image", "--target", "vertex", "--gpu-type", "nvidia.com/gpu", "-o", str(tmp_path / "x")]) == 1
+    assert main(["compile", "--allow-local-image", "--target", "vertex", "--gpu-type", "nvidia.com/gpu",
+                 "-o", str(tmp_path / "x")]) == 1
     assert "is not one of NVIDIA_TESLA_T4" in capsys.readouterr().err
     assert main(["compile", "--allow-local-image", "--target", "kfp", "--gpu-type", "NVIDIA_L4", "-o", str(tmp_path / "y")]) == 1
     assert "Kubernetes resource names" in capsys.readouterr().err
@@ -246,10 +249,11 @@ def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(ta
 
 BAD_RESOURCES = [("--cpu", "train=8:4", "above its limit"), ("--memory", "train=64Gi:32Gi", "above its limit"),
                  ("--cpu", "train=eight", "give cores"), ("--cpu", "train=1.5m", "give cores"),
-                 ("--memory", "all=1.5Gi", "whole number"), ("--memory", "train=16GB", "whole number"),
+                 ("--memory", "all=0.5", "not a whole number of bytes"), ("--memory", "train=16GB", "whole number"),
                  ("--cpu", "trian=2", "no task 'trian'"), ("--cpu", "2", "STEP=REQUEST"), ("--memory", "train=", "STEP=")]
 
 
+@pytest.mark.unit
 def test_bad_resource_settings_are_refused_before_compiling(tmp_path, capsys):
     for flag, value, cause in BAD_RESOURCES:
         assert main(["compile", "--allow-local-image", flag, value, "-o", str(tmp_path / "p.yaml")]) == 1, value
@@ -260,8 +264,8 @@ def test_bad_resource_settings_are_refused_before_compiling(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_failure_inside_a_branch_names_the_step_and_its_error_line(tmp_path):
     """Before: "the pipeline failed in step 'condition-branches-1'" (a KFP group name)."""
-    from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
     from imgclf.pipelines.definitions.training import training_pipeline
+    from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
 
     data = make_folder(tmp_path / "data", TEN[:3], 12)
     (tmp_path / "w.weights.h5").write_bytes(b"not an HDF5 file")

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from imgclf.components.lib.options import ParameterError, option
+from imgclf.components.lib.quantity import cpu_problem, memory_problem
 from imgclf.components.lib.registry import RegistryTarget
 
 TARGETS = ("none", "kserve", "vertex", "tf-serving")
@@ -13,7 +14,6 @@ VERTEX_TF_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 # KServe refuses InferenceService names that are not DNS-1035 labels (its IsvcNameFmt), and Kubernetes
 # caps a label at 63 characters.
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 
 
 def dns_label_problem(name: str) -> str:
@@ -22,11 +22,6 @@ def dns_label_problem(name: str) -> str:
         return ("not a DNS-1035 label: lower-case letters, digits and '-', starting with a letter, ending with a "
                 "letter or digit, at most 63 characters")
     return ""
-
-
-def quantity_problem(text: str) -> str:
-    """Why `text` is not a Kubernetes resource quantity such as 500m, 1 or 2Gi ("" if it is)."""
-    return "" if _QUANTITY.fullmatch(text) else "not a Kubernetes quantity (e.g. 500m, 1, 2Gi)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,9 +42,9 @@ class DeployOptions(RegistryTarget):
     storage_uri: str = option("", "KServe: where the cluster reads the model folder (default: REGISTRY/MODEL_NAME; "
                                   "gs://, s3:// or pvc://CLAIM/PATH for a registry on a volume)")
     serving_cpu: str = option("1", "CPU request and limit of a serving replica (Kubernetes quantity)",
-                              check=quantity_problem)
+                              check=cpu_problem)
     serving_memory: str = option("2Gi", "memory request and limit of a serving replica (Kubernetes quantity)",
-                                 check=quantity_problem)
+                                 check=memory_problem)
     min_replicas: int = option(1, "serving replicas kept running (KServe minReplicas, Vertex min_replica_count)",
                                min=0, max=1000)
     max_replicas: int = option(3, "serving replicas at most", min=1, max=1000)

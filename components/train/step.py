@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imgclf.components.contracts import (HISTORY_FILE, MODEL_FILE, TENSORBOARD_DIR, RecordsMetadata, TrainedModel)
+from imgclf.components.contracts import HISTORY_FILE, MODEL_FILE, TENSORBOARD_DIR, RecordsMetadata, TrainedModel
 from imgclf.components.lib import records, reports, storage
 from imgclf.components.lib.options import fingerprint, takes
 from imgclf.components.train.options import TrainOptions
@@ -82,12 +82,17 @@ def _schedule(kind: str, learning_rate: float, steps: int):
     return learning_rate
 
 
-def _compile(net, lr, kind: str, steps: int, label_smoothing: float, jit_compile):
+def _compile(net, run: _Session, epochs: int, learning_rate: float | None = None) -> None:
+    """Compile `net` for `epochs` epochs of this run: the options (schedule, label smoothing) and the
+    hardware's XLA choice come from the run itself, so every phase compiles alike; only the learning rate
+    (fine-tuning's is lower) and the number of epochs differ."""
     import keras
 
-    net.compile(optimizer=keras.optimizers.Adam(_schedule(kind, lr, steps)),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                metrics=["accuracy"], jit_compile=jit_compile)
+    o = run.opts
+    lr = o.learning_rate if learning_rate is None else learning_rate
+    net.compile(optimizer=keras.optimizers.Adam(_schedule(o.lr_schedule, lr, epochs * run.steps)),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=o.label_smoothing),
+                metrics=["accuracy"], jit_compile=run.hw.jit_compile)
 
 
 def _local(uri: str, tmp: str) -> str:
@@ -272,7 +277,7 @@ def build_model(run: _Session, weights, tmp: str):
     if o.warm_start_from:
         print(f"train: warm start from {o.warm_start_from}: {warm_start_from(net, o.warm_start_from, tmp)}",
               flush=True)
-    _compile(net, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+    _compile(net, run, o.epochs)
     return net
 
 
@@ -328,7 +333,7 @@ def fit_head_on_features(run: _Session, dataset_dir: str, tmp: str, class_weight
         head = keras.saving.load_model(run.backup.checkpoint_file)
     else:
         head = features.head(run.net)
-        _compile(head, o.learning_rate, o.lr_schedule, o.epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+        _compile(head, run, o.epochs)
     # The whole model takes no optimizer step here; built now, the weights it saves and loads agree.
     run.net.optimizer.build(run.net.trainable_variables)
     print(f"train: head phase on cached bottleneck features ({index['dim']} per image, "
@@ -349,7 +354,7 @@ def fine_tune(run: _Session, class_weight) -> None:
         run.backup.load_best(run.net)
         opened = models.unfreeze_top(run.net, o.fine_tune_layers)
         lr = o.learning_rate * o.fine_tune_lr_factor
-        _compile(run.net, lr, o.lr_schedule, o.fine_tune_epochs * run.steps, o.label_smoothing, run.hw.jit_compile)
+        _compile(run.net, run, o.fine_tune_epochs, learning_rate=lr)
         print(f"train: fine-tuning the top {o.fine_tune_layers} backbone layers ({opened} trainable, "
               f"BatchNormalization frozen) at learning rate {lr:g}", flush=True)
     fit(run, 2, phase1 + o.fine_tune_epochs, resume["epoch"] if resumed_in_phase2 else phase1,

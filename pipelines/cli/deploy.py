@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-TARGETS = ("kserve", "vertex", "tf-serving")
+from imgclf.components.deploy.options import TARGETS as DEPLOY_TARGETS
+
+# The deploy step's targets (declared once, in its options) less "none": the command always deploys somewhere.
+TARGETS = tuple(t for t in DEPLOY_TARGETS if t != "none")
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:

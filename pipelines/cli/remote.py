@@ -25,25 +25,33 @@ def emitting(command):
     return run
 
 
-def backend(args: argparse.Namespace):
-    from imgclf.pipelines.remote.backends import Kfp, Vertex
+def backend_class(args: argparse.Namespace):
+    """The Backend class --backend names: the one place the CLI looks a backend up."""
+    from imgclf.pipelines.remote.backends import BACKENDS
 
-    if args.backend == "kfp":
-        return Kfp(args.host, token=args.token, namespace=args.namespace)
-    if not args.project or not args.region:
-        raise ValueError("--backend vertex needs --project and --region")
-    return Vertex(args.project, args.region, api_endpoint=args.api_endpoint)
+    return BACKENDS[args.backend]
+
+
+def backend(args: argparse.Namespace):
+    return backend_class(args).from_args(args)
+
+
+def run_request(args: argparse.Namespace, package: str, values: dict):
+    from imgclf.pipelines.remote.backends import RunRequest
+
+    return RunRequest(package, f"imgclf-{args.pipeline}", values, pipeline_root=args.pipeline_root,
+                      experiment=args.experiment, no_cache=args.no_cache, service_account=args.service_account,
+                      labels=labels(args.labels), run_name=getattr(args, "run_name", ""))
 
 
 def package_and_params(args: argparse.Namespace, tmp: str) -> tuple[str, dict]:
     """The compiled package and its parameters: the params file, then `name=value` on top, checked
     against the package's inputs and (for our own pipelines) against the steps' declarations."""
-    from imgclf.pipelines.remote import params
     from imgclf.pipelines import check_parameters
+    from imgclf.pipelines.remote import params
     from imgclf.pipelines.remote.compiling import compile_package, sweep_of
 
-    if args.backend == "vertex" and not (args.pipeline_root or "").startswith("gs://"):
-        raise ValueError(f"Vertex AI needs a gs:// pipeline root (--pipeline-root), got {args.pipeline_root!r}")
+    backend_class(args).check_request(args)
     if args.package and args.sweep:
         raise ValueError("--sweep compiles the sweep into the pipeline: give it or --package, not both")
     package = args.package or str(compile_package(args, args.backend, Path(tmp) / "pipeline.yaml"))
@@ -82,10 +90,7 @@ def what_would_be_sent(args: argparse.Namespace, package: str, values: dict, **e
     sent = {"backend": args.backend, "pipeline": pipeline_name(package), "parameters": values,
             "pipeline_root": args.pipeline_root or "", "service_account": args.service_account or "",
             "tasks": tasks, **extra}
-    if args.backend == "kfp":
-        sent.update(host=args.host or "in-cluster", experiment=args.experiment, namespace=args.namespace or "")
-    else:
-        sent.update(project=args.project, region=args.region, labels=labels(args.labels))
+    sent.update(backend_class(args).destination(args, labels(args.labels)))
     return sent
 
 
@@ -115,13 +120,7 @@ def cmd_submit(args: argparse.Namespace) -> tuple:
         if args.dry_run:
             sent = what_would_be_sent(args, package, values, run_name=args.run_name or "")
             return sent, _dry_run_text(sent)
-        client = backend(args)
-        if args.backend == "kfp":
-            result = client.submit(package, f"imgclf-{args.pipeline}", args.experiment, values, args.pipeline_root,
-                                   args.no_cache, args.wait, args.timeout, args.service_account, args.run_name)
-        else:
-            result = client.submit(package, values, args.pipeline_root or "", args.no_cache, args.wait,
-                                   args.service_account, labels(args.labels), args.run_name)
+        result = backend(args).submit(run_request(args, package, values), args.wait, args.timeout)
     return ({"run_id": result.run_id, "state": result.state, "url": result.url},
             f"submitted run {result.run_id}" + (f"\n  {result.url}" if result.url else "")
             + (f"\nfinished {result.state}" if args.wait else ""))
@@ -132,7 +131,7 @@ def cmd_schedule(args: argparse.Namespace) -> tuple:
         return _create_schedule(args)
     client = backend(args)
     if args.action == "list":
-        rows = client.list_schedules(args.experiment) if args.backend == "kfp" else client.list_schedules()
+        rows = client.list_schedules(args.experiment)
         text = [f"{'id':<40} {'name':<30} {'status':<10} trigger"]
         text += [f"{r['id']:<40} {r['name']:<30} {r['status']:<10} {r['trigger']}" for r in rows]
         return rows, "\n".join([*text, f"{len(rows)} schedule(s)"])
@@ -141,14 +140,7 @@ def cmd_schedule(args: argparse.Namespace) -> tuple:
 
 
 def _create_schedule(args: argparse.Namespace) -> tuple:
-    from imgclf.pipelines.remote import cron
-
-    if args.backend == "vertex" and args.interval:
-        raise ValueError("Vertex schedules are cron only: use --cron")
-    if args.backend == "vertex" and args.latest:
-        raise ValueError("--latest is KFP only: a Vertex schedule carries its own copy of the pipeline")
-    if args.cron:  # validated before anything is sent
-        (cron.for_kfp if args.backend == "kfp" else cron.for_vertex)(args.cron)
+    backend_class(args).check_schedule(args)   # --cron and the rest, validated before anything is sent
     with tempfile.TemporaryDirectory() as tmp:
         package, values = package_and_params(args, tmp)
         if args.dry_run:
@@ -157,14 +149,8 @@ def _create_schedule(args: argparse.Namespace) -> tuple:
             sent = what_would_be_sent(args, package, values,
                                       schedule=f"{trigger}, at most {args.max_concurrency} at once, runs {pinned}")
             return sent, _dry_run_text(sent)
-        client = backend(args)
-        if args.backend == "kfp":
-            sid = client.create_schedule(package, f"imgclf-{args.pipeline}", args.experiment, values,
-                                         args.pipeline_root, args.cron, args.interval, args.max_concurrency,
-                                         args.service_account, latest=args.latest)
-        else:
-            sid = client.create_schedule(package, f"imgclf-{args.pipeline}", values, args.pipeline_root or "",
-                                         args.cron, args.max_concurrency, args.service_account, labels(args.labels))
+        sid = backend(args).create_schedule(run_request(args, package, values), args.cron, args.interval,
+                                            args.max_concurrency, latest=args.latest)
     return {"schedule_id": sid}, f"created schedule {sid}"
 
 
@@ -196,9 +182,10 @@ def cmd_runs(args: argparse.Namespace) -> tuple:
 
 
 def add_backend_options(p: argparse.ArgumentParser, sends: bool = True) -> None:
+    from imgclf.pipelines.remote.backends import BACKENDS
     from imgclf.pipelines.remote.compiling import add_compile_options
 
-    p.add_argument("--backend", choices=["kfp", "vertex"], required=True)
+    p.add_argument("--backend", choices=list(BACKENDS), required=True)
     p.add_argument("--host", help="KFP: API endpoint, e.g. http://localhost:8080 (default: in-cluster)")
     p.add_argument("--token", help="KFP: bearer token (or IMGCLF_KFP_TOKEN; default: in-cluster credentials)")
     p.add_argument("--namespace", help="KFP (multi-user): the profile namespace")

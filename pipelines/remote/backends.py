@@ -2,13 +2,17 @@
 Pipelines (google-cloud-aiplatform). No secret is ever passed as a pipeline parameter or printed."""
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.remote import cron
 
 TERMINAL_OK = {"SUCCEEDED"}
@@ -25,10 +29,80 @@ class Submitted:
     url: str = ""
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """One run (or a schedule's runs) as either backend takes it: the compiled package and what goes
+    with it. A backend ignores what it has no use for (KFP has no labels, Vertex no experiments)."""
+    package: str
+    name: str
+    """The pipeline's name on the backend: KFP uploads the package under it; schedules are named after it."""
+    params: dict
+    pipeline_root: str | None = None
+    experiment: str | None = None
+    no_cache: bool = False
+    service_account: str | None = None
+    labels: dict = field(default_factory=dict)
+    run_name: str = ""
+
+
+class Backend(ABC):
+    """What `imgclf submit | schedule | runs` needs from a pipelines service. The CLI chooses one class by
+    name (BACKENDS) and never asks which one it holds: each difference between Kubeflow Pipelines and
+    Vertex AI lives in its class."""
+
+    name: ClassVar[str]
+    check_cron: ClassVar  # raises ValueError for a cron expression this backend cannot schedule
+
+    @classmethod
+    @abstractmethod
+    def from_args(cls, args: argparse.Namespace) -> Backend:
+        """A client for the endpoint the command line names."""
+
+    @classmethod  # noqa: B027 - not abstract: KFP takes every request
+    def check_request(cls, args: argparse.Namespace) -> None:
+        """Refuse, before anything is compiled or sent, what only this backend cannot take."""
+
+    @classmethod
+    def check_schedule(cls, args: argparse.Namespace) -> None:
+        """Refuse, before anything is compiled or sent, a schedule this backend cannot create."""
+        if args.cron:
+            cls.check_cron(args.cron)
+
+    @classmethod
+    @abstractmethod
+    def destination(cls, args: argparse.Namespace, labels: dict) -> dict:
+        """Where a dry run would have sent the request (host and experiment, or project and region)."""
+
+    @abstractmethod
+    def submit(self, request: RunRequest, wait: bool, timeout: int) -> Submitted: ...
+
+    @abstractmethod
+    def create_schedule(self, request: RunRequest, cron_expr: str | None, interval_s: int | None,
+                        max_concurrency: int, latest: bool = False) -> str: ...
+
+    @abstractmethod
+    def list_schedules(self, experiment: str | None) -> list[dict]: ...
+
+    @abstractmethod
+    def delete_schedule(self, schedule_id: str) -> None: ...
+
+    @abstractmethod
+    def list_runs(self, experiment: str | None, limit: int) -> list[dict]: ...
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> dict: ...
+
+    @abstractmethod
+    def logs(self, run_id: str, namespace: str | None) -> list[dict]: ...
+
+    @abstractmethod
+    def cancel(self, run_id: str) -> None: ...
+
+
 def _version_name(package: str) -> str:
     with open(package, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:8]
-    return f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{digest}"
+    return f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}-{digest}"
 
 
 def pipeline_name(package: str) -> str:
@@ -60,8 +134,19 @@ def _api_error(e: Exception) -> str:
     return f"{getattr(e, 'status', '')} {getattr(e, 'reason', '')}: {body or e}".strip()
 
 
-class Kfp:
+class Kfp(Backend):
     """Kubeflow Pipelines. `host=None` uses in-cluster credentials (a pod's service account)."""
+
+    name = "kfp"
+    check_cron = staticmethod(cron.for_kfp)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Kfp:
+        return cls(args.host, token=args.token, namespace=args.namespace)
+
+    @classmethod
+    def destination(cls, args: argparse.Namespace, labels: dict) -> dict:
+        return {"host": args.host or "in-cluster", "experiment": args.experiment, "namespace": args.namespace or ""}
 
     def __init__(self, host: str | None, token: str | None = None, namespace: str | None = None):
         import kfp
@@ -95,17 +180,16 @@ class Kfp:
         except ValueError:
             return self.client.create_experiment(name, namespace=self.namespace).experiment_id
 
-    def submit(self, package: str, name: str, experiment: str, params: dict, pipeline_root: str | None,
-               no_cache: bool, wait: bool, timeout: int, service_account: str | None = None,
-               run_name: str = "") -> Submitted:
+    def submit(self, request: RunRequest, wait: bool, timeout: int) -> Submitted:
+        r = request
         # kfp.Client only applies enable_caching to a package it sends itself, not to an uploaded
         # version: the version must carry caching off.
         with tempfile.TemporaryDirectory() as tmp:
-            pid, vid = self.ensure_pipeline(without_cache(package, tmp) if no_cache else package, name)
-        run = self.client.run_pipeline(self.experiment_id(experiment),
-                                       run_name or f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
-                                       params=params, pipeline_id=pid, version_id=vid, pipeline_root=pipeline_root,
-                                       service_account=service_account)
+            pid, vid = self.ensure_pipeline(without_cache(r.package, tmp) if r.no_cache else r.package, r.name)
+        run = self.client.run_pipeline(self.experiment_id(r.experiment),
+                                       r.run_name or f"{r.name} {time.strftime('%Y-%m-%d %H:%M')}",
+                                       params=r.params, pipeline_id=pid, version_id=vid,
+                                       pipeline_root=r.pipeline_root, service_account=r.service_account)
         result = Submitted(run.run_id, str(run.state or ""), self.run_url(run.run_id))
         if wait:
             done = self.client.wait_for_run_completion(run.run_id, timeout=timeout, sleep_duration=5)
@@ -114,9 +198,8 @@ class Kfp:
                 raise SubmitError(f"run {run.run_id} ended {result.state}: {result.url}")
         return result
 
-    def create_schedule(self, package: str, name: str, experiment: str, params: dict, pipeline_root: str | None,
-                        cron_expr: str | None, interval_s: int | None, max_concurrency: int,
-                        service_account: str | None = None, latest: bool = False) -> str:
+    def create_schedule(self, request: RunRequest, cron_expr: str | None, interval_s: int | None,
+                        max_concurrency: int, latest: bool = False) -> str:
         """A recurring run, never catching up, on the version uploaded now: a later ad-hoc `submit`
         (which uploads its own version, say with --gpus 0 or caching off) must not change what scheduled
         retraining runs. `latest` follows the newest version instead, as KFP does without a version id."""
@@ -126,16 +209,17 @@ class Kfp:
             raise ValueError("give exactly one of --cron or --interval")
         trigger = api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron.for_kfp(cron_expr))) \
             if cron_expr else api.V2beta1Trigger(periodic_schedule=api.V2beta1PeriodicSchedule(interval_second=interval_s))
-        pid, vid = self.ensure_pipeline(package, name)
+        r = request
+        pid, vid = self.ensure_pipeline(r.package, r.name)
         body = api.V2beta1RecurringRun(
-            display_name=f"{name} schedule", experiment_id=self.experiment_id(experiment),
+            display_name=f"{r.name} schedule", experiment_id=self.experiment_id(r.experiment),
             pipeline_version_reference=api.V2beta1PipelineVersionReference(
                 pipeline_id=pid, pipeline_version_id=None if latest else vid),
-            runtime_config=api.V2beta1RuntimeConfig(parameters=params, pipeline_root=pipeline_root),
+            runtime_config=api.V2beta1RuntimeConfig(parameters=r.params, pipeline_root=r.pipeline_root),
             max_concurrency=max_concurrency, no_catchup=True, trigger=trigger, mode="ENABLE",
-            service_account=service_account)
+            service_account=r.service_account)
         try:
-            return self.client._recurring_run_api.recurring_run_service_create_recurring_run(body).recurring_run_id
+            return kfp_seams.create_recurring_run(self.client, body)
         except api.exceptions.ApiException as e:
             raise SubmitError(f"creating the schedule failed: {_api_error(e)}") from None
 
@@ -156,7 +240,7 @@ class Kfp:
             raise SubmitError(f"deleting schedule {schedule_id} failed: {_api_error(e)}") from None
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.client._get_url_prefix()}/#/runs/details/{run_id}"
+        return kfp_seams.run_url(self.client, run_id)
 
     def _call(self, what: str, fn, *args, **kwargs):
         from kfp_server_api.exceptions import ApiException
@@ -242,8 +326,34 @@ def _pod_log(core, namespace: str, pod: str) -> str:
         return f"(pod log unavailable: {type(e).__name__}: {e})"
 
 
-class Vertex:
+class Vertex(Backend):
     """Vertex AI Pipelines through google-cloud-aiplatform; credentials from the standard Google chain."""
+
+    name = "vertex"
+    check_cron = staticmethod(cron.for_vertex)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Vertex:
+        if not args.project or not args.region:
+            raise ValueError("--backend vertex needs --project and --region")
+        return cls(args.project, args.region, api_endpoint=args.api_endpoint)
+
+    @classmethod
+    def check_request(cls, args: argparse.Namespace) -> None:
+        if not (args.pipeline_root or "").startswith("gs://"):
+            raise ValueError(f"Vertex AI needs a gs:// pipeline root (--pipeline-root), got {args.pipeline_root!r}")
+
+    @classmethod
+    def check_schedule(cls, args: argparse.Namespace) -> None:
+        if args.interval:
+            raise ValueError("Vertex schedules are cron only: use --cron")
+        if args.latest:
+            raise ValueError("--latest is KFP only: a Vertex schedule carries its own copy of the pipeline")
+        super().check_schedule(args)
+
+    @classmethod
+    def destination(cls, args: argparse.Namespace, labels: dict) -> dict:
+        return {"project": args.project, "region": args.region, "labels": labels}
 
     def __init__(self, project: str, region: str, api_endpoint: str | None = None, credentials=None):
         from google.cloud import aiplatform
@@ -262,13 +372,14 @@ class Vertex:
                                            pipeline_root=pipeline_root, parameter_values=params,
                                            enable_caching=False if no_cache else None, labels=labels or None)
 
-    def submit(self, package: str, params: dict, pipeline_root: str, no_cache: bool, wait: bool,
-               service_account: str | None, labels: dict, run_name: str = "") -> Submitted:
+    def submit(self, request: RunRequest, wait: bool, timeout: int) -> Submitted:
+        """`timeout` is KFP's: aiplatform's wait follows the job to its end."""
         from google.api_core import exceptions
 
-        job = self._job(package, params, pipeline_root, no_cache, labels, run_name)
+        r = request
+        job = self._job(r.package, r.params, r.pipeline_root or "", r.no_cache, r.labels, r.run_name)
         try:
-            job.submit(service_account=service_account)
+            job.submit(service_account=r.service_account)
         except exceptions.GoogleAPICallError as e:
             raise SubmitError(f"Vertex AI refused the pipeline job: {e}") from None
         result = Submitted(job.resource_name, job.state.name, self.console_url(job.resource_name))
@@ -280,14 +391,16 @@ class Vertex:
             result.state = job.state.name
         return result
 
-    def create_schedule(self, package: str, name: str, params: dict, pipeline_root: str, cron_expr: str,
-                        max_concurrency: int, service_account: str | None, labels: dict) -> str:
-        job = self._job(package, params, pipeline_root, False, labels)
-        schedule = job.create_schedule(cron=cron.for_vertex(cron_expr), display_name=f"{name}-schedule",
-                                       max_concurrent_run_count=max_concurrency, service_account=service_account)
+    def create_schedule(self, request: RunRequest, cron_expr: str | None, interval_s: int | None,
+                        max_concurrency: int, latest: bool = False) -> str:
+        r = request
+        job = self._job(r.package, r.params, r.pipeline_root or "", False, r.labels)
+        schedule = job.create_schedule(cron=cron.for_vertex(cron_expr), display_name=f"{r.name}-schedule",
+                                       max_concurrent_run_count=max_concurrency, service_account=r.service_account)
         return schedule.resource_name
 
-    def list_schedules(self) -> list[dict]:
+    def list_schedules(self, experiment: str | None = None) -> list[dict]:
+        """Every schedule of the project and region: Vertex has no experiments to filter by."""
         return [{"id": s.resource_name, "name": s.display_name, "status": s.state.name if s.state else "",
                  "trigger": s.cron} for s in self.aiplatform.PipelineJobSchedule.list()]
 
@@ -367,3 +480,7 @@ def _proto_value(v):
     from google.protobuf import json_format
 
     return json_format.MessageToDict(v._pb if hasattr(v, "_pb") else v)
+
+
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (Kfp, Vertex)}
+"""Every backend by its --backend name: the CLI's choices and its one lookup."""

@@ -14,7 +14,14 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
     GPUs, secrets), refusing settings a cluster could not use."""
     from kfp import compiler
 
-    from imgclf.pipelines.remote.platform import KFP_MINIO_SECRET, Platform, cpu_image, gpu_image, image_problem, resources_with
+    from imgclf.pipelines.remote.platform import (
+        KFP_MINIO_SECRET,
+        Platform,
+        cpu_image,
+        gpu_image,
+        image_problem,
+        resources_with,
+    )
 
     sweep = sweep_of(args)
     if sweep is not None and args.pipeline != "training":

@@ -5,10 +5,10 @@ KFP takes Kubernetes-specific settings (secrets as env, tolerations, node select
 document that Vertex cannot load, and the two name accelerators differently.
 """
 import os
-import re
 from dataclasses import dataclass, field
 
 from imgclf.components import __version__
+from imgclf.components.lib import quantity
 
 # KFP's own MinIO credentials secret, present in every KFP namespace that uses MinIO.
 KFP_MINIO_SECRET = "mlpipeline-minio-artifact"
@@ -63,23 +63,13 @@ class Resources:
 
 
 def cpu_quantity(text: str) -> float:
-    """Cores in a Kubernetes CPU quantity ("500m", "2", "1.5"), in KFP's accepted forms."""
-    m = re.fullmatch(r"((?:[0-9]*[.])?[0-9]+)(m?)", text)
-    if not m or (m.group(2) and "." in m.group(1)):
-        raise ValueError(f"cpu {text!r}: give cores (2, 1.5) or millicores (500m)")
-    return float(m.group(1)) / (1000 if m.group(2) else 1)
-
-
-_MEMORY_UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-                 "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+    """Cores in a Kubernetes CPU quantity ("500m", "2", "1.5"): components/lib/quantity.py's parser."""
+    return float(quantity.cpu_cores(text))
 
 
 def memory_quantity(text: str) -> float:
-    """Bytes in a Kubernetes memory quantity ("512Mi", "16Gi", "2G"), in KFP's accepted forms."""
-    m = re.fullmatch(r"([0-9]+)(|K|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)", text)
-    if not m:
-        raise ValueError(f"memory {text!r}: give a whole number with an optional unit (512Mi, 16Gi, 2G)")
-    return int(m.group(1)) * _MEMORY_UNITS[m.group(2)]
+    """Bytes in a Kubernetes memory quantity ("512Mi", "1.5Gi", "2G"): components/lib/quantity.py's parser."""
+    return float(quantity.memory_bytes(text))
 
 
 # What each task asks for by default: light bookkeeping tasks, TensorFlow steps, and train larger.
@@ -102,9 +92,9 @@ def resources_with(changes: list[tuple[str, str, str]], tasks=tuple(DEFAULT_RESO
         if step != "all" and step not in table:
             raise ValueError(f"--{what} {step}={text}: no task {step!r}; tasks: all, {', '.join(table)}")
         request, _, limit = text.partition(":")
-        limit = limit or request
-        (cpu_quantity if what == "cpu" else memory_quantity)(request)
-        (cpu_quantity if what == "cpu" else memory_quantity)(limit)
+        # The canonical spelling: what the KFP compiler accepts (1.5Gi becomes 1536Mi).
+        canonical = quantity.cpu_text if what == "cpu" else quantity.memory_text
+        request, limit = canonical(request), canonical(limit or request)
         for name in (table if step == "all" else [step]):
             old = table[name]
             table[name] = Resources(request, limit, old.memory_request, old.memory_limit) if what == "cpu" else \
