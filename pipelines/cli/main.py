@@ -8,30 +8,52 @@ from pathlib import Path
 
 from imgclf.pipelines import check_parameters  # light: nothing of kfp
 from imgclf.pipelines.cli import remote as remote_cli
-from imgclf.pipelines.remote import compiling
 from imgclf.pipelines.cli.deploy import add_deploy_parser
+from imgclf.pipelines.local.docker_runner import NETWORKS  # light: no kfp, no docker
+from imgclf.pipelines.remote import compiling
+from imgclf.pipelines.remote.platform import TARGETS
+
+RUNNERS = ("subprocess", "docker")
+
+
+def run_checked(values: dict, *, pipeline_root: str = "runs", runner: str = "subprocess", network: str = "auto",
+                quiet: bool = False, cache: bool = False, sweep: str = ""):
+    """`imgclf run` once its flags are parsed, shared with `imgclf.run` (imgclf/api.py) so both check and
+    run alike: the pipeline parameters (local paths included), the runner and the sweep file are all
+    checked before any work starts (no preloading, no run folder); then the run, as a LocalRun."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    if network not in NETWORKS:
+        raise ValueError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
+    params = check_parameters(values, check_paths=True)
+    sweep = compiling.sweep_of(argparse.Namespace(sweep=sweep), params)
+    if runner != "docker":
+        from imgclf.pipelines.local.preloaded_tasks import start_early
+
+        start_early()
+    from imgclf.pipelines.local.run import run_local
+
+    docker = None
+    if runner == "docker":
+        from imgclf.components.kfp_glue.wrappers import IMAGE
+        from imgclf.pipelines.local.docker_runner import docker_runner
+
+        docker, params = docker_runner(params, IMAGE, network=network)
+    return run_local(params, pipeline_root=pipeline_root, runner=docker, quiet=quiet, cache=cache, sweep=sweep)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.runner != "docker":
         from imgclf.pipelines.local.preloaded_tasks import start_early
 
-        start_early()
+        start_early()  # first thing: the preloading overlaps building the pipeline
     from imgclf.pipelines.definitions.declare import parameters
-    from imgclf.pipelines.local.run import run_local
     from imgclf.pipelines.definitions.training import STEPS
 
     names = {o.name for o in parameters(STEPS)}
-    params = check_parameters({k: v for k, v in vars(args).items() if k in names}, check_paths=True)
-    sweep = compiling.sweep_of(args, params)
-    runner = None
-    if args.runner == "docker":
-        from imgclf.components.kfp_glue.wrappers import IMAGE
-        from imgclf.pipelines.local.docker_runner import docker_runner
-
-        runner, params = docker_runner(params, IMAGE, network=args.network)
-    result = run_local(params, pipeline_root=args.pipeline_root, runner=runner, quiet=args.quiet, cache=args.cache,
-                       sweep=sweep)
+    result = run_checked({k: v for k, v in vars(args).items() if k in names}, pipeline_root=args.pipeline_root,
+                         runner=args.runner, network=args.network, quiet=args.quiet, cache=args.cache,
+                         sweep=args.sweep)
     print(result.summary())
     return 0
 
@@ -43,9 +65,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from imgclf.components.predict.step import format_table, predict
-
     from imgclf.components.predict.options import PredictOptions
+    from imgclf.components.predict.step import format_table, predict
 
     result = predict(inputs=args.inputs, output=args.output, keep_rows=not args.output,
                      **PredictOptions.pick(vars(args)))
@@ -118,9 +139,9 @@ def _add_run(sub, given: dict) -> None:
                          description="Run the training pipeline locally; every parameter is checked first.")
     add_arguments(run.add_argument_group("pipeline parameters"), parameters(STEPS), given)
     run.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
-    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+    run.add_argument("--runner", choices=RUNNERS, default="subprocess",
                      help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
-    run.add_argument("--network", choices=["auto", "none", "host", "bridge"], default="auto",
+    run.add_argument("--network", choices=NETWORKS, default="auto",
                      help="docker: the containers' network (auto: none if all inputs are local, else host)")
     run.add_argument("--params-file", help="pipeline parameters from a YAML or JSON mapping; flags given win")
     run.add_argument("--quiet", action="store_true",
@@ -136,7 +157,7 @@ def _add_compile(sub) -> None:
     comp = sub.add_parser("compile", help="compile a pipeline to KFP IR YAML")
     compiling.add_compile_options(comp)
     comp.add_argument("-o", "--output", help="default: build/imgclf-<pipeline>.yaml")
-    comp.add_argument("--target", choices=["kfp", "vertex"], default="kfp",
+    comp.add_argument("--target", choices=TARGETS, default="kfp",
                       help="kfp: Kubernetes settings as a second YAML document; vertex: one document")
     comp.set_defaults(func=_cmd_compile)
 
@@ -187,16 +208,17 @@ def _versions() -> str:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    return (f"imgclf {__version__} (kfp {of('kfp')}, tensorflow {of('tensorflow-cpu') if of('tensorflow') == 'not installed' else of('tensorflow')}, "
+    tensorflow = of("tensorflow-cpu") if of("tensorflow") == "not installed" else of("tensorflow")
+    return (f"imgclf {__version__} (kfp {of('kfp')}, tensorflow {tensorflow}, "
             f"keras {of('keras')}, Python {sys.version.split()[0]})")
 
 
 def _params_file(argv: list[str]) -> dict:
     """`run --params-file F`: read before the parser is built, because its values become the flags'
     defaults (flags given on the command line still win)."""
-    from imgclf.pipelines.remote import params
     from imgclf.pipelines.definitions.declare import parameters
     from imgclf.pipelines.definitions.training import STEPS
+    from imgclf.pipelines.remote import params
 
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--params-file=")), None)
     if path is None and "--params-file" in argv[:-1]:
