@@ -7,6 +7,7 @@ import ast
 import inspect
 import math
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def _good_values(o: Option) -> list:
     return good
 
 
+@pytest.mark.unit
 def test_every_declared_option_refuses_generated_bad_values_naming_itself():
     rng = random.Random(7)
     checked = 0
@@ -77,6 +79,7 @@ def test_every_declared_option_refuses_generated_bad_values_naming_itself():
     assert checked > 300
 
 
+@pytest.mark.unit
 def test_every_option_has_help_and_a_kfp_type():
     for step, o in _all_options():
         assert o.help and not o.help.endswith("."), (step, o.name)
@@ -85,6 +88,7 @@ def test_every_option_has_help_and_a_kfp_type():
             assert o.validate(o.default) == o.default, (step, o.name)  # every default is itself allowed
 
 
+@pytest.mark.unit
 def test_shared_options_are_one_declaration():
     """seed (preprocess and train), registry and model_name (the release steps) and max_pixels are each
     declared once: the union of a pipeline's steps never sees two different declarations of a name."""
@@ -92,7 +96,7 @@ def test_shared_options_are_one_declaration():
         names = [o.name for o in parameters(_steps(pipeline))]
         assert len(names) == len(set(names))
     owners = {}
-    for step, o in _all_options():
+    for _step, o in _all_options():
         if o.pipeline:
             owners.setdefault(o.name, set()).add(o)
     assert {n for n, decls in owners.items() if len(decls) > 1} == set()
@@ -122,13 +126,14 @@ def test_compiled_pipeline_describes_every_parameter_with_its_declared_type_and_
             assert p["defaultValue"] == o.default or float(p["defaultValue"]) == o.default, name
 
 
+@pytest.mark.unit
 def test_every_component_input_matches_its_step_declaration():
     """The generated KFP components take exactly each step's options, with the declared types and defaults."""
     from kfp.dsl import structures
 
-    from imgclf.components.kfp_glue import wrappers
+    from imgclf.components.kfp_glue import specs, wrappers
 
-    for spec in wrappers.SPECS:
+    for spec in specs.SPECS:
         if not spec.options:
             continue
         inputs: dict[str, structures.InputSpec] = getattr(wrappers, spec.name).component_spec.inputs
@@ -139,6 +144,7 @@ def test_every_component_input_matches_its_step_declaration():
             assert i.description and o.help.split(":")[0] in i.description, o.name
 
 
+@pytest.mark.unit
 def test_step_signatures_come_from_the_declarations():
     for name in registry.STEPS:
         cls = registry.options(name)
@@ -154,6 +160,7 @@ def test_step_signatures_come_from_the_declarations():
                 assert p.default == o.default
 
 
+@pytest.mark.unit
 def test_a_step_refuses_bad_options_before_reading_anything(tmp_path):
     from imgclf.components.preprocess.step import preprocess
     from imgclf.components.train.step import train
@@ -169,6 +176,7 @@ def test_a_step_refuses_bad_options_before_reading_anything(tmp_path):
     assert not (tmp_path / "m").exists() and not (tmp_path / "pp").exists()
 
 
+@pytest.mark.unit
 def test_validate_refuses_unknown_names_and_missing_local_paths(tmp_path):
     groups = registry.pipeline_options(list(_steps("training")))
     with pytest.raises(ParameterError, match="unknown parameter.*batchsize"):
@@ -195,6 +203,7 @@ def test_imgclf_run_refuses_a_bad_parameter_before_any_task(flag, value, allowed
     assert not (tmp_path / "runs").exists()  # nothing ran
 
 
+@pytest.mark.unit
 def test_submit_refuses_a_bad_parameter_before_anything_is_sent(tmp_path, capsys):
     from imgclf.pipelines.cli.main import main
 
@@ -207,8 +216,8 @@ def test_submit_refuses_a_bad_parameter_before_anything_is_sent(tmp_path, capsys
 
 def test_the_validate_task_stops_a_run_whose_parameters_bypassed_the_cli(tmp_path):
     """As when a parameter is typed into the KFP UI: the pipeline's first task refuses it, nothing else runs."""
-    from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
     from imgclf.pipelines.definitions.training import training_pipeline
+    from imgclf.pipelines.local.run import PipelineFailed, run_pipeline
 
     with pytest.raises(PipelineFailed) as failed:
         run_pipeline(training_pipeline, {"data": str(REPO / "data" / "fashion-mnist-sample"), "lr_schedule": "cosin"},
@@ -229,6 +238,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+@pytest.mark.unit
 def test_no_step_imports_another_step_and_libraries_import_no_step():
     components = REPO / "components"
     for package in (*STEP_PACKAGES, "lib"):
@@ -242,18 +252,41 @@ def test_no_step_imports_another_step_and_libraries_import_no_step():
     assert not any(m.startswith("imgclf.pipelines") for p in components.rglob("*.py") for m in _imports(p))
 
 
-def test_the_readme_parameter_tables_are_current_and_the_layout_lists_every_file():
+@pytest.mark.unit
+def test_the_generated_reference_pages_are_current_and_the_architecture_lists_every_file():
     from imgclf.pipelines import docs
 
-    assert docs.main(["--check"]) == 0
-    readme = (REPO / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):readme.index("## Measured figures")]
+    assert docs.main(["--check"]) == 0, "run `make docs`"
+    page = (REPO / "docs" / "architecture.md").read_text()
+    listing = page[page.index("## Every file"):]
     files = [p for d in ("components", "pipelines", "benchmarks") for p in (REPO / d).rglob("*.py")
-             if p.name != "__init__.py"]
-    missing = [str(p.relative_to(REPO)) for p in files if f"`{p.relative_to(REPO)}`" not in layout]
-    assert not missing, f"README Layout does not list {missing}"
+             if p.name != "__init__.py" and "__pycache__" not in p.parts]
+    assert len(files) > 50, "the file walk found too few files to mean anything"
+    missing = [str(p.relative_to(REPO)) for p in files if f"`{p.relative_to(REPO)}`" not in listing]
+    assert not missing, f"docs/architecture.md's 'Every file' does not list {missing}"
+    listed = re.findall(r"^\| `((?:components|pipelines|benchmarks)/[^`]+\.py)` \|", listing, re.M)
+    gone = [name for name in listed if not (REPO / name).exists()]
+    assert not gone, f"docs/architecture.md's 'Every file' lists files that no longer exist: {gone}"
 
 
+@pytest.mark.unit
+def test_a_stale_generated_block_is_found_and_rewritten(tmp_path, monkeypatch):
+    """`--check` must be able to fail: a page whose table was edited by hand is reported stale, and
+    the rewrite restores exactly what the generator makes."""
+    from imgclf.pipelines import docs
+
+    page = tmp_path / "parameters.md"
+    current = docs.PARAMETERS.read_text()
+    page.write_text(current.replace("| `seed` |", "| `seed (edited)` |", 1))
+    monkeypatch.setattr(docs, "blocks", lambda: {page: {f"parameters:{p}": (lambda p=p: docs.table(p))
+                                                        for p in ("training", "predict")}})
+    monkeypatch.setattr(docs, "REPO", tmp_path)
+    assert docs.main(["--check"]) == 1
+    assert docs.main([]) == 0
+    assert page.read_text() == current
+
+
+@pytest.mark.unit
 def test_docker_runner_mounts_every_declared_path_parameter():
     from imgclf.pipelines.local.docker_runner import path_parameters
 
