@@ -17,7 +17,7 @@ REGISTRY ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-packages run run-docker images push compile test test-fast docs bench bench-gpu sample-data fashion-mnist-full clean
+.PHONY: help install system-packages run run-docker images push compile test test-fast test-unit lint docs docs-site bench bench-gpu sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,11 +78,22 @@ system-packages: ## install the Debian packages the tests need (dataset-fashion-
 test: install system-packages ## run the whole test suite (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: install system-packages ## the inner loop: every test not marked slow (no whole-pipeline, container or long training runs)
+# Every test that needs chromium or dataset-fashion-mnist is marked slow, so neither lane below needs apt or root.
+test-fast: install ## every test not marked slow: no whole-pipeline, container or long training runs, no apt (minutes)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-docs: install ## regenerate the README's generated tables (parameters, per-task resources) from their declarations
+test-unit: install ## the unit lane: no servers, no training, no containers, no kfp.local runs (under a minute)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+lint: install ## ruff check over the whole tree (rules in pyproject.toml; CI runs it first)
+	$(BIN)/ruff check .
+
+docs: install ## regenerate the generated text: the README's tables, then the steps' KFP faces (component.py files)
 	$(BIN)/python -m imgclf.pipelines.docs
+	$(BIN)/python -m imgclf.components.kfp_glue.generate
+
+docs-site: install ## build the documentation site into build/site with mkdocs --strict (a broken link fails)
+	$(BIN)/mkdocs build --strict
 
 bench: install system-packages ## CPU benchmarks: end to end and input vs the notebook scripts (ImageDataGenerator, image_dataset_from_directory), ingest and predict speed vs issue 17's goals, training, steps; tables in build/bench (~65 min)
 	$(BIN)/python -m benchmarks.end_to_end $(BENCH_ARGS)

@@ -45,9 +45,8 @@ def export_npz(dataset_dir: str, path: Path, limit: int) -> dict:
     real input for the GPU benchmark, which runs where there is no TensorFlow to read TFRecords."""
     import numpy as np
 
-    from imgclf.components.lib import records
-
     from imgclf.components.contracts import RecordsMetadata
+    from imgclf.components.lib import records
 
     meta = RecordsMetadata.load(dataset_dir)
     xs, ys, n = [], [], 0

@@ -1,13 +1,13 @@
 """Training throughput on the JAX backend, for a GPU machine that has JAX (with CUDA), Keras and NumPy but
 no TensorFlow: nothing on this module's import chain may import TensorFlow.
 
-For each model (our builders from imgclf.components.models, augmentation in the model as shipped, weights none),
+For each model (our builders from imgclf.components.train.models, augmentation in the model as shipped, weights none),
 precision (float32 and mixed_float16, set the way the train step sets it) and input:
 - synthetic: one fixed random uint8 batch handed over again every step: the model's own ceiling;
 - real: preprocessed pixels from `gpu_input.npz` (written by `make bench` / benchmarks.training_throughput
   on a machine with TensorFlow), in memory, tiled to the epoch length and reshuffled every epoch by `fit`.
 The gap between the two is what feeding real in-memory data costs. images/s is the train step's own
-metric (imgclf.components.throughput): steady = median of the epochs after the first, which also pays XLA
+metric (imgclf.components.train.throughput): steady = median of the epochs after the first, which also pays XLA
 compilation. Writes <out>/gpu_training.{json,md}.
 """
 from __future__ import annotations
@@ -17,6 +17,20 @@ import sys
 from pathlib import Path
 
 from benchmarks import harness
+
+
+def _from_a_checkout() -> None:
+    """The GPU machine runs this from a checkout with no install (its Python has JAX, not our venv): map
+    components/ onto imgclf.components, as pyproject's package-dir does for an install."""
+    import importlib.util
+
+    import imgclf
+
+    if importlib.util.find_spec("imgclf.components") is None:
+        imgclf.__path__.append(str(Path(__file__).resolve().parents[1]))
+
+
+_from_a_checkout()
 
 PRECISIONS = ("float32", "mixed_float16")
 DEFAULT_INPUT = f"{harness.DEFAULT_OUT}/gpu_input.npz"

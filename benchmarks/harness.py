@@ -62,13 +62,12 @@ WARM_IMPORTS = ("imgclf.pipelines.local.preloaded_tasks", "benchmarks.notebook_m
 
 def warm_imports() -> float:
     """Import what the contenders import, in a throwaway process, and return its seconds. This machine
-    drops file pages no process has mapped or touched for about a minute (README, Performance), so
-    otherwise whichever contender runs first after a pause alone reads TensorFlow from disk (an
-    `imgclf run` whose first task took 14.2 s against 4.7 s a round later); as `warm_page_cache` does for
-    the images."""
+    drops file pages no process has mapped or touched for about a minute, so otherwise whichever
+    contender runs first after a pause alone reads TensorFlow from disk (its first task then took about
+    three times as long as a round later); as `warm_page_cache` does for the images."""
     from imgclf.pipelines.local.preloaded_tasks import PRELOAD
 
-    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)" % ((*PRELOAD, *WARM_IMPORTS),)
+    code = f"import importlib\nfor name in {(*PRELOAD, *WARM_IMPORTS)!r}:\n    importlib.import_module(name)"
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True, text=True)
     if proc.returncode:

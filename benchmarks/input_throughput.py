@@ -116,7 +116,7 @@ def measure_contender(name: str, source: str, epochs: int) -> dict:
     per_epoch, seen = [], 0
     for _ in range(epochs):
         t, seen = time.perf_counter(), 0
-        for x, y in epoch():
+        for x, _y in epoch():
             assert tuple(x.shape[1:]) == (SIZE, SIZE, 3), x.shape
             seen += len(x)
         per_epoch.append(time.perf_counter() - t)

@@ -27,8 +27,8 @@ def run_sharded(dataset_dir: str, tasks: int, pipeline_root: str, **opts) -> tup
     (the records folder, wall seconds of the run, seconds of the plan and merge tasks)."""
     from kfp import dsl
 
-    from imgclf.pipelines.local.run import run_pipeline
     from imgclf.pipelines.definitions.training import sharded_preprocess
+    from imgclf.pipelines.local.run import run_pipeline
 
     def shards_pipeline():
         manifest = dsl.importer(artifact_uri=str(Path(dataset_dir).resolve()), artifact_class=dsl.Dataset,

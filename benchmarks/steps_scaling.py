@@ -71,8 +71,8 @@ def run_step(step: str, source: str, work: str, epochs: int) -> dict:
         r = train(ds, model, epochs=epochs, batch_size=64, patience=epochs)
         n = r.epochs_run * RecordsMetadata.load(ds).count("train")
     elif step == "evaluate":
-        from imgclf.components.evaluate.step import evaluate
         from imgclf.components.contracts import RecordsMetadata
+        from imgclf.components.evaluate.step import evaluate
         evaluate(ds, model, str(w / "predictions"))
         n = RecordsMetadata.load(ds).count("test")
     else:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": harness.machine(), "epochs": epochs, "runs": []}
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         t = Path(tmp)
-        for label, per_class, dirty in sizes:
+        for label, per_class, _dirty in sizes:
             if per_class is None:
                 folder, damaged = Path(SAMPLE).resolve(), {}
             else:

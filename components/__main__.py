@@ -13,6 +13,7 @@ import json
 import sys
 import typing
 
+
 def add_step_arguments(parser: argparse.ArgumentParser, fn) -> None:
     """Flags for a step: its declared options with their help, then its own artifact paths."""
     from imgclf.components.lib.options import add_arguments

@@ -52,7 +52,7 @@ class InputSpec:
     color_mode: str
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         d = d.get("input", d)  # records before schema 2 kept the four keys at the top level
         return cls(list(d["classes"]), int(d["image_size"]), int(d["channels"]), d["color_mode"])
 
@@ -155,7 +155,7 @@ class RecordsMetadata:
         _write_json(Path(dataset_dir) / RECORDS_METADATA, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, dataset_dir: str) -> "RecordsMetadata":
+    def load(cls, dataset_dir: str) -> RecordsMetadata:
         d = _read_json(Path(dataset_dir) / RECORDS_METADATA, "a preprocess output")
         return cls(InputSpec.from_dict(d), {k: SplitInfo(**v) for k, v in d["splits"].items()}, d["params"],
                    d["data_fingerprint"], d["fingerprint"], d.get("quarantined", []), d.get("near_duplicates", []),
@@ -183,7 +183,7 @@ class SplitImages:
                     w.writerow([split, sha, location])
 
     @classmethod
-    def load(cls, dataset_dir: str) -> "SplitImages":
+    def load(cls, dataset_dir: str) -> SplitImages:
         path = Path(dataset_dir) / SPLIT_IMAGES
         if not path.exists():
             raise FileNotFoundError(f"{dataset_dir}: no {SPLIT_IMAGES}; preprocess it again with this version of "
@@ -222,7 +222,7 @@ class TrainedModel:
         _write_json(Path(model_dir) / TRAIN_FILE, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, model_dir: str) -> "TrainedModel":
+    def load(cls, model_dir: str) -> TrainedModel:
         d = _read_json(Path(model_dir) / TRAIN_FILE, "a train output")
         return cls(d.get("architecture", d.get("model")), InputSpec.from_dict(d), d["data_fingerprint"],
                    d["fingerprint"], d["params"], d["hardware"], d["result"], d.get("options_fingerprint", ""))
@@ -257,7 +257,7 @@ class TrialResult:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrialResult":
+    def from_json(cls, text: str) -> TrialResult:
         d = json.loads(text)
         # KFP carries numbers through protobuf Structs: an int may come back as 3.0.
         return cls(int(d["index"]), d["options"], d["status"], d.get("error", ""), d.get("val_accuracy"),
@@ -279,7 +279,7 @@ class SweepResult:
         _write_json(Path(model_dir) / SWEEP_FILE, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, model_dir: str) -> "SweepResult | None":
+    def load(cls, model_dir: str) -> SweepResult | None:
         """None for a model that did not come out of a sweep."""
         path = Path(model_dir) / SWEEP_FILE
         if not path.exists():
@@ -306,7 +306,7 @@ class Evaluation:
         _write_json(Path(predictions_dir) / METRICS_FILE, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, predictions_dir: str) -> "Evaluation":
+    def load(cls, predictions_dir: str) -> Evaluation:
         d = _read_json(Path(predictions_dir) / METRICS_FILE, "an evaluate output")
         return cls(d["classes"], d["metrics"], d["per_class"], d["confusion_matrix"], d.get("intervals", {}))
 
@@ -337,7 +337,7 @@ class ExportInfo:
         _write_json(path, dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, saved_model_dir: str | Path) -> "ExportInfo | None":
+    def load(cls, saved_model_dir: str | Path) -> ExportInfo | None:
         """None for a SavedModel we did not export (no imgclf.json)."""
         path = Path(saved_model_dir) / EXPORT_INFO
         if not path.exists():

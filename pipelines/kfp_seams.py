@@ -21,8 +21,8 @@ Replaced for the length of a local run (`patched`, originals restored on exit):
   would remove this one for timing too: each step body recording its own start and end (a small timing
   file in its task folder that `imgclf run` reads), a change to the hand-written bodies.
 - `kfp.local.subprocess_task_handler.run_local_subprocess`: preloaded tasks (pipelines/local/
-  preloaded_tasks.py). Forking a process that has already imported TensorFlow saves 5-7 s a task;
-  SubprocessRunner has no hook for how a task's process starts. The lightweight component's command
+  preloaded_tasks.py). Forking a process that has already imported TensorFlow spares each
+  task that import; SubprocessRunner has no hook for how a task's process starts. The lightweight component's command
   line it receives (`split_command`) is read from kfp.dsl.component_factory's shape, and the fork runs
   kfp's executor in-process (`run_executor`: kfp.dsl.executor_main.executor_main on sys.argv).
 - `kfp.local.docker_task_handler.run_docker_container`: exit codes under DockerRunner (pipelines/local/

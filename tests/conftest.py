@@ -5,6 +5,7 @@ import builtins
 import hashlib
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,46 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 _PRINT = builtins.print
+
+
+# The unit lane (`make test-unit`, marker `unit`) promises no servers. Two checks keep the promise by
+# mechanism rather than by reading: a unit test that asks for a fixture that starts one (directly or
+# through another fixture: `bucket` needs `stores`) fails before it is set up, and while a unit test (and
+# its fixtures) runs, opening a listening TCP socket (moto's or the emulator's launcher, an HTTP double,
+# http.server) fails too.
+SERVER_FIXTURES = frozenset({"stores", "http_dir"})
+_UNIT_RUNNING = [False]
+_LISTEN = socket.socket.listen
+
+
+def _guarded_listen(self, *args):
+    if _UNIT_RUNNING[0] and self.family in (socket.AF_INET, socket.AF_INET6):
+        pytest.fail("unit tests use no servers: this test (or a fixture of it) opened a listening socket; "
+                    "drop the unit mark or the server", pytrace=False)
+    return _LISTEN(self, *args)
+
+
+socket.socket.listen = _guarded_listen
+
+
+def _is_unit(item) -> bool:
+    return item.get_closest_marker("unit") is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if _is_unit(item):
+        servers = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if servers:
+            pytest.fail(f"unit tests use no servers: {item.nodeid} uses {', '.join(sorted(servers))}; "
+                        f"drop the unit mark or the fixture", pytrace=False)
+        _UNIT_RUNNING[0] = True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield
+    _UNIT_RUNNING[0] = False
 
 
 @pytest.fixture(autouse=True)

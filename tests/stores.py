@@ -33,7 +33,7 @@ class Server:
                 return
             except requests.ConnectionError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{cmd[0]} exited with {self.proc.returncode}")
+                    raise RuntimeError(f"{cmd[0]} exited with {self.proc.returncode}") from None
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"{cmd[0]} did not start on port {port}")

@@ -18,7 +18,9 @@ from tests.conftest import REPO, TWO, make_folder
 
 SCRIPT = REPO / "containers" / "docker-env.sh"
 STEPS = ["ingest", "preprocess", "train", "evaluate", "export"]
-pytestmark = pytest.mark.slow
+# An image build (up to 15 minutes, `script`'s own limit) runs inside the first test that needs it, on top
+# of that test's own containers: twice the suite's default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -71,7 +73,7 @@ def test_image_runs_every_step_as_non_root_with_the_hosts_kfp(image):
     import imgclf.components
 
     facts = json.loads(docker_run(image, "python3", "-c", (
-        "import json, os, kfp, tensorflow, components; print(json.dumps({'uid': os.getuid(), "
+        "import json, os, kfp, tensorflow, imgclf.components; print(json.dumps({'uid': os.getuid(), "
         "'kfp': kfp.__version__, 'tf': tensorflow.__version__, 'imgclf': imgclf.components.__version__}))")))
     assert facts == {"uid": 1000, "kfp": kfp.__version__, "tf": tf.__version__, "imgclf": imgclf.components.__version__}
     usage = docker_run(image)  # no arguments: the step list
@@ -143,9 +145,8 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     """kfp.local's DockerRunner: every task in our image, the source and an exported copy in S3 (endpoint
     and credentials from the environment), the pipeline root and the model registry on local disk: the
     published version must be found on the host (the registry is a declared path parameter, mounted)."""
-    from imgclf.components.lib import registry
+    from imgclf.components.lib import registry, storage
     from imgclf.components.predict.step import predict
-    from imgclf.components.lib import storage
     from imgclf.pipelines.local.docker_runner import docker_runner
     from imgclf.pipelines.local.run import run_local
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from imgclf.components.contracts import ExportInfo, InputSpec, RecordsMetadata, TrainedModel
 from imgclf.components.release.model_card import render
+
+pytestmark = pytest.mark.unit
 
 SPEC = {"classes": ["Bag", "Trouser"], "image_size": 28, "channels": 1, "color_mode": "grayscale"}
 

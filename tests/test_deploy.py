@@ -49,6 +49,7 @@ def no_cluster(monkeypatch, tmp_path):
 
 # --- KServe -------------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_the_strict_schema_refuses_what_kserve_would_not_take():
     good = kserve.manifest(DeployOptions(registry="gs://b/r", model_name="fashion"), 2, True)
     assert problems(good) == []
@@ -66,6 +67,7 @@ URIS = ["gs://bkt/registry/{m}", "s3://models/reg/{m}", "pvc://model-store/regis
 
 
 @pytest.mark.parametrize("case", range(24))
+@pytest.mark.unit
 def test_generated_manifests_validate_against_the_kserve_crd(case, tmp_path, no_cluster):
     rnd = random.Random(case)
     name, uri = rnd.choice(NAMES), rnd.choice(URIS)
@@ -98,6 +100,7 @@ BAD_NAMES = ["Fashion", "fashion_v2", "-fashion", "fashion-", "1fashion", "x" * 
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.unit
 def test_names_that_are_not_dns_labels_are_refused_before_anything_is_written(name, reg, tmp_path, no_cluster):
     out = tmp_path / "out"
     with pytest.raises(ParameterError, match="not a DNS-1035 label"):
@@ -112,6 +115,7 @@ def test_names_that_are_not_dns_labels_are_refused_before_anything_is_written(na
 
 
 @pytest.mark.parametrize("value", [-1, 101, 1000, True, 12.5])
+@pytest.mark.unit
 def test_canary_outside_0_to_100_is_refused(value, reg, tmp_path):
     with pytest.raises(ParameterError, match="canary_percent"):
         deploy(str(tmp_path / "out"), deploy="kserve", registry=str(reg), model_name="fashion", canary_percent=value,
@@ -122,6 +126,7 @@ def test_canary_outside_0_to_100_is_refused(value, reg, tmp_path):
 @pytest.mark.parametrize("uri,why", [("", "storage the cluster reaches"), ("http://host/m", "storage the cluster"),
                                      ("gs://", "SCHEME://BUCKET"), ("s3:///abs", "SCHEME://BUCKET"),
                                      ("pvc://claim/a b", "SCHEME://BUCKET"), ("gs://b//m", "SCHEME://BUCKET")])
+@pytest.mark.unit
 def test_storage_uris_the_cluster_cannot_read_are_refused(uri, why, reg, tmp_path):
     # "" falls back to REGISTRY/MODEL_NAME, which here is a local folder.
     with pytest.raises(DeployError, match=why):
@@ -131,11 +136,13 @@ def test_storage_uris_the_cluster_cannot_read_are_refused(uri, why, reg, tmp_pat
 
 @pytest.mark.parametrize("field,value", [("serving_cpu", "2 cores"), ("serving_memory", "2GB"),
                                          ("serving_memory", ""), ("min_replicas", 4)])
+@pytest.mark.unit
 def test_bad_resources_are_refused(field, value):
     with pytest.raises(ParameterError, match=field):
         DeployOptions(registry="gs://b/r", **{field: value})
 
 
+@pytest.mark.unit
 def test_nothing_published_or_no_registry_is_refused(tmp_path):
     with pytest.raises(DeployError, match="no published version .no champion yet.; published: none"):
         deploy(str(tmp_path / "o"), deploy="tf-serving", registry=str(tmp_path / "empty"), model_name="fashion")
@@ -223,6 +230,7 @@ def _mounts(argv: list[str]) -> dict[str, str]:
     return dict(argv[i + 1].rsplit(":", 2)[:2] for i, a in enumerate(argv) if a == "-v")
 
 
+@pytest.mark.unit
 def test_tf_serving_follows_the_registrys_pinned_config_for_the_champion(reg, tmp_path, no_cluster):
     """Before: the champion was served with TF Serving's default policy (the highest folder), which on a
     bucket can be a partly copied version or one that is not the champion."""
@@ -281,6 +289,7 @@ def test_tf_serving_for_bucket_registries(tmp_path, bucket):
     assert "--model_config_file=/mnt/models/models.config" in on_s3.summary()
 
 
+@pytest.mark.unit
 def test_deploy_refuses_a_registry_whose_config_does_not_pin_the_champion(reg, tmp_path, no_cluster, capsys):
     config = reg / "fashion" / registry.SERVING_CONFIG
     for damage in ("", registry.serving_config("fashion", 1), "model_config_list {}\n"):
@@ -298,6 +307,7 @@ def test_deploy_refuses_a_registry_whose_config_does_not_pin_the_champion(reg, t
                  str(tmp_path / "o")]) == 0
 
 
+@pytest.mark.unit
 def test_kserve_serves_only_the_champion(reg, tmp_path, no_cluster):
     with pytest.raises(DeployError, match="the champion .version 2.; version 1 cannot be deployed there"):
         deploy(str(tmp_path / "o"), deploy="kserve", registry=str(reg), model_name="fashion", model_version=1,
@@ -326,6 +336,7 @@ def test_a_damaged_champion_record_is_named_by_deploy_with_the_repair(damage, re
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.unit
 def test_a_run_without_registry_says_how_to_serve_its_saved_model(tmp_path):
     from imgclf.pipelines.local.run import LocalRun
 

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from imgclf.components.lib import records
 from imgclf.components.contracts import DatasetError, RecordsMetadata, read_manifest, read_quarantine
 from imgclf.components.ingest.step import ingest
+from imgclf.components.lib import records
 from imgclf.components.preprocess.step import preprocess
 from imgclf.components.train.step import train
 from tests.conftest import TWO, make_folder, sample_files, tree_digest
@@ -136,6 +136,7 @@ def test_pre_split_copies_never_leak_and_near_duplicates_are_reported(tmp_path):
     assert p2.counts["test"] == p.counts["test"] - sum(n["split"] == "test" for n in meta.near_duplicates)
 
 
+@pytest.mark.unit
 def test_animated_images_can_be_refused(tmp_path):
     root = make_folder(tmp_path / "src", TWO, 10)
     frames = [_real("Bag", 0), _real("Bag", 1)]
@@ -150,6 +151,7 @@ def test_animated_images_can_be_refused(tmp_path):
     ({"max_imbalance": 1.5}, r"imbalanced 2x \(Trouser: 20, Bag: 10\)"),
     ({"max_quarantined_share": 0.2}, r"10 of 40 files \(25%\) were quarantined"),
 ])
+@pytest.mark.unit
 def test_dataset_checks_fail_the_run_with_a_clear_message(tmp_path, kwargs, message):
     root = make_folder(tmp_path / "src", ["Bag"], 10)
     make_folder(root, ["Trouser"], 20)
@@ -190,6 +192,7 @@ def _damaged(rng: np.random.Generator, data: bytes) -> bytes:
     return bytes(buf)
 
 
+@pytest.mark.unit
 def test_forked_readers_find_exactly_what_threads_find(dirty, tmp_path):
     """Local files are checked in forked reader processes, in windows of batches; the served-decoder check
     runs in the step's own process. On the dirty folder plus 150 generated faults (cut, bit-flipped or
@@ -219,6 +222,7 @@ def test_forked_readers_find_exactly_what_threads_find(dirty, tmp_path):
     assert reasons["exact duplicate"] == 1 + sum(k % 7 == 0 and k % 3 == 0 for k in range(100)), reasons
 
 
+@pytest.mark.unit
 def test_a_store_failure_in_a_forked_reader_ends_ingest_naming_the_file(dirty, tmp_path, monkeypatch):
     """A failure of the store itself, raised in a reader process, ends the step with the URI, and no
     output is left: not one quarantined file among many."""

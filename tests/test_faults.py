@@ -58,6 +58,7 @@ def test_a_store_outage_mid_preprocess_ends_the_step_instead_of_quarantining(buc
     assert not (tmp_path / "pp").exists()
 
 
+@pytest.mark.unit
 def test_a_diverged_loss_stops_training_whatever_the_value():
     from imgclf.components.train.step import TrainingDiverged, _finite_loss_guard
 
@@ -75,6 +76,7 @@ def test_a_diverged_loss_stops_training_whatever_the_value():
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.unit
 def test_a_model_with_non_finite_metrics_never_passes_the_gate_nor_is_published(tmp_path, bad):
     from imgclf.components.lib import registry
     from imgclf.components.release.gate import gate
@@ -153,6 +155,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+@pytest.mark.unit
 def test_ingest_and_preprocess_never_raise_on_mutated_real_images(tmp_path):
     """300 seeded mutations (truncations, byte flips, header edits, cut chunks, junk) of real PNG, JPEG,
     BMP, GIF and animated GIF files: every file ends up in the manifest or the quarantine with a cause,
@@ -176,6 +179,7 @@ def test_ingest_and_preprocess_never_raise_on_mutated_real_images(tmp_path):
     assert not [q for q in quarantine if "Graph execution" in q["detail"]]
 
 
+@pytest.mark.unit
 def test_table_rows_ingest_cannot_read_are_quarantined_with_their_cause(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -196,6 +200,7 @@ def test_table_rows_ingest_cannot_read_are_quarantined_with_their_cause(tmp_path
         assert reasons[uri][0].startswith("row ") and "unsupported URI scheme" in reasons[uri][0], reasons[uri]
 
 
+@pytest.mark.unit
 def test_a_table_given_by_a_relative_path_records_locations_every_later_step_resolves(tmp_path, monkeypatch):
     """Before: `--data data/labels.csv` stored working-folder-relative locations, which preprocess
     resolved against the dataset artifact: every image was lost."""
@@ -268,6 +273,7 @@ def test_a_download_dropped_midway_is_retried(tmp_path, http_dir):
     assert flaky.dropped == 1
 
 
+@pytest.mark.unit
 def test_tables_in_other_encodings_or_damaged_name_the_file(tmp_path):
     from imgclf.components.contracts import DatasetError
 
@@ -284,6 +290,7 @@ def test_tables_in_other_encodings_or_damaged_name_the_file(tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+@pytest.mark.unit
 def test_formula_like_labels_are_neutralised_for_spreadsheets_and_exact_for_the_next_step(tmp_path):
     import csv
 
@@ -315,6 +322,7 @@ def test_formula_like_labels_are_neutralised_for_spreadsheets_and_exact_for_the_
 
 
 @pytest.mark.parametrize("names", [("Cat", "cat"), ("Caf\u00e9", "Cafe\u0301"), ("SHIRT", "Shirt", "shirt")])
+@pytest.mark.unit
 def test_class_names_equal_but_for_case_or_normalisation_are_refused_naming_both(tmp_path, names):
     from imgclf.components.contracts import DatasetError
 
@@ -329,6 +337,7 @@ def test_class_names_equal_but_for_case_or_normalisation_are_refused_naming_both
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.unit
 def test_a_table_cannot_reach_local_files_outside_its_folder_unless_allowed(tmp_path):
     from imgclf.components.contracts import read_quarantine
 
@@ -345,6 +354,7 @@ def test_a_table_cannot_reach_local_files_outside_its_folder_unless_allowed(tmp_
     assert allowed.images == 21  # the linked image; /etc/passwd is no image, ../elsewhere/Bag/x.png does not exist
 
 
+@pytest.mark.unit
 def test_admission_follows_the_serving_decoder(tmp_path):
     """Before: WebP and camera JPEGs with an MPF segment ("MPO") were refused although the served model
     decodes them, and a PNG without its end chunk or a 1-bit BMP was admitted, then dropped by preprocess
@@ -434,6 +444,7 @@ def test_concurrent_publishers_take_distinct_versions_and_the_pointer_only_moves
     assert registry.champion(reg, "fm")["version"] == 4
 
 
+@pytest.mark.unit
 def test_a_local_create_only_write_is_never_seen_empty_or_partial(tmp_path):
     """Found when concurrent publishers failed under load: the pointer was created empty, then
     filled, and a reader in between parsed "" (json.JSONDecodeError). 300 rounds of a reader polling
@@ -447,7 +458,7 @@ def test_a_local_create_only_write_is_never_seen_empty_or_partial(tmp_path):
         data = (b'{"version": %d}' % i) * (1 + i % 50)
         seen = []
 
-        def reader():
+        def reader(path=path, seen=seen):
             while True:
                 got = storage.read_versioned(path)
                 if got is not None:

@@ -34,6 +34,7 @@ def test_every_family_explains_its_backbone_output():
         assert gradcam.target_layer(net) is models.backbone(net)
 
 
+@pytest.mark.unit
 def test_map_lights_up_where_the_evidence_is():
     """A one-conv model whose class-1 score is the mean of a filter that fires on bright pixels: the map
     for class 1 is hot where the image is bright and cold elsewhere."""

@@ -49,6 +49,7 @@ def _pil(data: bytes, size: int) -> np.ndarray:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("byte_order", ["big", "little"])
+@pytest.mark.unit
 def test_exif_orientation_is_applied_like_pil(orientation, byte_order):
     photo = _photo()
     if byte_order == "big":
@@ -66,12 +67,14 @@ def test_exif_orientation_is_applied_like_pil(orientation, byte_order):
         assert np.abs(ours - ignored).mean() > 3 * np.abs(ours - pils).mean()
 
 
+@pytest.mark.unit
 def test_no_exif_and_non_jpeg_mean_orientation_1():
     photo = _photo()
     for data in (_enc(photo, "JPEG"), _enc(photo, "PNG"), b"\xff\xd8short"):
         assert int(images.tf_exif_orientation(tf.constant(data))) == 1
 
 
+@pytest.mark.unit
 def test_transparency_palette_16bit_cmyk_and_gif_match_pil():
     photo = _photo()
     rgba = photo.convert("RGBA")
@@ -95,6 +98,7 @@ def test_transparency_palette_16bit_cmyk_and_gif_match_pil():
     assert left.min() == 255, "fully transparent pixels are white, not the hidden colour"
 
 
+@pytest.mark.unit
 def test_inspect_animation_policy_and_hash():
     frames = [_photo().rotate(a) for a in (0, 10, 20)]
     b = io.BytesIO()

@@ -13,6 +13,8 @@ from imgclf.components.contracts import DatasetError, read_manifest, read_quaran
 from imgclf.components.ingest.step import ingest
 from tests.conftest import TWO, make_folder, sample_files, tree_digest
 
+pytestmark = pytest.mark.unit
+
 
 def test_class_per_subfolder(two_class_folder, tmp_path):
     s = ingest(str(two_class_folder), str(tmp_path / "out"))

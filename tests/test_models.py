@@ -6,6 +6,8 @@ import pytest
 
 from imgclf.components.train import models
 
+pytestmark = pytest.mark.unit
+
 
 def test_baseline_shapes_and_float32_output():
     m = models.build("baseline", (32, 32, 3), 5, width=8, depth=2)

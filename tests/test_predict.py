@@ -140,6 +140,7 @@ def test_a_store_outage_mid_predict_ends_it_naming_the_uri_and_writes_nothing(ex
     assert not out.exists()
 
 
+@pytest.mark.unit
 def test_batches_in_flight_are_handed_out_in_order_and_never_more_at_once():
     """Generated cases: work items that finish in random order, some raising; the results come back
     in the items' order, at most IN_FLIGHT run at once, and the first failure in order is raised."""
@@ -157,7 +158,7 @@ def test_batches_in_flight_are_handed_out_in_order_and_never_more_at_once():
         fail_at = rng.choice([None, None, rng.randrange(n)] if n else [None])
         running, peak, lock = [0], [0], threading.Lock()
 
-        def work(i):
+        def work(i, lock=lock, running=running, peak=peak, delays=delays, fail_at=fail_at):
             with lock:
                 running[0] += 1
                 peak[0] = max(peak[0], running[0])
@@ -196,9 +197,10 @@ def test_cli_prints_a_table_and_exits_nonzero_when_nothing_could_be_read(exporte
 
 @pytest.mark.slow
 def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
-    from kfp import imgclf.components
-    from imgclf.pipelines.local.run import run_pipeline
+    from kfp import components
+
     from imgclf.pipelines.definitions.prediction import prediction_pipeline
+    from imgclf.pipelines.local.run import run_pipeline
 
     tmp, classes, _, _, _ = exported
     folder = tmp_path / "batch"
@@ -210,4 +212,4 @@ def test_batch_prediction_pipeline_runs_locally(exported, tmp_path):
     direct = predict(str(tmp / "saved_model"), [str(folder)], keep_rows=True)
     assert [r["class"] for r in rows] == [r["class"] for r in direct.rows]
     assert main(["compile", "--allow-local-image", "--pipeline", "predict", "-o", str(tmp_path / "predict.yaml")]) == 0
-    assert imgclf.components.load_component_from_file(str(tmp_path / "predict.yaml")).name == "imgclf-predict"
+    assert components.load_component_from_file(str(tmp_path / "predict.yaml")).name == "imgclf-predict"

@@ -1,4 +1,5 @@
-"""Preprocess: content-hash stratified splits (stable as data grows), seeded, pre-split respected, pixels identical to the serving decoder."""
+"""Preprocess: content-hash stratified splits (stable as data grows), seeded, pre-split respected, pixels
+identical to the serving decoder."""
 from __future__ import annotations
 
 import hashlib
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from imgclf.components.lib import images, records
 from imgclf.components.contracts import DatasetError, RecordsMetadata, SplitImages
 from imgclf.components.ingest.step import ingest
+from imgclf.components.lib import images, records
 from imgclf.components.preprocess.step import assign_splits, preprocess, split_position
 from tests.conftest import TWO, make_folder
 
@@ -48,6 +49,7 @@ def test_stratified_split_counts_and_pixels(ten_class_folder, tmp_path):
         np.testing.assert_array_equal(decode(tf.constant(raw)).numpy(), pixels[i])
 
 
+@pytest.mark.unit
 def test_split_is_seeded(ten_class_folder, tmp_path):
     ingest(str(ten_class_folder), str(tmp_path / "ds"))
     from imgclf.components.contracts import read_manifest
@@ -69,6 +71,7 @@ def _by_hash(rows, splits) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", range(40))
+@pytest.mark.unit
 def test_adding_or_removing_images_never_moves_another_image(case):
     """Generated datasets (2-12 classes, 4-400 images each, fractions 0-0.3) grow by 1-60 % and lose
     images: every image that was there before keeps its split, except in a class too small to fill every
@@ -108,6 +111,7 @@ def test_split_keeps_the_fractions_and_every_class_in_every_split(case):
     assert set(Counter(rows[i]["label"] for i in got["train"])) == set(classes)
 
 
+@pytest.mark.unit
 def test_split_follows_content_not_position_or_location():
     rng = np.random.default_rng(5)
     rows = _rows(rng, {"a": 300, "b": 200})
@@ -122,6 +126,7 @@ def test_split_follows_content_not_position_or_location():
         assert first[r["sha256"]] == ("test" if pos < 0.2 else "validation" if pos < 0.3 else "train")
 
 
+@pytest.mark.unit
 def test_a_class_too_small_for_every_split_is_refused_naming_it():
     rng = np.random.default_rng(0)
     rows = _rows(rng, {"big": 50, "tiny": 2})
@@ -146,6 +151,7 @@ def test_pre_split_folders_are_kept_and_validation_carved_from_train(tmp_path):
     assert meta.input.channels == 3
 
 
+@pytest.mark.unit
 def test_impossible_split_is_a_clear_error_with_no_output(tmp_path):
     root = make_folder(tmp_path / "src", TWO, 2)  # two splits carved from two images per class: impossible
     ingest(str(root), str(tmp_path / "ds"), min_images_per_class=1)
@@ -191,6 +197,7 @@ def test_relative_source_path_works_from_another_directory(tmp_path, monkeypatch
     assert s.quarantined == 0 and sum(s.counts.values()) == 20
 
 
+@pytest.mark.unit
 def test_nearest_hash_matches_xor_popcount_over_every_pair(monkeypatch):
     """Generated hash sets (random, with planted near copies, duplicated training hashes for ties, all-zero
     backgrounds) across block boundaries: the matrix-product search finds the same nearest training

@@ -65,6 +65,7 @@ def test_a_split_left_empty_and_near_duplicates_dropped_come_out_the_same(manife
     assert meta["splits"]["test"]["shards"] == [] and meta["splits"]["validation"]["count"] == 0
 
 
+@pytest.mark.unit
 def test_the_task_count_follows_the_image_count_and_is_capped():
     assert [task_count(images, 1000, 0) for images in (1, 10_000, 10_001, 70_000, 10_000_000)] == [1, 1, 2, 7, 32]
     assert task_count(70_000, 35, 4) == 4 and task_count(100, 1, 4) == 1 and task_count(70_000, 3, 0) == 3
@@ -72,6 +73,7 @@ def test_the_task_count_follows_the_image_count_and_is_capped():
 
 @pytest.mark.parametrize("images, files, requested", [(1, 1, 0), (70_000, 35, 0), (10_000_000, 5000, 0),
                                                       (70_000, 35, 4), (70_000, 3, 9), (100, 1, 4)])
+@pytest.mark.unit
 def test_tasks_in_series_get_one_shard_task_unless_asked_for_more(images, files, requested):
     """Where tasks run one after another (imgclf run's preloaded tasks), the automatic count is one; a
     count the user asked for is kept, within the files there are."""

@@ -360,6 +360,7 @@ def _assert_named(message: str, loc: str) -> None:
 
 
 @pytest.mark.parametrize("case", range(len(DAMAGED)))
+@pytest.mark.unit
 def test_a_damaged_champion_record_is_named_and_never_overwritten(case, two_versions, work, capsys):
     reg, damage = two_versions, DAMAGED[case]
     loc = registry.model_uri(reg, NAME)
@@ -387,6 +388,7 @@ def test_a_damaged_champion_record_is_named_and_never_overwritten(case, two_vers
     assert registry.champion(reg, NAME)["version"] == 2 and pinned(loc) == 2
 
 
+@pytest.mark.unit
 def test_a_champion_set_by_hand_is_not_rolled_forward(two_versions, capsys):
     loc = registry.model_uri(two_versions, NAME)
     (Path(loc) / registry.CHAMPION_FILE).write_text("{")
@@ -397,6 +399,7 @@ def test_a_champion_set_by_hand_is_not_rolled_forward(two_versions, capsys):
     assert pointer(loc) == pinned(loc) == 1 and "ok: " in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_a_rollback_by_hand_stays_until_the_next_publish(two_versions, capsys):
     loc = registry.model_uri(two_versions, NAME)
     assert pointer(loc) == pinned(loc) == 2
@@ -424,6 +427,7 @@ def test_a_damaged_champion_record_in_a_bucket_is_named(where, work, request, tm
     assert pointer(loc) == pinned(loc) == 1
 
 
+@pytest.mark.unit
 def test_predict_names_a_damaged_champion_record_in_one_line(two_versions, tmp_path, capsys):
     from tests.conftest import sample_files
 
@@ -436,6 +440,7 @@ def test_predict_names_a_damaged_champion_record_in_one_line(two_versions, tmp_p
     _assert_named(err[len("imgclf: error: "):].rstrip("\n"), loc)
 
 
+@pytest.mark.unit
 def test_the_run_steps_name_a_damaged_champion_record(two_versions, tmp_path, monkeypatch):
     """The champion lookup and the gate (the steps of `imgclf run` that read the pointer) raise the
     RegistryError, which the run reports as its error."""
@@ -457,6 +462,7 @@ def test_the_run_steps_name_a_damaged_champion_record(two_versions, tmp_path, mo
     _assert_named(str(e.value), loc)
 
 
+@pytest.mark.unit
 def test_registry_check_usage(two_versions, capsys):
     loc = registry.model_uri(two_versions, NAME)
     assert main(["registry", "check", "--registry", two_versions, "--model-name", NAME]) == 1  # 3/ has no record

@@ -10,16 +10,16 @@ import textwrap
 import numpy as np
 import pytest
 
-# Trains three models for the champion/challenger flow: the full suite only.
-pytestmark = pytest.mark.slow
-
 from imgclf.components.contracts import RecordsMetadata, read_predictions
 from imgclf.components.evaluate.step import evaluate
+from imgclf.components.export.step import export
 from imgclf.components.lib import registry, storage
 from imgclf.components.release import champion, gate
-from imgclf.components.export.step import export
 from imgclf.components.release.publish import publish
 from imgclf.components.train.step import train
+
+# Trains three models for the champion/challenger flow: the full suite only.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     assert record["libraries"]["keras"].startswith("3.") and "keras 3." in card
     assert set(record["params"]["class_weight"]) == set(record["input"]["classes"])
     weakest = min(record["per_class"], key=lambda r: (r["f1"], r["class"]))
-    assert f"## Limitations" in card and f"- `{weakest['class']}`: F1 {weakest['f1']:.3f}" in card
+    assert "## Limitations" in card and f"- `{weakest['class']}`: F1 {weakest['f1']:.3f}" in card
     assert f"Class weights in the loss: {weakest['class']} " in card or f", {weakest['class']} " in card
 
     g2, v2 = _publish_if_passed(pp, reg, m["weak"])

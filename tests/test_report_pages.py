@@ -119,6 +119,7 @@ def test_confusion_matrix_stays_readable_at_100_classes():
     assert first.startswith(f"<td>class_007</td><td>class_003</td><td>9</td><td>{9 / cm[7].sum():.1%}</td>")
 
 
+@pytest.mark.unit
 def test_misclassified_grid_covers_every_classs_worst_errors_most_confident_first():
     """Errors stream in class order with one class holding most of them (as Coat did): the grid still shows
     each class's most confident errors, ordered by confidence, and memory stays at classes x k images."""

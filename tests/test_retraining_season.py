@@ -27,7 +27,8 @@ from imgclf.components.lib import registry
 from imgclf.components.release import seen
 from tests.conftest import TEN, make_folder
 
-pytestmark = pytest.mark.slow
+# Several whole `imgclf run`s per test, each allowed 15 minutes (_run's limit): twice the suite's default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CLASSES, EXTRA_CLASS = TEN[:4], TEN[4]
 COMMON = ["--image-size", "16", "--color-mode", "grayscale", "--epochs", "12", "--batch-size", "32", "--width", "16",

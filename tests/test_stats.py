@@ -13,6 +13,7 @@ from imgclf.components.lib import stats
 
 
 @pytest.mark.parametrize("case", range(40))
+@pytest.mark.unit
 def test_macro_f1_agrees_with_sklearn(case):
     rng = np.random.default_rng(case)
     k = int(rng.integers(2, 12))
@@ -29,6 +30,7 @@ def test_macro_f1_agrees_with_sklearn(case):
 
 
 @pytest.mark.parametrize("case", range(10))
+@pytest.mark.unit
 def test_an_answer_outside_the_classes_is_a_miss_not_a_class_of_its_own(case):
     """In a comparison across a class change, a model may answer a class the other does not know
     (index k): it must score as sklearn does over the k shared classes."""
@@ -41,6 +43,7 @@ def test_an_answer_outside_the_classes_is_a_miss_not_a_class_of_its_own(case):
     assert stats.macro_f1(y, pred, k) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.unit
 def test_wilson_matches_the_closed_form_and_stays_inside_0_1():
     # Wilson's interval for 90 of 100 at 95 %: 0.8256-0.9448 (published tables)
     ci = stats.wilson(90, 100)
@@ -50,6 +53,7 @@ def test_wilson_matches_the_closed_form_and_stays_inside_0_1():
         assert 0.0 <= ci.low <= ci.value <= ci.high <= 1.0
 
 
+@pytest.mark.unit
 def test_wilson_covers_the_true_accuracy_about_95_percent_of_the_time():
     rng = np.random.default_rng(7)
     hits, trials = 0, 2000
@@ -61,6 +65,7 @@ def test_wilson_covers_the_true_accuracy_about_95_percent_of_the_time():
 
 
 @pytest.mark.parametrize("case", range(25))
+@pytest.mark.unit
 def test_mcnemar_is_the_exact_binomial_tail_of_the_discordant_images(case):
     rng = np.random.default_rng(100 + case)
     n = int(rng.integers(20, 600))
@@ -80,6 +85,7 @@ def test_mcnemar_is_the_exact_binomial_tail_of_the_discordant_images(case):
     assert f"{only_a} images only the challenger got right, {only_b} only the champion" in c.test
 
 
+@pytest.mark.unit
 def test_identical_models_are_never_better_and_a_clearly_better_one_is():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 5, 500)
@@ -107,6 +113,7 @@ def test_paired_tests_hold_their_level_under_no_difference():
     assert wins_mcnemar / trials <= 0.08 and wins_boot / trials <= 0.09
 
 
+@pytest.mark.unit
 def test_bootstrap_is_seeded():
     rng = np.random.default_rng(5)
     y = rng.integers(0, 4, 300)
@@ -116,6 +123,7 @@ def test_bootstrap_is_seeded():
     assert ci.low < ci.value < ci.high
 
 
+@pytest.mark.unit
 def test_the_paired_difference_interval_covers_the_true_difference_about_95_percent_of_the_time():
     """Newcombe's interval, checked by simulation: two correlated models of known accuracy."""
     rng = np.random.default_rng(21)

@@ -9,9 +9,9 @@ import zipfile
 
 import pytest
 
-from imgclf.components.lib import storage
 from imgclf.components.contracts import DatasetError, read_manifest, read_quarantine
 from imgclf.components.ingest.step import ingest
+from imgclf.components.lib import storage
 from imgclf.components.preprocess.step import preprocess
 from tests import stores as st
 from tests.conftest import TWO, make_folder, sample_files
@@ -236,6 +236,7 @@ def test_imgclf_run_from_a_bucket_exports_to_a_bucket(bucket, tmp_path, proto):
     assert len(lines) == 15 and all(f"{root}/images/Bag/" in x for x in lines)
 
 
+@pytest.mark.unit
 def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypatch):
     import yaml
 
@@ -285,6 +286,7 @@ def _os_walk_listing(root: str) -> list[tuple]:
     return found
 
 
+@pytest.mark.unit
 def test_local_listing_matches_os_walk_on_generated_trees(tmp_path):
     import random
     from dataclasses import astuple

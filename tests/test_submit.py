@@ -8,9 +8,9 @@ import pytest
 import requests
 import yaml
 
+from imgclf.pipelines.cli.main import main
 from imgclf.pipelines.remote import cron
 from imgclf.pipelines.remote.backends import without_cache
-from imgclf.pipelines.cli.main import main
 from tests.kfp_double import KfpDouble
 from tests.vertex_double import VertexDouble
 
@@ -39,8 +39,8 @@ def test_the_kfp_double_rejects_requests_that_do_not_match_the_spec(kfp_api):
 
 
 def test_kfp_submit_uploads_versions_runs_and_waits(kfp_api, capsys):
-    base = ["submit", "--backend", "kfp", "--host", kfp_api.url, "--allow-local-image", "--token", "tok-SECRET-123", "--experiment",
-            "nightly", "--pipeline-root", "minio://mlpipeline/v2"]
+    base = ["submit", "--backend", "kfp", "--host", kfp_api.url, "--allow-local-image", "--token", "tok-SECRET-123",
+            "--experiment", "nightly", "--pipeline-root", "minio://mlpipeline/v2"]
     assert main([*base, "data=s3://images/flowers", "epochs=3", "augment=false"]) == 0
     assert main([*base, "--wait", "--no-cache", "data=s3://images/flowers"]) == 0
     out = capsys.readouterr().out
@@ -114,6 +114,7 @@ def test_kfp_schedules_cron_and_interval_pinned_version_no_catchup(kfp_api, caps
 @pytest.mark.parametrize("expr,ok", [("0 3 * * *", True), ("*/15 * * * *", True), ("0 0 1,15 * *", True),
                                      ("0 3 * * 7", True), ("0 24 * * *", False), ("0 3 * * 8", False),
                                      ("5-1 * * * *", False), ("*/0 * * * *", False), ("a b c d e", False)])
+@pytest.mark.unit
 def test_cron_validation(expr, ok):
     if ok:
         assert cron.for_kfp(expr) == "0 " + expr and cron.for_vertex(expr) == expr
@@ -165,7 +166,8 @@ def test_vertex_submit_wait_and_schedules(vertex_api, capsys):
     capsys.readouterr()
 
     vertex_api.final_state = "PIPELINE_STATE_FAILED"
-    assert main(["submit", *base, "--allow-local-image", "--pipeline-root", "gs://bucket/root", "--wait", "data=gs://bucket/img"]) == 1
+    assert main(["submit", *base, "--allow-local-image", "--pipeline-root", "gs://bucket/root", "--wait",
+                 "data=gs://bucket/img"]) == 1
     assert "task train failed" in capsys.readouterr().err
     assert main(["submit", *base, "--allow-local-image", "--pipeline-root", "minio://x", "data=gs://b"]) == 1
     assert "needs a gs:// pipeline root" in capsys.readouterr().err
@@ -180,7 +182,8 @@ def test_vertex_submit_wait_and_schedules(vertex_api, capsys):
     name = next(iter(vertex_api.schedules))
     assert main(["schedule", "delete", *base, name]) == 0
     assert not vertex_api.schedules
-    assert main(["schedule", "create", *base, "--allow-local-image", "--pipeline-root", "gs://b/r", "--interval", "60", "data=gs://b"]) == 1
+    assert main(["schedule", "create", *base, "--allow-local-image", "--pipeline-root", "gs://b/r", "--interval", "60",
+                 "data=gs://b"]) == 1
     assert "cron only" in capsys.readouterr().err
 
 
@@ -299,7 +302,8 @@ def _params_file(tmp_path, kind: str, values: dict) -> str:
 
 @pytest.mark.parametrize("kind", ["yaml", "json"])
 def test_params_file_merges_under_the_command_line_for_submit_and_run(kind, tmp_path, kfp_api, capsys):
-    from imgclf.pipelines.cli.main import _params_file as run_file, build_parser
+    from imgclf.pipelines.cli.main import _params_file as run_file
+    from imgclf.pipelines.cli.main import build_parser
 
     values = {"data": "s3://images/flowers", "epochs": 7, "learning_rate": 0.01, "augment": False,
               "architecture": "mobilenet_v2"}

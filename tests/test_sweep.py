@@ -12,13 +12,14 @@ import pytest
 import yaml
 
 from imgclf.components.lib.options import ParameterError
-from imgclf.pipelines.definitions import sweep
 from imgclf.pipelines.cli.main import main
+from imgclf.pipelines.definitions import sweep
 from tests.conftest import TEN, make_folder
 
 GRID = {"parallelism": 2, "grid": {"learning_rate": [0.001, 0.01], "width": [4, 8]}}
 
 
+@pytest.mark.unit
 def test_a_grid_is_every_combination_in_order():
     s = sweep.parse(GRID)
     assert s.trials == ({"learning_rate": 0.001, "width": 4}, {"learning_rate": 0.001, "width": 8},
@@ -29,6 +30,7 @@ def test_a_grid_is_every_combination_in_order():
         "augment": True, "learning_rate": 1.0}  # an integer is a lossless float
 
 
+@pytest.mark.unit
 def test_random_samples_are_seeded_typed_and_within_their_declared_bounds():
     """Generated spaces: every draw lies in its range, with the option's type; same seed, same trials."""
     from imgclf.components.train.options import TrainOptions
@@ -76,6 +78,7 @@ def test_random_samples_are_seeded_typed_and_within_their_declared_bounds():
     ({"random": {"trials": 2, "space": {"learning_rate": {"min": 0.1, "max": 1, "log": "yes"}}}}, "true or false"),
     ([1, 2], "expected a mapping with grid: or random:"),
 ])
+@pytest.mark.unit
 def test_bad_sweeps_are_refused_naming_the_problem(doc, says):
     with pytest.raises(ParameterError) as e:
         sweep.parse(doc)
@@ -110,6 +113,7 @@ def _tasks(spec: dict) -> dict:
 
 
 @pytest.mark.parametrize("target, accelerator", [("kfp", "nvidia.com/gpu"), ("vertex", "NVIDIA_L4")])
+@pytest.mark.unit
 def test_a_sweep_compiles_to_a_parallel_for_with_its_limit_and_gpu_trials(tmp_path, target, accelerator):
     f = tmp_path / "sweep.json"  # JSON is YAML
     f.write_text(json.dumps(GRID))

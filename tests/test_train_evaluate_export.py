@@ -10,9 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from imgclf.components.contracts import read_predictions
+from imgclf.components.contracts import load_history, read_predictions
 from imgclf.components.export.step import ServingMismatch, export
-from imgclf.components.contracts import load_history
 
 
 @pytest.fixture(params=["two", "ten"], ids=["two-class", "ten-class"])

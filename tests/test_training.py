@@ -15,9 +15,9 @@ import keras
 import numpy as np
 import pytest
 
-from imgclf.components.train import accelerate, models
 from imgclf.components.contracts import RecordsMetadata, TrainedModel, load_history
 from imgclf.components.lib.layers import load_model
+from imgclf.components.train import accelerate, models
 from imgclf.components.train.step import class_weights, train
 from tests.conftest import REPO, preprocessed
 
@@ -225,6 +225,7 @@ def test_train_on_jax_backend_then_serve_with_tensorflow(records, tmp_path):
     assert ex.checked_images == ev.metrics["test_images"]
 
 
+@pytest.mark.unit
 def test_class_weights():
     classes = ["a", "b", "c"]
     w = class_weights("auto", classes, {"a": 100, "b": 50, "c": 10})
@@ -238,6 +239,7 @@ def test_class_weights():
         class_weights("d=2", classes, {})
 
 
+@pytest.mark.unit
 def test_precision_and_devices_are_chosen_from_the_hardware(monkeypatch, tmp_path):
     native, plain = {"fma", "avx512f", "avx512_bf16"}, {"fma", "avx2", "avx512f"}
     assert accelerate.choose_precision("auto", ["cpu:0"], flags=plain) == "float32"
@@ -324,6 +326,7 @@ def test_tensorboard_gets_every_epochs_scalars(records, tmp_path):
     assert not [t for t in steps if "/batch_" in t]
 
 
+@pytest.mark.unit
 def test_backups_are_spaced_and_the_best_weights_survive_them(tmp_path, monkeypatch):
     """Generated epoch lengths, intervals and losses: a backup is taken exactly at the first epoch ending
     `backup_seconds` after the previous one (every epoch at 0), state.json always names a checkpoint and

@@ -11,10 +11,10 @@ import json
 import re
 from urllib.parse import parse_qs, urlparse
 
-from tests.http_double import JsonHandler, Served
-
 from google.cloud.aiplatform_v1.types import CancelPipelineJobRequest, PipelineJob, Schedule
 from google.protobuf import json_format
+
+from tests.http_double import JsonHandler, Served
 
 LOC = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 ROUTES = [

@@ -118,7 +118,6 @@ def apply(doc: dict) -> tuple[str, str]:
     """Create the InferenceService, or merge-patch it if it exists: ("created" | "patched", namespace)."""
     import urllib3
     from kubernetes.client.exceptions import ApiException
-
     from kubernetes.config import ConfigException
 
     try:

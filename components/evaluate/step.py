@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgclf.components.contracts import PREDICTIONS_FILE, Evaluation, RecordsMetadata, SweepResult, TrainedModel, load_history
+from imgclf.components.contracts import (
+    PREDICTIONS_FILE,
+    Evaluation,
+    RecordsMetadata,
+    SweepResult,
+    TrainedModel,
+    load_history,
+)
 from imgclf.components.lib import records, reports, stats, storage, tables
 
 MAX_GRID = 24

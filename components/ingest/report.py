@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+
 import numpy as np
 from PIL import Image, ImageOps
 

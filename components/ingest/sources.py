@@ -18,14 +18,14 @@ import stat
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from imgclf.components.contracts import DatasetError
+from imgclf.components.ingest.options import DEFAULT_MAX_DOWNLOAD
 from imgclf.components.lib import storage
 from imgclf.components.lib.progress import Progress
-from imgclf.components.ingest.options import DEFAULT_MAX_DOWNLOAD
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
                  "valid": "validation", "test": "test", "testing": "test"}

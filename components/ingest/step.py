@@ -22,8 +22,15 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from imgclf.components.contracts import (CLASSES, DatasetError, INGEST_SUMMARY, MANIFEST, MANIFEST_FIELDS, QUARANTINE,
-                                  QUARANTINE_FIELDS)
+from imgclf.components.contracts import (
+    CLASSES,
+    INGEST_SUMMARY,
+    MANIFEST,
+    MANIFEST_FIELDS,
+    QUARANTINE,
+    QUARANTINE_FIELDS,
+    DatasetError,
+)
 from imgclf.components.ingest.options import IngestOptions
 from imgclf.components.ingest.sources import Item, resolve
 from imgclf.components.lib import images, storage, tables
@@ -234,8 +241,8 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
 
 
 def reader_threads(items: list[Item]) -> int:
-    """Local files: one reader per core (decoding is the work; more only contend, 1.46x slower with 16
-    threads than with 2 on 2 cores). Any file in a bucket or behind a URL: 16, to overlap the waits."""
+    """Local files: one reader per core (decoding is the work; more readers than cores only contend and
+    were measurably slower). Any file in a bucket or behind a URL: 16, to overlap the waits."""
     return REMOTE_READERS if _remote(items) else max(1, os.cpu_count() or 1)
 
 
@@ -287,9 +294,9 @@ def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: Ing
 def _checker(items: list[Item], opts: IngestOptions):
     """Every item's (row, reason, detail), in order, with at most two windows of files in flight.
 
-    Local files go to forked reader processes: a file's check is about 0.6 ms of mostly Python (PIL,
-    hashing, the calls into TensorFlow), so threads hold the GIL by turns and 2 checked the embedded
-    sample no faster than 1 (3.0 s). The readers never touch TensorFlow (forking is safe whatever this
+    Local files go to forked reader processes: a file's check is short and mostly Python (PIL,
+    hashing, the calls into TensorFlow), so threads hold the GIL by turns and two checked the embedded
+    sample no faster than one. The readers never touch TensorFlow (forking is safe whatever this
     process has run); this process's threads run the served-decoder check of each batch they pass back,
     while they read the next ones. Files in a bucket or behind a URL go to threads, which overlap the
     network waits.
@@ -347,7 +354,7 @@ def _groups(iterable, n: int):
 
 def _served_checks(batch) -> list[tuple]:
     """The served-decoder check of a reader's batch, on one of `workers` threads: TensorFlow decodes
-    outside the GIL, and a 1024 px JPEG's full decode (about 5 ms) is most of such a file's check."""
+    outside the GIL, and a large JPEG's full decode is most of such a file's check."""
     return [_served_check(*found) for found in batch.result()]
 
 

@@ -28,8 +28,8 @@ FLIPS = {"": (False, False), "horizontal": (True, False), "vertical": (False, Tr
 class RandomFlipRotateZoom(layers.Layer):
     """The classic tutorials' RandomFlip + RandomRotation + RandomZoom, as one affine resampling per
     image instead of three passes over the batch (a flip alone as a reversal of pixels). On CPU the
-    resampling is most of the input-side cost: measured here on 32 x 160 x 160 x 3 batches, 39 ms for
-    the three Keras layers vs 17 ms for this one. Only active when training."""
+    resampling is most of the input-side cost, and one pass costs well under half of the three Keras
+    layers' (input figures: docs/performance.md). Only active when training."""
 
     def __init__(self, flip: str = "horizontal", rotation: float = 0.02, zoom: float = 0.05,
                  fill_mode: str = "nearest", seed: int | None = None, **kwargs):
@@ -77,8 +77,8 @@ class RandomFlipRotateZoom(layers.Layer):
     @staticmethod
     def flipped(pixels, fx, fy):
         """A flip alone (the baseline's augmentation): the resampling then lands every pixel on a pixel,
-        so reversing the columns or rows gives the same pixels from the same draws, for a third of the
-        time (0.7-0.8 against 2.0-2.2 ms per 128 x 28 x 28 batch here)."""
+        so reversing the columns or rows gives the same pixels from the same draws, for about a third
+        of the time."""
         ops = keras.ops
         out = ops.where((fx < 0)[:, None, None, None], ops.flip(pixels, axis=2), pixels)
         return ops.where((fy < 0)[:, None, None, None], ops.flip(out, axis=1), out)

@@ -8,7 +8,7 @@ range and path role; everything else is derived from that declaration.
 From it come: the step function's signature (`takes`), the step CLI and `imgclf run` flags with help and
 choices (`add_arguments`), the KFP component signatures and their `Args:` docstrings (kfp_glue), the
 pipeline parameters and their forwarding (pipelines), the parameters recorded in train.json and the
-registry record (`to_dict`), the Docker runner's path parameters, and the README table. Constructing
+registry record (`to_dict`), the Docker runner's path parameters, and the reference tables in docs/. Constructing
 an Options object validates it, so a bad value is refused with the parameter's name and its allowed
 values before any work starts, wherever the step runs.
 
@@ -23,8 +23,9 @@ import inspect
 import math
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 TYPES = (str, int, float, bool)
 PATH_ROLES = ("", "read", "write")
@@ -69,7 +70,7 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     def allowed(self) -> str:
-        """The allowed values in words, for messages, `-h` and the README."""
+        """The allowed values in words, for messages, `-h` and docs/reference/parameters.md."""
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
         if self.type is bool:

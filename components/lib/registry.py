@@ -54,7 +54,8 @@ claim is younger than the grace period (`IMGCLF_REGISTRY_GRACE_SECONDS`, default
 A damaged `champion.json` (not JSON, no version, a version that is not complete) is never overwritten
 automatically: every reader and publish stop with a RegistryError naming the file and the newest
 complete version, and `imgclf registry check --repair --champion N` points it at a version chosen by
-a person (the versions it passed over are not rolled forward later; the next publish moves on). Concurrent publishers of one model name are safe where the store honours preconditions
+a person (the versions it passed over are not rolled forward later; the next publish moves on).
+Concurrent publishers of one model name are safe where the store honours preconditions
 (real S3, MinIO, GCS); the GCS emulator the tests use ignores them.
 """
 from __future__ import annotations
@@ -66,10 +67,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from imgclf.components.contracts import MODEL_FILE, TRAIN_FILE
 from imgclf.components.lib import storage
@@ -303,7 +304,7 @@ def claim_version(registry: str, model_name: str, run: str = "", attempts: int =
     for _ in range(attempts):
         uri = storage.join(model_uri(registry, model_name), CLAIMS, str(version))
         try:
-            storage.write_if(uri, json.dumps({"run": run, "at": datetime.now(timezone.utc).isoformat()}).encode(),
+            storage.write_if(uri, json.dumps({"run": run, "at": datetime.now(UTC).isoformat()}).encode(),
                              None)
             return version
         except storage.PreconditionFailed:
@@ -496,7 +497,7 @@ def _check(loc: str, model_name: str, repair: bool, set_champion: int | None, gr
         top, _, rest = rel.partition("/")
         tops.setdefault(top, {})[rest] = size
     numbered = {int(t): fs for t, fs in tops.items() if t.isdigit()}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def abandoned(version: int) -> tuple[bool, str]:
         age = _claim_age(loc, version, now)
@@ -516,7 +517,7 @@ def _check(loc: str, model_name: str, repair: bool, set_champion: int | None, gr
             out.findings += [Finding(f"{p}: left by a write that was killed", "removed",
                                      fix=lambda p=p: storage.remove_abandoned(p)) for p in gone]
             out.notes += [f"{p}: being written now by a running process: left alone" for p in live]
-    for top, fs in sorted(tops.items()):
+    for top, _fs in sorted(tops.items()):
         m = _STAGING.fullmatch(top)
         if not m or top.startswith("."):
             continue
@@ -675,7 +676,7 @@ def publish(saved_model_dir: str, model_dir: str, registry: str, model_name: str
     version = claim_version(registry, model_name, record.get("source_run", ""))
     dest = version_uri(registry, model_name, version)
     record = {"schema_version": SCHEMA_VERSION, "model_name": model_name, "version": version,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **record}
+              "created": datetime.now(UTC).isoformat(timespec="seconds"), **record}
     with tempfile.TemporaryDirectory(prefix="imgclf-publish-") as tmp:
         staged = Path(tmp) / str(version)
         shutil.copytree(saved_model_dir, staged)

@@ -106,7 +106,7 @@ def image_grid(pixels: list[np.ndarray], titles: list[str], cols: int | None = N
     """Tiles with titles (6 or, past 36 tiles, 10 a row unless `cols` says) as one PNG data URI;
     `overlays` (heat maps in [0, 1], any resolution) are blended over their images in the jet colours.
 
-    Drawn with PIL on one canvas: a matplotlib axes per tile cost 1.1 s per 60 tiles under cProfile (ticks and
+    Drawn with PIL on one canvas: a matplotlib axes per tile cost seconds per grid under cProfile (ticks and
     text extents laid out for axes that show none), on every ingest and evaluate.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -201,7 +201,7 @@ def run_context(info, meta, seconds: float) -> str:
              ["training", f"{r.get('epochs_run')} epochs in {number(float(r.get('seconds', 0)))} s, best epoch "
                           f"{r.get('best_epoch')}; {info.hardware.get('backend')} on "
                           f"{', '.join(info.hardware.get('devices', []))}"],
-             ["evaluated", f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} in "
+             ["evaluated", f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} in "
                            f"{number(float(seconds))} s (Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')})"],
              ["libraries", ", ".join(f"{k} {v}" for k, v in versions().items())]]
     params = [[k, v if not isinstance(v, dict) else ", ".join(f"{a}={b}" for a, b in v.items())]
@@ -227,7 +227,9 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}
-td:first-child{{text-align:left}}table.facts td{{text-align:left}}table.facts td:first-child{{color:#555}}img{{max-width:100%}}section{{margin-bottom:1.5em}}</style></head>
+td:first-child{{text-align:left}}
+table.facts td{{text-align:left}}table.facts td:first-child{{color:#555}}
+img{{max-width:100%}}section{{margin-bottom:1.5em}}</style></head>
 <body><h1>{html.escape(title)}</h1>{parts}</body></html>"""
 
 

@@ -27,9 +27,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 # KFP's in-cluster MinIO, used for minio:// URIs when no endpoint is configured.
@@ -85,7 +86,7 @@ def gcs_options() -> dict:
     return {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fs(protocol: str):
     import fsspec
 
@@ -190,8 +191,8 @@ def walk_files(root: str) -> Iterator[Entry]:
 
 def _walk_local(root: Path) -> Iterator[Entry]:
     """os.walk's order (each folder's files sorted, then its subfolders in sorted order), from
-    `os.scandir` entries: their cached types and plain strings took half the time of Path objects and
-    a stat per file (0.53 against 1.08 s for 70,000 files)."""
+    `os.scandir` entries: their cached types and plain strings took about half the time of Path objects
+    and a stat per file on large folders."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
     real_root = root.resolve()
@@ -432,7 +433,7 @@ def publish_dir(local_dir: str, dest_uri: str, last: tuple[str, ...] = ("saved_m
     try:
         _call(dest_uri, "upload", lambda: fs.put(local_dir.rstrip("/") + "/", staging + "/", recursive=True))
         for rel in rels:
-            _call(dest_uri, "publish", lambda: fs.copy(f"{staging}/{rel}", f"{path}/{rel}"))
+            _call(dest_uri, "publish", lambda rel=rel: fs.copy(f"{staging}/{rel}", f"{path}/{rel}"))
             done.append(f"{path}/{rel}")
     except BaseException:
         with contextlib.suppress(Exception):
@@ -510,7 +511,7 @@ class PreconditionFailed(Exception):
     """A conditional write lost: the object exists already, or changed since it was read."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _botocore_s3(minio: bool):
     """A plain botocore S3 client with s3fs's settings: fsspec exposes no conditional writes."""
     import botocore.config
@@ -521,7 +522,7 @@ def _botocore_s3(minio: bool):
     return botocore.session.get_session().create_client("s3", config=cfg, **opts["client_kwargs"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gcs_client():
     from google.cloud import storage as gcs
 

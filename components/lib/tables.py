@@ -9,7 +9,8 @@ every string round-trips.
 from __future__ import annotations
 
 import csv
-from typing import IO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 

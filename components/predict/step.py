@@ -12,16 +12,15 @@ import json
 import os
 import tempfile
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from imgclf.components.contracts import INPUT_KEY, ExportInfo
-from imgclf.components.lib import serving, storage, tables
-from imgclf.components.lib import images
+from imgclf.components.lib import images, serving, storage, tables
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
 from imgclf.components.predict.options import FORMATS, PredictOptions
@@ -62,9 +61,9 @@ def _read(entry: storage.Entry, max_pixels: int) -> tuple[bytes | None, str]:
         return None, str(e)
 
 
-# Batches served at once. One call of the signature keeps 2 cores 1.8 busy (its decode and model take
-# turns); two calls in flight keep them full: 2,000 JPEGs of 160 px in 1.4-1.8 s against 2.1-2.2 s,
-# with less CPU time in all. More would only hold more batches in memory.
+# Batches served at once. One call of the signature leaves cores idle (its decode and model take
+# turns); two calls in flight keep them full, faster and with less CPU time in all (benchmarks/
+# step_speed.py; see docs/performance.md). More would only hold more batches in memory.
 IN_FLIGHT = 2
 
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from imgclf.components.lib.images import COLOR_MODES
 from imgclf.components.lib.options import Seeded, option
 
-
 MAX_SHARDS = 256
 LAYOUT_ONLY = ("shard_tasks",)
 """Options that change how the work is spread, never the records: left out of the records' fingerprint."""

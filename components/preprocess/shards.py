@@ -21,8 +21,16 @@ from imgclf.components.lib import storage
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
 from imgclf.components.preprocess.options import MAX_SHARDS, PreprocessOptions
-from imgclf.components.preprocess.step import (PreprocessSummary, image_loader, input_spec, plan_splits, record_files,
-                                        save_metadata, split_infos, write_file)
+from imgclf.components.preprocess.step import (
+    PreprocessSummary,
+    image_loader,
+    input_spec,
+    plan_splits,
+    record_files,
+    save_metadata,
+    split_infos,
+    write_file,
+)
 
 PLAN_FILE, PART_FILE = "plan.json", "part.json"
 IMAGES_PER_TASK = 10_000
@@ -32,7 +40,7 @@ AUTO_MAX = 32
 IN_SERIES_ENV = "IMGCLF_TASKS_IN_SERIES"
 """Set (to "1") in the tasks of a runner that runs a ParallelFor's iterations one after another, as
 `imgclf run`'s preloaded tasks do: there the automatic count is one task, since more only repeat each
-task's start-up (on all 70,000 Fashion-MNIST images 7 tasks took 27.9 s for 24.1 s of writing)."""
+task's start-up (benchmarks/preprocess_shards.py; see docs/performance.md)."""
 
 
 def task_count(images: int, files: int, requested: int, in_series: bool = False) -> int:

@@ -60,7 +60,8 @@ The weakest classes on the test split (by F1); expect more errors on these:
 {limits}
 
 ## Metrics on the test split ({m.get('test_images', '?')} images)
-accuracy {m['accuracy']:.4f}{ci('accuracy')}, macro F1 {m['macro_f1']:.4f}{ci('macro_f1')}, macro precision {m.get('macro_precision', 0):.4f},
+accuracy {m['accuracy']:.4f}{ci('accuracy')}, macro F1 {m['macro_f1']:.4f}{ci('macro_f1')},
+macro precision {m.get('macro_precision', 0):.4f},
 macro recall {m.get('macro_recall', 0):.4f}{f", ROC AUC {m['roc_auc']:.4f}" if 'roc_auc' in m else ''}.
 
 | class | precision | recall | F1 | support |

@@ -34,6 +34,7 @@ def publish(saved_model_dir: str, model_dir: str, dataset_dir: str, predictions_
               "split_counts": {s: meta.count(s) for s in SPLITS},
               "seen_images": {"file": seen.SEEN_IMAGES, "count": len(learned_from), "splits": ["train", "validation"]},
               "libraries": info.hardware.get("libraries", {}),
-              "metrics": evaluated.metrics, "intervals": evaluated.intervals, "per_class": evaluated.per_class, "gate": json.loads(opts.gate_summary)}
+              "metrics": evaluated.metrics, "intervals": evaluated.intervals, "per_class": evaluated.per_class,
+              "gate": json.loads(opts.gate_summary)}
     return layout.publish(saved_model_dir, model_dir, opts.registry, opts.model_name, record, model_card.render,
                           extra_files={seen.SEEN_IMAGES: seen.encode(learned_from)})

@@ -64,10 +64,9 @@ def choose_precision(precision: str, found: list[str], backend: str = "tensorflo
                      flags: set[str] | None = None) -> str:
     """float16 with loss scaling is what NVIDIA tensor cores are fast at. On a CPU with native bfloat16
     (and TensorFlow's oneDNN kernels, on by default on x86 Linux) mixed bfloat16 trains the baseline
-    faster: on our 2-core Zen 4, 2,918-3,059 against 1,666-2,277 images/s on 70,000 28 px images
-    (interleaved; validation accuracy 0.8690 against 0.8694 after 3 epochs); the variables and the saved
-    model stay float32. Elsewhere (JAX's CPU backend, oneDNN switched off, older CPUs) bfloat16 is
-    emulated, so float32."""
+    markedly faster at the same validation accuracy (an interleaved A/B on a Zen 4 CPU; training figures
+    in docs/performance.md); the variables and the saved model stay float32. Elsewhere (JAX's CPU
+    backend, oneDNN switched off, older CPUs) bfloat16 is emulated, so float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":

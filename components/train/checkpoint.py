@@ -7,8 +7,9 @@ the history and EarlyStopping's counters. `state.json` is written last and names
 belongs to, so a task killed mid-upload resumes from the previous complete backup.
 
 A backup is taken at the end of the first epoch that ends `backup_seconds` or more after the previous one
-(0: every epoch), the way TensorFlow's own `save_checkpoints_secs` spaces them: on the embedded sample an
-epoch lasts about 1.2 s, and writing the state after each took 1.9 s of a 24 s fit (profiled). The best weights are
+(0: every epoch), the way TensorFlow's own `save_checkpoints_secs` spaces them: on small data an epoch
+lasts about a second, and writing the state after every one took longer than the epochs themselves
+(profiled). The best weights are
 kept in memory between backups (a copy of the arrays at each improvement), so restoring them at the end
 reads no file.
 """

@@ -432,7 +432,7 @@ def _epoch_tensorboard(log_dir: str):
     class EpochTensorBoard(keras.callbacks.TensorBoard):
         """Keras' TensorBoard at its default epoch granularity, without the per-batch work: Keras 3.15
         still calls `summary.scalar` for every batch's logs when `update_freq="epoch"`, with no writer
-        set, so nothing is written: 0.84 s over 945 batches under cProfile, for nothing."""
+        set, so nothing is written: measurable time per batch under cProfile, for nothing."""
 
         def on_train_batch_end(self, batch, logs=None):
             if self.update_freq != "epoch" or self._should_trace or self.write_steps_per_second:
@@ -450,7 +450,7 @@ def _input(ds, num_classes: int, stamps=None):
         ds = stamps.attach(ds)
     # No autotuning model: its thread sleeps out an optimization period that doubles up to 60 s, and
     # deleting the iterator at the end of fit waits for it with the GIL held (py-spy: RootDataset::Iterator's
-    # destructor joining that thread), which cost pipeline runs 9-59 s after their last epoch. AUTOTUNE
+    # destructor joining that thread), which cost pipeline runs tens of seconds after their last epoch. AUTOTUNE
     # then means one parallel call per core and prefetch's own buffer sizing; the input wait stays ~0.
     options = tf.data.Options()
     options.autotune.enabled = False

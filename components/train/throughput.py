@@ -41,7 +41,7 @@ class InputStamps:
 
 
 # Seconds in fit but in no epoch after which every thread's stack is written to stderr, once per gap
-# (0: never). It is how the 9-59 s some pipeline runs spent after their last epoch were placed (in the
+# (0: never). It is how the long gaps some pipeline runs spent after their last epoch were placed (in the
 # input iterator's destructor; see `step._input`). faulthandler's own thread writes the dump, so a main
 # thread holding the GIL in native code is still caught.
 WATCH_ENV = "IMGCLF_FIT_WATCH_SECONDS"

@@ -1,7 +1,7 @@
 """Local tasks start in a fork of a process that has already imported TensorFlow, Keras and kfp.
 
 kfp.local's SubprocessRunner starts `python -m kfp.dsl.executor_main` for every task, and each of our
-TensorFlow steps then spends 5-7 s of a 2-core machine importing TensorFlow and Keras before its first
+TensorFlow steps then spends seconds of a small machine importing TensorFlow and Keras before its first
 line of work: on the embedded sample that was a third of the whole run. Here one helper process (the
 "zygote") imports them once, at the start of the run, while the first tasks are dispatched; each task
 is then a `fork()` of it running kfp's own executor on the same command line kfp.local built.
@@ -43,7 +43,7 @@ PRELOAD = ("tensorflow", "keras", "numpy", "PIL.Image", "fsspec", "kfp.dsl.execu
 
 NOT_PRELOADED = ("jax",)
 """Optional libraries that TensorFlow's import pulls in when installed and that no TensorFlow step uses:
-TF Lite's JAX converter imports jax (0.7 s of the zygote's 5-6 s). Held back while the zygote preloads."""
+TF Lite's JAX converter imports jax (a good share of the zygote's start). Held back while the zygote preloads."""
 
 IMPORT_TIME_ENV = ("KERAS_", "TF_", "XLA_", "CUDA_", "JAX_", "OMP_", "MKL_", "OPENBLAS_", "TPU_", "PYTHON")
 """Prefixes of environment variables read when TensorFlow, Keras or JAX is imported."""
@@ -245,6 +245,6 @@ def preloaded_tasks():
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         serve(socket.socket(fileno=int(sys.argv[2])))
-        # Without the interpreter's teardown of TensorFlow and Keras (1.5 s, which the caller waited
+        # Without the interpreter's teardown of TensorFlow and Keras (seconds, which the caller waited
         # for at the end of every run): the zygote ran nothing and has nothing to flush.
         os._exit(0)
