@@ -9,7 +9,7 @@ From Python (a notebook): `imgclf.run(data=..., epochs=...)` runs the training p
 TensorFlow, no kfp: a notebook's first cell and every step's container import it): the API is loaded
 when first used.
 """
-__version__ = "0.2.0"
+from imgclf.components import __version__  # noqa: F401 - declared in components/__init__.py
 
 _API = ("run", "predict", "RunResult", "Predictions")
 __all__ = list(_API)

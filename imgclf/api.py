@@ -4,7 +4,7 @@ and `imgclf.predict(model, images)`.
 Nothing here is a second list of options: `run` takes the training pipeline's parameters by their declared
 names, with their declared defaults (its signature is built from the declarations, so `help(imgclf.run)`
 and a notebook's completion show them), and hands them to the same function `imgclf run` calls
-(`run_checked` in pipelines/cli/main.py), which refuses an unknown name or a bad value with the CLI's
+(`run_checked` in pipelines/local/run.py), which refuses an unknown name or a bad value with the CLI's
 message before any work starts. `predict` takes `imgclf predict`'s options the same way.
 
 Importing this module reads the declarations and the training pipeline's step list (which imports kfp,
@@ -171,7 +171,7 @@ def run(data, *, pipeline_root="runs", runner="subprocess", network="auto", quie
     raises `PipelineFailed` naming it. `quiet` (unlike the CLI, on by default: a notebook cell would
     fill with kfp.local's dumps) shows only the steps' progress. `sweep` is a sweep file (YAML or JSON).
     """
-    from imgclf.pipelines.cli.main import run_checked
+    from imgclf.pipelines.local.run import run_checked
 
     given = {"data": data, **options}
     declared = training_options()

@@ -67,7 +67,9 @@ def test_the_api_hands_run_checked_what_the_cli_hands_it(monkeypatch, no_work):
     def capture(values, **settings):
         seen.append((values, settings))
         raise _Stop
-    monkeypatch.setattr(cli, "run_checked", capture)
+    from imgclf.pipelines.local import run as local_run
+
+    monkeypatch.setattr(local_run, "run_checked", capture)
     with pytest.raises(_Stop):
         cli.main(["run", "--data", str(SAMPLE), "--epochs", "2", "--image-size", "28"])
     with pytest.raises(_Stop):

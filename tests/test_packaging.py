@@ -51,3 +51,17 @@ def test_no_module_imports_the_bare_folder_names():
                          else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
                 bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("components", "pipelines")]
     assert bad == []
+
+
+def test_the_version_is_declared_once_and_followed():
+    import re
+    from importlib import metadata
+
+    import imgclf
+    from imgclf.components import __version__
+
+    assert "version" in _project()["project"]["dynamic"]
+    assert metadata.version("imgclf") == imgclf.__version__ == __version__
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / "containers" / dockerfile).read_text()
+        assert re.findall(r"^ARG VERSION=(\S+)$", text, flags=re.M) == [__version__], dockerfile

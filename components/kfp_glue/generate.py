@@ -91,7 +91,7 @@ def _imports(annotations: list[str]) -> str:
     lines.append("from kfp import dsl\n")
     if kfp:
         lines.append(f"from kfp.dsl import {', '.join(kfp)}\n")
-    lines.append("\nfrom imgclf.components.kfp_glue.specs import IMAGE\n")
+    lines.append("\nfrom imgclf.components import IMAGE\n")
     return "".join(lines)
 
 

@@ -2,18 +2,12 @@
 whose options become its inputs (components/steps.py); each pipeline's steps, which make its
 parameters and its validate task. `generate.py` writes the components' source from these (each step's
 `component.py`, each pipeline's `*_face.py`); nothing here runs in a task.
-
-`IMGCLF_IMAGE` names the image every task runs in; point it at your registry for KFP/Vertex.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from imgclf.components import __version__
 from imgclf.components.lib.options import Option, union
-
-IMAGE = os.environ.get("IMGCLF_IMAGE", f"imgclf:{__version__}")
 
 
 @dataclass(frozen=True)

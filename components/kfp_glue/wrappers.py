@@ -1,13 +1,13 @@
 """Every KFP component by name, for the pipelines: each is defined (generated, checked in) in its step's
 `component.py`; the per-pipeline validate components are in pipelines/definitions/*_face.py. `IMAGE`
-is the image every task runs in (`IMGCLF_IMAGE`, declared in specs.py)."""
+is the image every task runs in (`IMGCLF_IMAGE`, declared in components/__init__.py)."""
 from __future__ import annotations
 
+from imgclf.components import IMAGE
 from imgclf.components.deploy.component import deploy
 from imgclf.components.evaluate.component import evaluate
 from imgclf.components.export.component import export
 from imgclf.components.ingest.component import ingest
-from imgclf.components.kfp_glue.specs import IMAGE
 from imgclf.components.predict.component import predict
 from imgclf.components.preprocess.component import preprocess_merge, preprocess_plan, preprocess_shard
 from imgclf.components.release.component import champion, gate, not_published, publish, training_skipped

@@ -4,7 +4,7 @@ Each body calls the function of its name in predict/task.py."""
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from imgclf.components.kfp_glue.specs import IMAGE
+from imgclf.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -6,7 +6,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import HTML, Input, Model, Output
 
-from imgclf.components.kfp_glue.specs import IMAGE
+from imgclf.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -4,7 +4,7 @@ Each body calls the function of its name in train/task.py."""
 from kfp import dsl
 from kfp.dsl import Dataset, HTML, Input, Metrics, Model, Output
 
-from imgclf.components.kfp_glue.specs import IMAGE
+from imgclf.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -6,40 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgclf.pipelines import check_parameters  # light: nothing of kfp
 from imgclf.pipelines.cli import remote as remote_cli
 from imgclf.pipelines.cli.deploy import add_deploy_parser
-from imgclf.pipelines.local.docker_runner import NETWORKS  # light: no kfp, no docker
+from imgclf.pipelines.local import RUNNERS  # light: no kfp, no docker
+from imgclf.pipelines.local.docker_runner import NETWORKS
 from imgclf.pipelines.remote import compiling
 from imgclf.pipelines.remote.platform import TARGETS
-
-RUNNERS = ("subprocess", "docker")
-
-
-def run_checked(values: dict, *, pipeline_root: str = "runs", runner: str = "subprocess", network: str = "auto",
-                quiet: bool = False, cache: bool = False, sweep: str = ""):
-    """`imgclf run` once its flags are parsed, shared with `imgclf.run` (imgclf/api.py) so both check and
-    run alike: the pipeline parameters (local paths included), the runner and the sweep file are all
-    checked before any work starts (no preloading, no run folder); then the run, as a LocalRun."""
-    if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
-    if network not in NETWORKS:
-        raise ValueError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
-    params = check_parameters(values, check_paths=True)
-    sweep = compiling.sweep_of(argparse.Namespace(sweep=sweep), params)
-    if runner != "docker":
-        from imgclf.pipelines.local.preloaded_tasks import start_early
-
-        start_early()
-    from imgclf.pipelines.local.run import run_local
-
-    docker = None
-    if runner == "docker":
-        from imgclf.components.kfp_glue.wrappers import IMAGE
-        from imgclf.pipelines.local.docker_runner import docker_runner
-
-        docker, params = docker_runner(params, IMAGE, network=network)
-    return run_local(params, pipeline_root=pipeline_root, runner=docker, quiet=quiet, cache=cache, sweep=sweep)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -49,6 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         start_early()  # first thing: the preloading overlaps building the pipeline
     from imgclf.pipelines.definitions.declare import parameters
     from imgclf.pipelines.definitions.training import STEPS
+    from imgclf.pipelines.local.run import run_checked
 
     names = {o.name for o in parameters(STEPS)}
     result = run_checked({k: v for k, v in vars(args).items() if k in names}, pipeline_root=args.pipeline_root,

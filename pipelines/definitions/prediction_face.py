@@ -4,7 +4,7 @@ union of the steps' pipeline parameters). The graph is pipelines/definitions/pre
 from kfp import dsl
 from kfp.dsl import Dataset
 
-from imgclf.components.kfp_glue.specs import IMAGE
+from imgclf.components import IMAGE
 
 STEPS = ('predict',)
 DESCRIPTION = 'Classify a folder or bucket of images with an exported model.'

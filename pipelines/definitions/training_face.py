@@ -6,7 +6,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML
 
-from imgclf.components.kfp_glue.specs import IMAGE
+from imgclf.components import IMAGE
 
 STEPS = ('ingest', 'preprocess', 'champion', 'train', 'export', 'gate', 'publish', 'deploy')
 DESCRIPTION = 'Labelled images in, a served Keras image classifier (raw-bytes SavedModel) out.'

@@ -1,3 +1,7 @@
 """Running a pipeline on this machine with kfp.local: `run` (the run and its summary), `kfp_seams` (every
 place we lean on kfp.local's private functions), `preloaded_tasks`, `docker_runner`, `cache`, and
 `sample_data` (the embedded sample's Fashion-MNIST folders)."""
+
+RUNNERS = ("subprocess", "docker")
+"""Where `imgclf run` / `imgclf.run` execute tasks: this virtualenv (kfp.local's SubprocessRunner) or our
+image (DockerRunner). Declared here, light, for the CLI's choices."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.definitions.training import training_pipeline
+from imgclf.pipelines.local import RUNNERS
 
 # The last line of a task's log that states its error: a Python exception line ("ValueError: ..."), or
 # our steps' own "error: ..." lines.
@@ -237,3 +238,33 @@ def run_local(params: dict, pipeline_root: str = "runs", runner=None, quiet: boo
                     cached=hits or [], curves=pages.get("learning_curves.html", ""),
                     compared=pages.get("compared.csv", "") if outcome.get("compared") else "",
                     tensorboard=str(tensorboard) if tensorboard.is_dir() else "")
+
+
+def run_checked(values: dict, *, pipeline_root: str = "runs", runner: str = "subprocess", network: str = "auto",
+                quiet: bool = False, cache: bool = False, sweep: str = ""):
+    """`imgclf run` once its flags are parsed, shared with `imgclf.run` (imgclf/api.py) so both check and
+    run alike: the pipeline parameters (local paths included), the runner and the sweep file are all
+    checked before any work starts (no preloading, no run folder); then the run, as a LocalRun."""
+    from imgclf.pipelines import check_parameters
+    from imgclf.pipelines.definitions import sweep as sweeps
+    from imgclf.pipelines.local.docker_runner import NETWORKS
+
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    if network not in NETWORKS:
+        raise ValueError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
+    params = check_parameters(values, check_paths=True)
+    found = sweeps.load(sweep) if sweep else None
+    if found is not None:
+        sweeps.check_with(found, params)
+    if runner != "docker":
+        from imgclf.pipelines.local.preloaded_tasks import start_early
+
+        start_early()
+    docker = None
+    if runner == "docker":
+        from imgclf.components.kfp_glue.wrappers import IMAGE
+        from imgclf.pipelines.local.docker_runner import docker_runner
+
+        docker, params = docker_runner(params, IMAGE, network=network)
+    return run_local(params, pipeline_root=pipeline_root, runner=docker, quiet=quiet, cache=cache, sweep=found)
