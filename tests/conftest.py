@@ -17,9 +17,9 @@ _PRINT = builtins.print
 
 # The unit lane (`make test-unit`, marker `unit`) promises no servers. Two checks keep the promise by
 # mechanism rather than by reading: a unit test that asks for a fixture that starts one (directly or
-# through another fixture: `bucket` needs `stores`) fails before it is set up, and while a unit test (and
-# its fixtures) runs, opening a listening TCP socket (moto's or the emulator's launcher, an HTTP double,
-# http.server) fails too.
+# through another fixture: `bucket` needs `stores`) fails before it is set up; while a unit test (and
+# its fixtures) runs, opening a listening TCP socket in this process (an HTTP double, http.server) fails,
+# and so does launching a store server process (moto, the GCS emulator: tests/stores.py, guarded below).
 SERVER_FIXTURES = frozenset({"stores", "http_dir"})
 _UNIT_RUNNING = [False]
 _LISTEN = socket.socket.listen
@@ -222,3 +222,22 @@ def http_dir(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+def _guard_store_servers() -> None:
+    """moto and the GCS emulator listen in a child process, out of reach of the socket guard: their one
+    launcher (tests/stores.py `Server`) refuses to start while a unit test runs."""
+    from tests import stores
+
+    launch = stores.Server.__init__
+
+    def guarded(self, cmd, *args, **kwargs):
+        if _UNIT_RUNNING[0]:
+            pytest.fail(f"unit tests use no servers: this test (or a fixture of it) started {Path(cmd[0]).name}; "
+                        "drop the unit mark or the server", pytrace=False)
+        launch(self, cmd, *args, **kwargs)
+
+    stores.Server.__init__ = guarded
+
+
+_guard_store_servers()

@@ -47,3 +47,13 @@ def test_unit_tests_that_start_servers_fail_loudly(pytester):
     result.assert_outcomes(passed=2, failed=1, errors=1)
     result.stdout.fnmatch_lines(["*test_unit_asks_for_a_server uses http_dir*",
                                  "*unit tests use no servers: this test (or a fixture of it) opened a listening*"])
+
+
+def test_a_unit_test_cannot_launch_a_store_server():
+    """This test is itself in the unit lane, so the guard is on: the launcher refuses before any process."""
+    import sys
+
+    from tests import stores
+
+    with pytest.raises(pytest.fail.Exception, match="unit tests use no servers: .* started python"):
+        stores.Server([sys.executable, "-c", "import time; time.sleep(60)"], stores.free_port(), "/")

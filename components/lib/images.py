@@ -137,8 +137,8 @@ def difference_hash(img: Image.Image, size: int = 16) -> str:
     """dHash: `size`² bits of left-right brightness gradients on a (size+1)×size thumbnail, as hex.
 
     Re-encoded, resized or lightly edited copies differ in a few bits. 16×16 (256 bits), not the
-    common 8×8: on the embedded Fashion-MNIST sample, 105 of 1,001 validation/test images had a
-    training image with an identical 64-bit hash (36 of them of another class); none at 256 bits.
+    common 8×8: on small grayscale images such as Fashion-MNIST's, 64 bits collide for distinct images
+    (often of another class, which would be flagged as a leak), where 256 bits keep them apart.
     """
     import numpy as np
 
@@ -293,7 +293,7 @@ def batch_decoder(image_size: int, channels: int):
     """`decode(list of encoded bytes)` -> one (uint8 pixels, "") or (None, cause) per image, in order.
 
     One TensorFlow call per batch, as the serving graph decodes (a map over the batch): a call per image
-    cost ~0.3 ms of dispatch alone, more than decoding a small image. A batch that fails is decoded
+    costs more in dispatch alone than decoding a small image. A batch that fails is decoded
     again image by image, so each bad image gets its own cause and the good ones still pass.
     """
     import tensorflow as tf

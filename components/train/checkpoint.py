@@ -8,8 +8,7 @@ belongs to, so a task killed mid-upload resumes from the previous complete backu
 
 A backup is taken at the end of the first epoch that ends `backup_seconds` or more after the previous one
 (0: every epoch), the way TensorFlow's own `save_checkpoints_secs` spaces them: on small data an epoch
-lasts about a second, and writing the state after every one took longer than the epochs themselves
-(profiled). The best weights are
+is short, and writing the state after every one would take longer than the epochs themselves. The best weights are
 kept in memory between backups (a copy of the arrays at each improvement), so restoring them at the end
 reads no file.
 """
