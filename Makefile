@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The install's metadata comes from pyproject.toml and the version in components/__init__.py: either
+# changing re-installs.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml components/__init__.py | cksum | cut -d' ' -f1)
 SAMPLE := data/fashion-mnist-sample
 # The embedded sample is 28x28 grayscale: train at its native size.
 RUN_ARGS ?= --data $(SAMPLE) --image-size 28 --color-mode grayscale --epochs 15 --batch-size 64
@@ -29,7 +31,7 @@ SERVING_STAMP := $(VENV)/.serving-api-2.21.0
 
 install: $(STAMP) $(SERVING_STAMP) ## create .venv and install imgclf with its pinned dependencies (runs once)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml components/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
@@ -88,7 +90,7 @@ test-unit: install ## the unit lane: no servers, no training, no containers, no 
 lint: install ## ruff check over the whole tree (rules in pyproject.toml; CI runs it first)
 	$(BIN)/ruff check .
 
-docs: install ## regenerate the generated text: the README's tables, then the steps' KFP faces (component.py files)
+docs: install ## regenerate the generated text: the reference pages (parameters, resources, CLI), then the KFP faces (component.py, *_face.py)
 	$(BIN)/python -m imgclf.pipelines.docs
 	$(BIN)/python -m imgclf.components.kfp_glue.generate
 

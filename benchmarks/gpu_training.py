@@ -21,7 +21,9 @@ from benchmarks import harness
 
 def _from_a_checkout() -> None:
     """The GPU machine runs this from a checkout with no install (its Python has JAX, not our venv): map
-    components/ onto imgclf.components, as pyproject's package-dir does for an install."""
+    components/ onto imgclf.components, as pyproject's package-dir does for an install. This needs
+    `import imgclf` to work before imgclf.components can be found: imgclf/__init__.py loads all it takes
+    from there lazily (tests/test_packaging.py runs this from the checkout, without site-packages)."""
     import importlib.util
 
     import imgclf

@@ -11,6 +11,7 @@
 #   containers/docker-env.sh images          build both; the GPU one only where its base can be had
 #   containers/docker-env.sh push REGISTRY   tag both images as REGISTRY/NAME:VERSION and push them
 #   containers/docker-env.sh lock            rewrite containers/constraints.txt from the tested .venv
+#   containers/docker-env.sh version         print the version the image tags carry (no Docker needed)
 #
 # The base image: $BASE_IMAGE (cpu) or $GPU_BASE_IMAGE (gpu) if set; else the Dockerfile's default if
 # the engine has it or can pull it; else, for cpu only, a local Debian image made with mmdebstrap
@@ -30,10 +31,13 @@ MARKER=$CACHE/dockerd.started-by-imgclf
 SUITE=${IMGCLF_BASE_SUITE:-bookworm}
 MIRROR=${IMGCLF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 LOCAL_BASE=imgclf-base:$SUITE
-VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml")
 
 say() { echo "docker-env: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+
+# The version is declared once, in components/__init__.py (pyproject.toml reads it there: dynamic).
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$REPO/components/__init__.py")
+[ -n "$VERSION" ] || die "no __version__ = \"...\" line in $REPO/components/__init__.py"
 
 engine_answers() { docker info >/dev/null 2>&1; }
 
@@ -181,7 +185,7 @@ history, so give the build a credential-free mirror URL (PIP_$(echo "$setting" |
     say "built $tag in $((SECONDS - start)) s: $((bytes / 1000000)) MB"
 }
 
-default_tag() {  # the names the components use (IMGCLF_IMAGE, IMGCLF_GPU_IMAGE; components/kfp_glue/wrappers.py)
+default_tag() {  # the names the pipelines use (IMGCLF_IMAGE: components/__init__.py; IMGCLF_GPU_IMAGE: pipelines/remote/platform.py)
     if [ "$1" = gpu ]; then echo "${IMGCLF_GPU_IMAGE:-imgclf-gpu:$VERSION}"; else echo "${IMGCLF_IMAGE:-imgclf:$VERSION}"; fi
 }
 
@@ -229,5 +233,6 @@ case "${1:-}" in
     images) cmd_images ;;
     push) cmd_push "${2:?usage: push REGISTRY (e.g. us-docker.pkg.dev/PROJECT/REPO or ghcr.io/OWNER)}" ;;
     lock) cmd_lock ;;
-    *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    version) echo "$VERSION" ;;
+    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

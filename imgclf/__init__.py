@@ -9,13 +9,18 @@ From Python (a notebook): `imgclf.run(data=..., epochs=...)` runs the training p
 TensorFlow, no kfp: a notebook's first cell and every step's container import it): the API is loaded
 when first used.
 """
-from imgclf.components import __version__  # noqa: F401 - declared in components/__init__.py
-
 _API = ("run", "predict", "RunResult", "Predictions")
 __all__ = list(_API)
 
 
 def __getattr__(name: str):
+    # `__version__` too is looked up when asked for, not at import: `import imgclf` must work before
+    # imgclf.components can be found (benchmarks/gpu_training.py, run from a checkout with no install,
+    # imports imgclf first and only then maps components/ onto imgclf.components).
+    if name == "__version__":
+        from imgclf.components import __version__  # declared once, in components/__init__.py
+
+        return __version__
     if name in _API:
         from imgclf import api
 
@@ -24,4 +29,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, "__version__"})

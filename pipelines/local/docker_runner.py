@@ -21,14 +21,21 @@ from imgclf.components.lib import storage
 from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.local.cache import table_rows
 
-# The variables components/lib/storage.py (and the Google/AWS client libraries under it) read.
-STORE_ENV_PREFIXES = ("IMGCLF_", "AWS_", "GCSFS_")
-STORE_ENV_NAMES = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
+# The variables a task reads: components/lib/storage.py's and the Google/AWS client libraries' under it
+# (their credentials included: the task reads and writes the store), and the other IMGCLF_ settings the
+# steps read. Named one by one rather than all of IMGCLF_*: the rest are the host's own, and a container's
+# environment shows in `docker inspect` (IMGCLF_KFP_TOKEN is a bearer token for the KFP API). A test
+# checks that every IMGCLF_ name the steps read is passed (tests/test_docker_env.py).
+STORE_ENV_PREFIXES = ("IMGCLF_S3_", "AWS_", "GCSFS_")
+STORE_ENV_NAMES = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+                   "IMGCLF_STORAGE_RETRIES", "IMGCLF_REGISTRY_GRACE_SECONDS", "IMGCLF_FIT_WATCH_SECONDS",
+                   "IMGCLF_TASKS_IN_SERIES")
 NETWORKS = ("auto", "none", "host", "bridge")
 
 
 def store_environment() -> dict[str, str]:
-    """The store variables set here; not AWS_CA_BUNDLE, a host path (the image has its own trust store)."""
+    """The task variables set here (STORE_ENV_*); not AWS_CA_BUNDLE, a host path (the image has its own
+    trust store), nor any other IMGCLF_ setting (the host's, credentials among them)."""
     return {k: v for k, v in os.environ.items()
             if (k.startswith(STORE_ENV_PREFIXES) or k in STORE_ENV_NAMES) and k != "AWS_CA_BUNDLE"}
 

@@ -1,0 +1,53 @@
+"""The environment `imgclf run --docker` gives each task container: what the steps read reaches them, and
+nothing else of the host's IMGCLF_ settings does (a container's environment shows in `docker inspect`, and
+IMGCLF_KFP_TOKEN is a bearer token for the KFP API)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from imgclf.pipelines.local import docker_runner
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[1]
+# The image names: read at compile time to name each task's image, never by a running task.
+NOT_READ_IN_TASKS = {"IMGCLF_IMAGE", "IMGCLF_GPU_IMAGE"}
+
+
+def _clean_env(monkeypatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("IMGCLF_", "AWS_", "GCSFS_")):
+            monkeypatch.delenv(name)
+
+
+def test_the_kfp_token_stays_on_the_host_and_the_store_settings_pass(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("IMGCLF_KFP_TOKEN", "bearer-secret")
+    monkeypatch.setenv("IMGCLF_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("IMGCLF_STORAGE_RETRIES", "2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "key")
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/host/only/ca.pem")
+
+    env = docker_runner.store_environment()
+
+    assert "bearer-secret" not in env.values()
+    assert env == {"IMGCLF_S3_ENDPOINT_URL": "http://minio:9000", "IMGCLF_STORAGE_RETRIES": "2",
+                   "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+
+
+def test_every_imgclf_setting_the_steps_read_reaches_the_task(monkeypatch):
+    """Each IMGCLF_ name written under components/ (the code tasks run) passes: a step setting added
+    without listing it in docker_runner's STORE_ENV_* fails here instead of being dropped silently."""
+    read = {name for path in (REPO / "components").rglob("*.py")
+            for name in re.findall(r"\bIMGCLF_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())} - NOT_READ_IN_TASKS
+    assert {"IMGCLF_S3_ENDPOINT_URL", "IMGCLF_STORAGE_RETRIES", "IMGCLF_REGISTRY_GRACE_SECONDS"} <= read
+    _clean_env(monkeypatch)
+    for name in read:
+        monkeypatch.setenv(name, "1")
+    assert set(docker_runner.store_environment()) == read
