@@ -7,7 +7,9 @@ call, or text kfp prints that we parse. They all live here, each declared in `SE
 rely on, and tests/test_kfp_seams.py checks every one against the kfp installed, so a kfp upgrade that
 moves one fails in one test with one message naming it ("kfp X changed <module>.<name>: ...") instead
 of in five places at run time. `patched()` checks the seam's signature again before it installs a
-replacement, so a changed seam also stops a run at its start with that message, never half-way.
+replacement, so a changed seam also stops a run at its start with that message, never half-way. A
+function we replace must keep exactly the parameters declared (names, order, kinds): kfp calls our
+replacement as it calls its own function, so a parameter kfp adds is as fatal as one it removes.
 
 The seams (kfp 2.17.0; the rest of pipelines/ imports them from here only):
 
@@ -16,10 +18,9 @@ Replaced for the length of a local run (`patched`, originals restored on exit):
   through it, whatever the runner. Two uses: the content-keyed `--cache` (pipelines/local/cache.py;
   kfp.local's own cache keys on artifact URIs, which change every run; a hit rebuilds the task's
   outputs with kfp.local's helpers `task_arguments`, `task_root`, `task_outputs`), and the step times
-  (`timed_tasks`: kfp.local keeps no per-task timings). The step times used to wrap a second function
-  (task_dispatcher.run_single_task_implementation); sharing the cache's seam removed that one. What
-  would remove this one for timing too: each step body recording its own start and end (a small timing
-  file in its task folder that `imgclf run` reads), a change to the hand-written bodies.
+  (`timed_tasks`: kfp.local keeps no per-task timings). The timing would need no seam if each step body
+  recorded its own start and end (a small timing file in its task folder that `imgclf run` reads), a
+  change to the hand-written bodies.
 - `kfp.local.subprocess_task_handler.run_local_subprocess`: preloaded tasks (pipelines/local/
   preloaded_tasks.py). Forking a process that has already imported TensorFlow spares each
   task that import; SubprocessRunner has no hook for how a task's process starts. The lightweight component's command
@@ -36,6 +37,11 @@ Parsed from kfp.local's log (`KfpChatter`, `failed_task`):
 - the failure message "Inner task failed: 'train' inside 'condition-branches-1'", whose first name is
   the step `PipelineFailed` reports.
 
+Read while a pipeline function is being compiled (pipelines/definitions/):
+- `kfp.dsl.pipeline_context.Pipeline.get_default_pipeline().tasks` (`pipeline_tasks`): the tasks
+  declared so far, so that the platform settings (pipelines/remote/platform.py) are applied to each
+  once, at the end of the pipeline function, instead of by every call site.
+
 Private members of `kfp.Client` (pipelines/remote/backends.py):
 - `_recurring_run_api`: `create_recurring_run` sends a whole V2beta1RecurringRun, because the public
   `Client.create_recurring_run` cannot set `no_catchup` with a pinned pipeline version and a service account;
@@ -45,6 +51,7 @@ Private members of `kfp.Client` (pipelines/remote/backends.py):
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import re
@@ -66,7 +73,11 @@ class Seam:
     """Dotted path: module, then attribute (a class member as Class.member)."""
     why: str
     params: tuple[str, ...] = ()
-    """Parameter names we call it with or that our replacement accepts (checked with inspect.signature)."""
+    """Parameter names we call it with or that our replacement accepts (checked with inspect.signature);
+    `*args` and `**kwargs` written with their stars, as `shape` writes them."""
+    replaced: bool = False
+    """We replace it (`patched`), and kfp calls our replacement as its own: `params` must then be its
+    whole parameter list, in order and of the same kinds, not only names it still has."""
     source: tuple[tuple[str, str], ...] = ()
     """(dotted object, text): text that object's source must still contain (a call site, a log format)."""
     behaves: Callable[[], str] | None = None
@@ -93,6 +104,22 @@ def resolve(dotted: str):
     raise ImportError(dotted)
 
 
+def shape(signature: inspect.Signature) -> tuple[str, ...]:
+    """A parameter list's names, order and kinds, without annotations or defaults, as Python writes it:
+    ("a", "/", "b", "*args", "c", "**kw"); a bare "*" before keyword-only parameters without *args."""
+    out: list[str] = []
+    kinds = inspect.Parameter
+    params = list(signature.parameters.values())
+    for i, p in enumerate(params):
+        if p.kind == kinds.KEYWORD_ONLY and not any(q.kind == kinds.VAR_POSITIONAL for q in params[:i]) \
+                and "*" not in out:
+            out.append("*")
+        out.append({kinds.VAR_POSITIONAL: "*", kinds.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name)
+        if p.kind == kinds.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind != kinds.POSITIONAL_ONLY):
+            out.append("/")
+    return tuple(out)
+
+
 def problem(seam: Seam) -> str:
     """What is wrong with one seam in the installed kfp, "" when nothing."""
     said = []
@@ -107,9 +134,18 @@ def problem(seam: Seam) -> str:
             except (TypeError, ValueError) as e:
                 have = {}
                 said.append(f"its signature cannot be read ({e})")
-            missing = [p for p in seam.params if p not in have]
-            if missing and have:
-                said.append(f"its parameters are ({', '.join(have)}), without {', '.join(missing)}")
+            if have:
+                now = shape(inspect.signature(target))
+                missing = [p for p in seam.params if p not in now]
+                added = [p for p in now if p not in seam.params and p not in "*/"]
+                wrong = [f"without {', '.join(missing)}"] if missing else []
+                if seam.replaced and added:
+                    wrong.append(f"with {', '.join(added)} added")
+                if seam.replaced and not wrong and now != seam.params:
+                    wrong.append("in another order or of other kinds")
+                if wrong:
+                    said.append(f"its parameters are ({', '.join(now)}), {', '.join(wrong)}"
+                                + (f"; our replacement takes exactly ({', '.join(seam.params)})" if seam.replaced else ""))
     for where, text in seam.source:
         try:
             code = inspect.getsource(resolve(where))
@@ -144,15 +180,25 @@ def seam(target: str) -> Seam:
 def patched(target: str, make: Callable[[Callable], Callable]) -> Iterator[Callable]:
     """While open, module function `target` (a declared seam) is `make(original)`; restored on exit.
 
-    The seam's shape is checked first: a kfp that changed it stops here with the seam's message."""
+    The seam's shape is checked first: a kfp that changed it stops here with the seam's message. Two
+    patches of one seam nest (the step times and the cache): the installed function carries the
+    original's signature (functools.wraps), so the inner patch checks kfp's, not the outer replacement's."""
     declared = seam(target)
-    wrong = problem(Seam(declared.target, declared.why, declared.params))
+    if not declared.replaced:
+        raise ValueError(f"{target} is not declared as a seam we replace")
+    wrong = problem(Seam(declared.target, declared.why, declared.params, replaced=True))
     if wrong:
         raise SeamChanged(wrong)
     module_name, name = target.rsplit(".", 1)
     module = importlib.import_module(module_name)
     original = getattr(module, name)
-    setattr(module, name, make(original))
+    replacement = make(original)
+
+    @functools.wraps(original)  # its signature is the original's, so a second patch of the seam checks kfp's
+    def installed(*args, **kwargs):
+        return replacement(*args, **kwargs)
+
+    setattr(module, name, installed)
     try:
         yield original
     finally:
@@ -171,16 +217,12 @@ def timed_tasks(on_done: Callable[[str, float], None]):
     import time
 
     def make(original):
-        def timed(task_name, task_spec, pipeline_resource_name, components, executors, io_store, pipeline_root,
-                  runner, unique_pipeline_id, fail_stack):
-            component_name = task_spec.component_ref.name
-            executor = executors.get(components[component_name].executor_label)
+        def timed(**task):  # execute_single_task's keyword arguments, as kfp.local passes them
+            component_name = task["task_spec"].component_ref.name
+            executor = task["executors"].get(task["components"][component_name].executor_label)
             start = time.perf_counter()
             try:
-                return original(task_name=task_name, task_spec=task_spec,
-                                pipeline_resource_name=pipeline_resource_name, components=components,
-                                executors=executors, io_store=io_store, pipeline_root=pipeline_root, runner=runner,
-                                unique_pipeline_id=unique_pipeline_id, fail_stack=fail_stack)
+                return original(**task)
             finally:
                 if executor is not None and executor.HasField("container"):  # not an importer
                     on_done(component_name.removeprefix("comp-"), time.perf_counter() - start)
@@ -267,6 +309,16 @@ def succeeded(task_status) -> bool:
     from kfp.local import status
 
     return task_status == status.Status.SUCCESS
+
+
+# ------------------------------------------------------------------------------------ compiling a pipeline
+def pipeline_tasks() -> list:
+    """The tasks the pipeline function being compiled has declared so far (nested groups included).
+
+    kfp has no public way to list them; the pipeline being built keeps them in `tasks` by name."""
+    from kfp.dsl import pipeline_context
+
+    return list(pipeline_context.Pipeline.get_default_pipeline().tasks.values())
 
 
 # ------------------------------------------------------------------------------------- kfp.local's log
@@ -379,19 +431,45 @@ def _split_command_check() -> str:
     return ""
 
 
+def _pipeline_tasks_check() -> str:
+    """Inside a pipeline function, pipeline_tasks() lists every task declared, those in a group too."""
+    from kfp import compiler, dsl
+
+    def probe(x: str) -> str:
+        return x
+
+    probe.__annotations__ = {"x": str, "return": str}
+    component = dsl.component(probe, base_image="python:3.11", install_kfp_package=False)
+    seen: list = []
+
+    def graph(flag: str = "a"):
+        first = component(x=flag)
+        with dsl.If(first.output == "a"):
+            component(x="b")
+        seen.extend(pipeline_tasks())
+
+    graph.__annotations__ = {"flag": str}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        compiler.Compiler().compile(dsl.pipeline(name="probe")(graph), f"{folder}/probe.yaml")
+    names = sorted(t.name for t in seen)
+    return "" if names == ["probe", "probe-2"] else f"its tasks in a two-task pipeline are {names}"
+
+
 SEAMS: tuple[Seam, ...] = (
     Seam(SUBPROCESS_RUN, "preloaded tasks: how SubprocessRunner starts a task's process",
-         params=("full_command", "env_vars"),
+         params=("full_command", "env_vars"), replaced=True,
          source=(("kfp.local.subprocess_task_handler.SubprocessTaskHandler.run",
                   "return_code = run_local_subprocess("),)),
     Seam(DOCKER_RUN, "exit codes kept under DockerRunner (kubeflow/pipelines#13332)",
-         params=("client", "image", "command", "volumes"),
+         params=("client", "image", "command", "volumes", "**container_run_args"), replaced=True,
          source=(("kfp.local.docker_task_handler.DockerTaskHandler.run", "return_code = run_docker_container("),)),
     Seam("kfp.local.docker_task_handler.add_latest_tag_if_not_present", "the image name DockerRunner runs",
          params=("image",)),
     Seam(TASK_EXECUTE, "the content-keyed --cache and the step times: every local task passes through it",
          params=("task_name", "task_spec", "pipeline_resource_name", "components", "executors", "io_store",
-                 "pipeline_root", "runner", "unique_pipeline_id", "fail_stack"),
+                 "pipeline_root", "runner", "unique_pipeline_id", "fail_stack"), replaced=True,
          source=(("kfp.local.orchestrator.dag_orchestrator", "task_executor.execute_single_task("),)),
     Seam("kfp.local.orchestrator.task_executor.OrchestratorUtils.make_task_arguments",
          "--cache: a task's resolved inputs", params=("task_inputs_spec", "io_store")),
@@ -419,6 +497,9 @@ SEAMS: tuple[Seam, ...] = (
     Seam("kfp.local.pipeline_orchestrator.log_and_maybe_raise_for_failure",
          "PipelineFailed names the failed step from kfp.local's failure message",
          params=("pipeline_name", "raise_on_error", "fail_stack"), behaves=_failure_message_check),
+    Seam("kfp.dsl.pipeline_context.Pipeline.get_default_pipeline",
+         "pipeline_tasks: the platform settings are applied to every task of a pipeline being compiled",
+         behaves=_pipeline_tasks_check),
     Seam("kfp.client.Client._get_url_prefix", "run_url: the KFP UI's address", params=("self",)),
     Seam("kfp_server_api.RecurringRunServiceApi.recurring_run_service_create_recurring_run",
          "create_recurring_run: a schedule from a whole V2beta1RecurringRun",

@@ -2,6 +2,7 @@
 table's rows point to, not only on the table file; `--runner docker` mounts the folders they lie in."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,6 +48,54 @@ def test_the_cache_key_of_a_table_source_follows_the_images_its_rows_point_to(tm
 
     shutil.copy(sample_files("Trouser", 1, skip=5)[0], elsewhere[0])  # a row's absolute path, in another folder
     assert task_key("comp-ingest", CONTAINER, args) not in (first, second)
+
+
+@pytest.mark.parametrize("source", ["folder", "table"])
+@pytest.mark.parametrize("how", ["rewritten in place", "replaced by another file"])
+def test_a_same_size_replacement_with_its_old_mtime_changes_the_cache_key(tmp_path, source, how):
+    """What `cp -p`, `rsync -a` or `tar x` leave: other bytes, the same size, the old modification time."""
+    import time
+
+    from imgclf.pipelines.local.cache import task_key
+
+    bags = _images(tmp_path / "data" / "bags", "Bag", 1)
+    image = bags[0]
+    args = {"data": str(tmp_path / "data")} if source == "folder" else \
+        {"data": str(_table(tmp_path / "meta", [(str(image), "Bag")])), "allow_outside_paths": True}
+    first = task_key("comp-ingest", CONTAINER, args)
+    old = image.stat()
+    other = bytes(b ^ 0xFF for b in image.read_bytes())
+    time.sleep(0.02)  # past the kernel's coarse file clock, as any real later copy is
+    if how == "rewritten in place":
+        image.write_bytes(other)
+    else:
+        staged = image.with_name(image.name + ".part")
+        staged.write_bytes(other)
+        os.replace(staged, image)
+    os.utime(image, ns=(old.st_atime_ns, old.st_mtime_ns))
+    now = image.stat()
+    assert (now.st_size, now.st_mtime_ns) == (old.st_size, old.st_mtime_ns) and image.read_bytes() == other
+    assert task_key("comp-ingest", CONTAINER, args) != first, "a stale hit: the old outputs for new bytes"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".pq", ".CSV"])
+def test_the_cache_sees_a_table_wherever_ingest_does(tmp_path, suffix):
+    """One list of table suffixes (components/ingest/sources.py): a table ingest reads whose images the
+    cache did not key on would be served stale after an image changed."""
+    from imgclf.components.ingest import sources
+    from imgclf.pipelines.local.cache import table_rows
+
+    assert suffix.lower() in sources.TABLE_SUFFIXES
+    bags = _images(tmp_path / "data", "Bag", 1)
+    table = _table(tmp_path / "data", [(bags[0].name, "Bag")])
+    if suffix.lower() != ".csv":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"path": [bags[0].name], "label": ["Bag"]}), table.with_suffix(suffix))
+    table = table.rename(table.with_suffix(suffix)) if suffix.lower() == ".csv" else table.with_suffix(suffix)
+    assert sources.resolve(str(table), tmp_path / "out").kind == "table"
+    assert table_rows(str(table)) == ([os.path.abspath(bags[0])], False)
 
 
 def test_a_table_with_remote_rows_is_never_served_from_the_cache(tmp_path):

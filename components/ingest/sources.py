@@ -32,6 +32,10 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
 PATH_COLUMNS = ("path", "path_or_uri", "uri", "filename", "file", "image", "location")
 LABEL_COLUMNS = ("label", "class", "category")
 # What a table row may point at (storage.py's stores, plus plain web URLs).
+PARQUET_SUFFIXES = (".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
+"""A source whose name ends so is a table of image paths and labels, not a folder or archive (also read
+by `imgclf run --cache` and the Docker runner, which must see a table as ingest does)."""
 TABLE_SCHEMES = ("s3", "s3a", "minio", "gs", "gcs", "file", "http", "https")
 
 MAX_EXPANSION_RATIO = 200
@@ -66,8 +70,8 @@ def resolve(source: str, output_dir: Path, base_uri: str = "",
         top = _unwrap(root)
         items = list(_folder_items(str(top), relative_to=output_dir))
         return Source("zip", _layout_of(items), items)
-    if lower.endswith((".csv", ".parquet", ".pq")):
-        items = list(_table_items(source, base_uri, allow_outside_paths))
+    if lower.endswith(TABLE_SUFFIXES):
+        items = list(table_items(source, base_uri, allow_outside_paths))
         return Source("table", "pre-split" if any(i.split for i in items) else "table", items)
     items = list(_folder_items(source))
     return Source("folder", _layout_of(items), items)
@@ -104,7 +108,10 @@ def _outside(path: str, root: str) -> bool:
     return real != top and not real.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def _table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False) -> Iterator[Item]:
+def table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False) -> Iterator[Item]:
+    """A CSV/Parquet table's rows as Items, paths resolved against `base_uri` or the table's folder; a row
+    ingest cannot use carries its `problem`. Public: `imgclf run --cache` and the Docker runner must
+    resolve a table's rows exactly as ingest does."""
     rows = _read_table(table_uri)
     if not rows:
         raise DatasetError(f"{table_uri}: the table has no rows")
@@ -154,7 +161,7 @@ def _decode_text(uri: str, data: bytes) -> str:
 
 def _read_table(uri: str) -> list[dict]:
     data = storage.read_bytes(uri)
-    if uri.lower().endswith((".parquet", ".pq")):
+    if uri.lower().endswith(PARQUET_SUFFIXES):
         import pyarrow.parquet as pq
 
         try:

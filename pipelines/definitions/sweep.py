@@ -1,5 +1,5 @@
 """Sweep files: a grid, or a seeded random sample, over train options, checked against the options'
-declarations before anything runs, compiled into a `dsl.ParallelFor` of trials (pipelines/training.py).
+declarations before anything runs, compiled into a `dsl.ParallelFor` of trials (pipelines/definitions/training.py).
 
     parallelism: 4            # trials running at once (the ParallelFor's parallelism limit)
     metric: val_accuracy      # or val_loss: validation scores only

@@ -5,7 +5,7 @@ Two `dsl.If` branches, so the UI shows what did not run and why: training runs u
 exactly the champion's (`skip_unchanged`), and publish runs only when the gate passed. Pipeline outputs
 are the ingest report and `outcome` (the gate's or the skip note's JSON summary, via `dsl.OneOf`):
 kfp.local 2.17 can pick a `dsl.OneOf` parameter but not a `dsl.OneOf` artifact, and artifacts made
-inside a branch cannot be pipeline outputs otherwise. `pipelines/local.py` finds the branch artifacts
+inside a branch cannot be pipeline outputs otherwise. `imgclf run` (pipelines/local/run.py) finds the branch artifacts
 (SavedModel, report) in the run's folder.
 
 The parameters are the steps' declared options; the function's signature and the validate task are
@@ -14,6 +14,7 @@ generated into training_face.py (pipelines/definitions/declare.py); each task ge
 from kfp import dsl
 
 from imgclf.components.kfp_glue import wrappers as steps
+from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.definitions import training_face as face
 from imgclf.pipelines.definitions.declare import for_step, pipeline
 from imgclf.pipelines.definitions.sweep import Sweep
@@ -33,7 +34,7 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         # The source is named by a URI whose contents change between runs (scheduled retraining):
         # never let a cluster's cache answer for it. Later steps are keyed on ingest's outputs and stay
         # cacheable. Locally only `imgclf run --cache` caches, keyed on the data folder's listing
-        # (pipelines/local_cache.py), and never for a remote URI.
+        # (pipelines/local/cache.py), and never for a remote URI.
         ingest.set_caching_options(platform.target == "local")
         records = sharded_preprocess(ingest.outputs["dataset"], for_step("preprocess", p))
         look = steps.champion(records=records, **for_step("champion", p), **for_step("train", p))
@@ -66,7 +67,7 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         with dsl.Else(name="data-unchanged"):
             skip = steps.training_skipped(reason=look.outputs["reason"],
                                           champion_version=look.outputs["champion_version"])
-        platform.apply(*dsl.pipeline_context.Pipeline.get_default_pipeline().tasks.values())
+        platform.apply(*kfp_seams.pipeline_tasks())
         for task in gpu_tasks:
             platform.apply_gpu(task)
         return Outputs(ingest_report=ingest.outputs["report"],

@@ -5,8 +5,9 @@ run writes its artifacts under a new run folder: nothing after the first task co
 cache keys a task on what its inputs *contain*:
 - its component, image, command and environment, and every parameter value;
 - each input artifact's files (names, sizes and bytes, hashed);
-- each parameter that names a local file or folder (the data folder): its listing with sizes and
-  modification times, so a changed, added or removed image re-runs ingest and all that follows;
+- each parameter that names a local file or folder (the data folder): its listing with each file's
+  size, modification time, change time and inode number (`_stat_key`), so a changed, added or removed
+  image re-runs ingest and all that follows;
 - for a local CSV/Parquet table source, the same for every local image its rows point to (resolved as
   ingest resolves them), so an image replaced behind an unchanged table re-runs ingest too.
 A task is never served from the cache when caching is off for it in the pipeline (the champion
@@ -31,21 +32,30 @@ CACHE_DIR = ".imgclf-cache"
 ORIGIN = ".imgclf-origin"
 
 
+def _stat_key(st: os.stat_result) -> str:
+    """What identifies a version of a user file without reading it: size, modification time, and the
+    change time and inode number. The modification time alone is not enough: `cp -p`, `rsync -a` and
+    `tar x` put the old one back on a new file, and a coarse-clock filesystem repeats it. The change time
+    cannot be set by user tools and moves on every write, rename or chmod; a file replaced by another
+    has another inode. Their cost is only a needless miss (after a chmod, or on a filesystem whose inode
+    numbers are not stable). Hashing the bytes instead would read the whole data folder on every run;
+    memoised by stat, it would need this same key to know when to hash again."""
+    return f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+
+
 def _digest_tree(path: Path, h, contents: bool) -> None:
-    """Every file under `path`, in a fixed order: bytes (artifacts) or size and time (user data)."""
+    """Every file under `path`, in a fixed order: bytes (artifacts) or `_stat_key` (user data)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0".encode())
+        name = f.relative_to(path) if f != path else f.name
         if contents:
+            h.update(f"{name}\0{st.st_size}\0".encode())
             with open(f, "rb") as stream:
                 for block in iter(lambda: stream.read(1 << 20), b""):
                     h.update(block)
         else:
-            h.update(str(st.st_mtime_ns).encode())
-
-
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+            h.update(f"{name}\0{_stat_key(st)}\0".encode())
 
 
 def _truthy(value) -> bool:
@@ -57,16 +67,19 @@ def table_rows(data: str, base_uri: str = "", allow_outside_paths=False) -> tupl
     ingest resolves them (components/ingest/sources.py: relative paths against `base_uri` or the table's
     folder); rows that ingest quarantines without reading (empty, outside the table's folder) are left
     out. None when `data` is not a local table file."""
-    if not data or not storage.is_local(data) or not data.lower().endswith(TABLE_SUFFIXES) \
+    from imgclf.components.ingest import sources
+
+    if not data or not storage.is_local(data) or not data.lower().endswith(sources.TABLE_SUFFIXES) \
             or not os.path.isfile(storage.local_path(data)):
         return None
     from imgclf.components.contracts import DatasetError
-    from imgclf.components.ingest import sources
 
     try:
-        items = list(sources._table_items(data, base_uri or "", _truthy(allow_outside_paths)))
+        items = list(sources.table_items(data, base_uri or "", _truthy(allow_outside_paths)))
     except DatasetError:
-        return [], False  # ingest reports the unreadable table; its bytes are in the key already
+        # ingest reports the unreadable table; the key holds the table file's `_stat_key` (task_key
+        # digests every parameter naming a local file), so mending the table re-runs ingest.
+        return [], False
     files, remote = [], False
     for item in items:
         if item.problem:
@@ -79,14 +92,14 @@ def table_rows(data: str, base_uri: str = "", allow_outside_paths=False) -> tupl
 
 
 def _digest_files(files: list[str], h) -> None:
-    """Each user file's path, size and modification time, as `_digest_tree` does for a folder."""
+    """Each user file's path and `_stat_key`, as `_digest_tree` does for a folder."""
     for name in files:
         try:
             st = os.stat(name)
         except OSError:
             h.update(f"{name}\0missing\0".encode())
             continue
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(f"{name}\0{_stat_key(st)}\0".encode())
 
 
 def task_key(component_name: str, container, arguments: dict) -> str | None:
@@ -126,24 +139,21 @@ def local_cache(pipeline_root: str, hits: list[str]):
     store = Path(pipeline_root) / CACHE_DIR
 
     def make(original):
-        def execute(task_name, task_spec, pipeline_resource_name, components, executors, io_store, pipeline_root,
-                    runner, unique_pipeline_id, fail_stack):
+        def execute(**task):  # execute_single_task's keyword arguments, as kfp.local passes them
             def run():
-                return original(task_name=task_name, task_spec=task_spec,
-                                pipeline_resource_name=pipeline_resource_name, components=components,
-                                executors=executors, io_store=io_store, pipeline_root=pipeline_root, runner=runner,
-                                unique_pipeline_id=unique_pipeline_id, fail_stack=fail_stack)
+                return original(**task)
 
+            task_name, task_spec = task["task_name"], task["task_spec"]
             component_name = task_spec.component_ref.name
-            component = components[component_name]
-            executor = executors.get(component.executor_label)
+            component = task["components"][component_name]
+            executor = task["executors"].get(component.executor_label)
             if not task_spec.caching_options.enable_cache or executor is None or not executor.HasField("container"):
                 return run()
-            arguments = kfp_seams.task_arguments(task_spec, io_store)
+            arguments = kfp_seams.task_arguments(task_spec, task["io_store"])
             key = task_key(component_name, executor.container, arguments)
             if key is None:
                 return run()
-            task_root = kfp_seams.task_root(pipeline_root, pipeline_resource_name, component_name)
+            task_root = kfp_seams.task_root(task["pipeline_root"], task["pipeline_resource_name"], component_name)
             entry = store / key
             if (entry / ORIGIN).is_file():
                 restore(entry, Path(task_root))

@@ -196,7 +196,8 @@ class Zygote:
 
 
 def _import_path() -> str:
-    """The caller's import path, so the zygote finds `pipelines` and `components` wherever it was run."""
+    """The caller's import path, so the zygote imports `imgclf` (and the tasks' modules) as the caller does,
+    from an installed package or a source checkout."""
     return os.pathsep.join(p for p in [os.getcwd(), *sys.path] if p)
 
 

@@ -1,5 +1,5 @@
 """Run the training pipeline on this machine with kfp.local: SubprocessRunner (this virtualenv) or
-DockerRunner (our image; see pipelines/docker_local.py)."""
+DockerRunner (our image; see pipelines/local/docker_runner.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -244,7 +244,9 @@ def run_checked(values: dict, *, pipeline_root: str = "runs", runner: str = "sub
                 quiet: bool = False, cache: bool = False, sweep: str = ""):
     """`imgclf run` once its flags are parsed, shared with `imgclf.run` (imgclf/api.py) so both check and
     run alike: the pipeline parameters (local paths included), the runner and the sweep file are all
-    checked before any work starts (no preloading, no run folder); then the run, as a LocalRun."""
+    checked before the run folder is made or any task runs; then the run, as a LocalRun. The preloaded
+    zygote (subprocess runner) may already be starting while they are checked: the `imgclf` command
+    starts it first thing, and this function starts it (if not yet started) once the checks passed."""
     from imgclf.pipelines import check_parameters
     from imgclf.pipelines.definitions import sweep as sweeps
     from imgclf.pipelines.local.docker_runner import NETWORKS

@@ -91,7 +91,7 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_sweep_argument(p: argparse.ArgumentParser) -> None:
-    """`--sweep FILE` for run, compile, submit and schedule (see pipelines/sweep.py)."""
+    """`--sweep FILE` for run, compile, submit and schedule (see pipelines/definitions/sweep.py)."""
     p.add_argument("--sweep", metavar="FILE", default="",
                    help="a YAML/JSON grid or seeded random sample over train options: trials run as a ParallelFor, "
                         "the best on validation is evaluated, exported, gated and published")
