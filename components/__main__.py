@@ -31,11 +31,17 @@ def add_step_arguments(parser: argparse.ArgumentParser, fn) -> None:
                             help="(required)" if required else f"(default: {p.default!r})")
 
 
-def main(argv: list[str] | None = None) -> int:
+PROG = "python -m imgclf.components"
+"""How the container entry (`imgclf-entrypoint`, which runs this module) is invoked: the usage line's name."""
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """`prog` is what the usage and error lines call the command: `imgclf step` passes its own name, so
+    `imgclf step train -h` does not tell a user to type the container's command."""
     from imgclf.components import steps
     from imgclf.components.lib.options import ParameterError
 
-    parser = argparse.ArgumentParser(prog="python -m imgclf.components", description="Run one imgclf step.")
+    parser = argparse.ArgumentParser(prog=prog, description="Run one imgclf step.")
     sub = parser.add_subparsers(dest="step", required=True)
     for name in (n for n, s in steps.STEPS.items() if s.entry):
         add_step_arguments(sub.add_parser(name, help=steps.STEPS[name].help), steps.function(name))

@@ -48,14 +48,14 @@ STEPS = {
                  "thresholds and the champion re-scored on this test split: publish or refuse"),
     "publish": Step("imgclf.components.release.publish:publish", "imgclf.components.release.options:PublishOptions",
                     "copy the checked SavedModel into the registry as the next version"),
-    # A sweep's trial (train, its failure kept as its result) and selection: wired by pipelines/training.py
+    # A sweep's trial (train, its failure kept as its result) and selection: wired by pipelines/definitions/training.py
     # from the sweep file, their inputs are lists and JSON, so no entry-point subcommand.
     "trial": Step("imgclf.components.train.trial:run_trial", "imgclf.components.train.options:TrainOptions",
                   "one trial of a sweep: train with the trial's options, scored on the validation split", entry=False),
     "select": Step("imgclf.components.sweep.select:select", "",
                    "the best trial of a sweep by its validation score; its model becomes the run's", entry=False),
     "deploy": Step("imgclf.components.deploy.step:deploy", "imgclf.components.deploy.options:DeployOptions",
-                   "serve a published version: KServe InferenceService, Vertex AI endpoint or TF Serving config"),
+                   "serve a published version on the target the deploy option names (its choices)"),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.
     "predict": Step("imgclf.components.predict.step:predict", "imgclf.components.predict.options:BatchPredictOptions",
                     "classify a folder or bucket of images through a SavedModel's serving signature", entry=False),

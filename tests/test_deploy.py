@@ -447,3 +447,34 @@ def test_the_pipeline_deploys_after_publish_inside_the_gate_passed_branch(tmp_pa
     assert wired == {"outputParameterKey": "Output", "producerTask": "publish"}
     assert task["cachingOptions"] == {}
     assert "vertex_api_endpoint" not in spec["root"]["inputDefinitions"]["parameters"]
+
+
+# --- dispatch -----------------------------------------------------------------------------------------
+
+@pytest.mark.unit
+def test_every_target_but_none_has_its_own_handler():
+    from imgclf.components.deploy.options import TARGETS
+    from imgclf.components.deploy.step import HANDLERS, handler
+
+    assert set(HANDLERS) == set(TARGETS) - {"none"}
+    for target in HANDLERS:
+        assert handler(target) is HANDLERS[target]
+    runs = [h.run for h in HANDLERS.values()]
+    assert len(set(runs)) == len(runs)  # no target borrows another's deployment
+
+
+@pytest.mark.unit
+def test_a_target_without_a_handler_is_refused_not_sent_elsewhere(reg, tmp_path, monkeypatch):
+    from imgclf.components.deploy import step, tf_serving
+
+    def elsewhere(*_args, **_kwargs):
+        raise AssertionError("an unknown target reached TF Serving")
+
+    monkeypatch.setattr(tf_serving, "configure", elsewhere)
+    opts = DeployOptions(deploy="tf-serving", registry=str(reg), model_name="fashion")
+    object.__setattr__(opts, "deploy", "nginx")  # as if added to TARGETS alone
+    with pytest.raises(DeployError, match="deploy=nginx: no handler"):
+        deploy(str(tmp_path / "out"), opts=opts)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DeployError, match="no handler"):
+        step.handler("nginx")

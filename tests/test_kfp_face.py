@@ -66,6 +66,29 @@ def test_every_step_and_spec_has_its_face_and_its_body():
         inspect.signature(body).bind(**dict.fromkeys(face_params))
 
 
+def test_a_named_tuple_output_is_filled_by_name_whatever_order_the_body_returns(monkeypatch):
+    # KFP's executor fills a NamedTuple's outputs by position (`func_output[i]` against the annotation's
+    # fields): the face must order them as declared, whatever order the task body's dict has.
+    faced = [(package, spec, component) for package, spec, component, _ in _components() if spec.outputs]
+    assert {spec.name for _, spec, _ in faced} >= {"champion", "gate"}
+    for package, spec, component in faced:
+        _name, fields = spec.outputs
+        fn = component.python_func
+        assert inspect.signature(fn).return_annotation._fields == fields, spec.name
+        values = {f: f"<{f}>" for f in reversed(fields)}
+        monkeypatch.setattr(importlib.import_module(f"imgclf.components.{package}.task"), spec.name,
+                            lambda _values=values, **_: dict(_values))
+        out = fn(**dict.fromkeys(inspect.signature(fn).parameters))
+        assert tuple(out) == tuple(f"<{f}>" for f in fields), spec.name
+        assert {f: getattr(out, f) for f in fields} == values
+    # A body that leaves an output out fails the task instead of shifting the others.
+    package, spec, component = faced[0]
+    monkeypatch.setattr(importlib.import_module(f"imgclf.components.{package}.task"), spec.name,
+                        lambda **_: {spec.outputs[1][0]: "x"})
+    with pytest.raises(TypeError):
+        component.python_func(**dict.fromkeys(inspect.signature(component.python_func).parameters))
+
+
 def test_kfp_ships_the_checked_in_function_itself():
     for package, spec, component, _ in _components():
         fn = component.python_func

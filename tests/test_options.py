@@ -16,12 +16,18 @@ import pytest
 import yaml
 
 from imgclf.components import steps as registry
+from imgclf.components.kfp_glue.specs import FACES
 from imgclf.components.lib.options import Option, ParameterError, validate
 from imgclf.pipelines import PIPELINES, steps_of
 from imgclf.pipelines.definitions.declare import parameters
 from tests.conftest import REPO
 
-STEP_PACKAGES = ("ingest", "preprocess", "train", "evaluate", "export", "release", "predict", "sweep", "deploy")
+STEP_PACKAGES = tuple(sorted(
+    set(FACES)
+    | {ref.function.split(".")[2] for ref in registry.STEPS.values()}
+    | {p.parent.name for name in ("task.py", "component.py", "step.py") for p in (REPO / "components").glob(f"*/{name}")}))
+"""Every step package, from the declarations (the KFP faces, the steps table) and the folders holding a
+step's files, so a new one falls under the no-cross-step-imports rule without being listed here."""
 KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN"}
 
 
@@ -241,6 +247,8 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.unit
 def test_no_step_imports_another_step_and_libraries_import_no_step():
     components = REPO / "components"
+    assert {"ingest", "release", "sweep", "deploy"} <= set(STEP_PACKAGES)
+    assert not {"lib", "kfp_glue"} & set(STEP_PACKAGES)
     for package in (*STEP_PACKAGES, "lib"):
         for path in (components / package).rglob("*.py"):
             others = [p for p in STEP_PACKAGES if p != package]
@@ -294,3 +302,20 @@ def test_docker_runner_mounts_every_declared_path_parameter():
     assert paths == {o.name: o.path for o in parameters(_steps("training")) if o.path}
     assert {"data": "read", "data_base_uri": "read", "weights": "read", "registry": "write", "export_to": "write",
             "tensorboard_uri": "write"}.items() <= paths.items()
+
+
+@pytest.mark.unit
+def test_a_steps_usage_names_the_command_it_was_called_by(capsys):
+    from imgclf.components import __main__ as entry
+    from imgclf.pipelines.cli.main import main as imgclf
+
+    for run, usage in ((lambda a: imgclf(["step", *a]), "usage: imgclf step ingest"),
+                       (entry.main, f"usage: {entry.PROG} ingest")):
+        with pytest.raises(SystemExit) as done:
+            run(["ingest", "-h"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(usage)
+    with pytest.raises(SystemExit):
+        imgclf(["step", "no-such-step"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: imgclf step") and "imgclf.components" not in err

@@ -30,13 +30,13 @@ def deploy(
         vertex_serving_image: str = 'us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest',
         vertex_api_endpoint: str = '',
     ) -> str:
-    """Serve the published version: a KServe InferenceService, a Vertex AI model version on an endpoint, or a TF Serving config; nothing with deploy=none.
+    """Serve the published version: a KServe InferenceService, a Vertex AI model version on an endpoint or a TF Serving config; nothing with deploy=none.
 
     Args:
         deployment: the InferenceService manifest or models.config written
         registry: model registry: local folder, gs:// or s3:// prefix; empty: gate on the thresholds only and publish nothing.
         model_name: the model's folder in the registry.
-        deploy: after publish, serve the new version: none, kserve (an InferenceService), vertex (Model Registry + endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
+        deploy: after publish, serve the new version: none (nothing deployed), kserve (an InferenceService manifest, applied when a cluster is configured), vertex (a Model Registry version on an endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
         model_version: the registry version to deploy; 0: the champion. Allowed: an integer >= 0.
         canary_percent: traffic share the new version gets while the previous one keeps the rest (KServe canaryTrafficPercent, Vertex traffic split); 100: all at once. Allowed: an integer >= 0 and <= 100.
         service_name: KServe InferenceService / Vertex endpoint name (default: model_name).

@@ -9,7 +9,31 @@ from imgclf.components.lib.options import ParameterError, option
 from imgclf.components.lib.quantity import cpu_problem, memory_problem
 from imgclf.components.lib.registry import RegistryTarget
 
-TARGETS = ("none", "kserve", "vertex", "tf-serving")
+SERVES = {
+    "none": ("nothing", "nothing deployed"),
+    "kserve": ("a KServe InferenceService", "an InferenceService manifest, applied when a cluster is configured"),
+    "vertex": ("a Vertex AI model version on an endpoint", "a Model Registry version on an endpoint"),
+    "tf-serving": ("a TF Serving config", "models.config and the docker line"),
+}
+"""Every deploy target, declared once: target -> (what it serves, in a sentence; what it writes or calls).
+The deploy option's choices, its help, `imgclf deploy`'s and the component's text are derived from it;
+each target but "none" has its handler in step.HANDLERS."""
+TARGETS = tuple(SERVES)
+
+
+def listed(items: list[str]) -> str:
+    """"a, b or c"."""
+    return ", ".join(items[:-1]) + (" or " if len(items) > 1 else "") + items[-1]
+
+
+def targets_help(targets=TARGETS) -> str:
+    """"kserve: ...; vertex: ..." for the named targets (help text that says what each one does)."""
+    return "; ".join(f"{t}: {SERVES[t][1]}" for t in targets)
+
+
+def served(targets=TARGETS) -> str:
+    """"a KServe InferenceService, ... or a TF Serving config" for the named targets."""
+    return listed([SERVES[t][0] for t in targets])
 VERTEX_TF_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 # KServe refuses InferenceService names that are not DNS-1035 labels (its IsvcNameFmt), and Kubernetes
 # caps a label at 63 characters.
@@ -26,9 +50,8 @@ def dns_label_problem(name: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class DeployOptions(RegistryTarget):
-    deploy: str = option("none", "after publish, serve the new version: none, kserve (an InferenceService), vertex "
-                                 "(Model Registry + endpoint) or tf-serving (models.config and the docker line)",
-                         choices=TARGETS)
+    deploy: str = option("none", "after publish, serve the new version: "
+                                 + listed([f"{t} ({SERVES[t][1]})" for t in TARGETS]), choices=TARGETS)
     model_version: int = option(0, "the registry version to deploy; 0: the champion", min=0, pipeline=False)
     canary_percent: int = option(10, "traffic share the new version gets while the previous one keeps the rest "
                                      "(KServe canaryTrafficPercent, Vertex traffic split); 100: all at once",

@@ -9,6 +9,7 @@ pipeline's optional step after publish and `imgclf deploy`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgclf.components.deploy import kserve, tf_serving
@@ -59,7 +60,8 @@ def serving_config_pins(opts: DeployOptions, version: int) -> None:
                           f"run 'imgclf registry check --repair {where}' first")
 
 
-def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_dir: str) -> Deployed:
+def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, champion: int | None,
+                  output_dir: str) -> Deployed:
     doc = kserve.manifest(opts, version, has_previous)
     path = kserve.write(doc, output_dir)
     split = (f"canary: {opts.canary_percent} % to version {version}, the rest on the previous revision"
@@ -77,7 +79,8 @@ def deploy_kserve(opts: DeployOptions, version: int, has_previous: bool, output_
     return done
 
 
-def deploy_vertex(opts: DeployOptions, version: int) -> Deployed:
+def deploy_vertex(opts: DeployOptions, version: int, has_previous: bool, champion: int | None,
+                  output_dir: str) -> Deployed:
     from imgclf.components.deploy import vertex
 
     d = vertex.deploy(opts, version)
@@ -93,10 +96,65 @@ def _follows_registry_config(opts: DeployOptions, version: int, champion: int | 
     return version == champion and opts.name == opts.model_name and not opts.registry.startswith("gs://")
 
 
-def deploy_tf_serving(opts: DeployOptions, version: int, champion: int | None, output_dir: str) -> Deployed:
+def deploy_tf_serving(opts: DeployOptions, version: int, has_previous: bool, champion: int | None,
+                      output_dir: str) -> Deployed:
     follow = version == champion
     path, lines = tf_serving.configure(opts, version, follow=follow, output_dir=output_dir)
     return Deployed("tf-serving", version, [path], [f"TF Serving config: {path}", *lines])
+
+
+def _no_check(*_) -> None:
+    return None
+
+
+def _kserve_early(opts: DeployOptions) -> None:
+    kserve.manifest(opts, 1, False)  # the name and the storage URI, refused before the registry is read
+
+
+def _vertex_early(opts: DeployOptions) -> None:
+    from imgclf.components.deploy import vertex
+
+    vertex.artifact_uri(opts, 1)
+
+
+def _kserve_late(opts: DeployOptions, version: int, champion: int | None) -> None:
+    # The predictor serves what the registry's models.config pins: the champion, and only that.
+    if version != champion:
+        raise DeployError(f"KServe serves the version the registry's {registry.SERVING_CONFIG} pins, the champion "
+                          f"(version {champion}); version {version} cannot be deployed there on its own")
+    serving_config_pins(opts, version)
+
+
+def _tf_serving_late(opts: DeployOptions, version: int, champion: int | None) -> None:
+    if _follows_registry_config(opts, version, champion):
+        serving_config_pins(opts, version)
+
+
+@dataclass(frozen=True)
+class Handler:
+    """How one target is deployed: what is refused before the registry is read (`early(opts)`), what is
+    refused once the version is known (`late(opts, version, champion)`), and the deployment itself
+    (`run(opts, version, has_previous, champion, output_dir)`), called only when both passed."""
+    early: Callable[[DeployOptions], None]
+    late: Callable[[DeployOptions, int, int | None], None]
+    run: Callable[[DeployOptions, int, bool, int | None, str], Deployed]
+
+
+HANDLERS: dict[str, Handler] = {
+    "kserve": Handler(_kserve_early, _kserve_late, deploy_kserve),
+    "vertex": Handler(_vertex_early, _no_check, deploy_vertex),
+    "tf-serving": Handler(_no_check, _tf_serving_late, deploy_tf_serving),
+}
+"""Every deploy target but "none" -> its handler; the one place a target is dispatched. A target named
+in options.TARGETS without an entry here is refused, never sent to another target's code."""
+
+
+def handler(target: str) -> Handler:
+    """The handler of `target`; refused (DeployError) when it has none."""
+    try:
+        return HANDLERS[target]
+    except KeyError:
+        raise DeployError(f"deploy={target}: no handler for this target (handled: {', '.join(HANDLERS)})") from None
 
 
 @takes(DeployOptions)
@@ -105,27 +163,11 @@ def deploy(output_dir: str, opts: DeployOptions) -> Deployed:
     if opts.deploy == "none":
         print("deploy: deploy=none: nothing deployed", flush=True)
         return Deployed("none", lines=["deploy=none: nothing deployed"])
-    if opts.deploy == "kserve":
-        kserve.manifest(opts, 1, False)  # name and storage URI refused before the registry is read
-    elif opts.deploy == "vertex":
-        from imgclf.components.deploy import vertex
-
-        vertex.artifact_uri(opts, 1)
+    target = handler(opts.deploy)
+    target.early(opts)
     version, has_previous, champion = published_version(opts)
-    if opts.deploy == "kserve":
-        # The predictor serves what the registry's models.config pins: the champion, and only that.
-        if version != champion:
-            raise DeployError(f"KServe serves the version the registry's {registry.SERVING_CONFIG} pins, the champion "
-                              f"(version {champion}); version {version} cannot be deployed there on its own")
-        serving_config_pins(opts, version)
-    elif opts.deploy == "tf-serving" and _follows_registry_config(opts, version, champion):
-        serving_config_pins(opts, version)
+    target.late(opts, version, champion)
     os.makedirs(output_dir, exist_ok=True)
-    if opts.deploy == "kserve":
-        done = deploy_kserve(opts, version, has_previous, output_dir)
-    elif opts.deploy == "vertex":
-        done = deploy_vertex(opts, version)
-    else:
-        done = deploy_tf_serving(opts, version, champion, output_dir)
+    done = target.run(opts, version, has_previous, champion, output_dir)
     print("deploy: " + "\ndeploy: ".join(done.lines), flush=True)
     return done

@@ -5,8 +5,11 @@ parameters and its validate task. `generate.py` writes the components' source fr
 """
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 
+from imgclf.components.deploy.options import TARGETS as DEPLOY_TARGETS
+from imgclf.components.deploy.options import served
 from imgclf.components.lib.options import Option, union
 
 
@@ -46,10 +49,32 @@ class ComponentSpec:
     pipeline_only: bool = False
     """Only the options' pipeline parameters (the validate task); a step's component takes them all."""
 
-    def declared(self) -> list[Option]:
-        from imgclf.components.steps import pipeline_options
+    @property
+    def outputs(self) -> tuple[str, tuple[str, ...]] | None:
+        """A NamedTuple return as (its name, its field names in order), read from `returns`; else None.
 
-        return union(*pipeline_options(list(self.options)), pipeline_only=self.pipeline_only)
+        The order is declared here only: KFP fills a NamedTuple's outputs by position, so the task body
+        returns a dict and the generated face builds the tuple in this order (a reorder on one side
+        alone would otherwise swap outputs silently)."""
+        call = ast.parse(self.returns, mode="eval").body if self.returns.startswith("NamedTuple(") else None
+        if call is None:
+            return None
+        return ast.literal_eval(call.args[0]), tuple(k.arg for k in call.keywords)
+
+    def declared(self) -> list[Option]:
+        """Its options' inputs, in the order of its function's signature."""
+        return parameters(self.options, pipeline_only=self.pipeline_only)
+
+
+def parameters(steps: tuple[str, ...] | list[str], pipeline_only: bool = True) -> list[Option]:
+    """The union of the steps' options (only their pipeline parameters unless `pipeline_only` is false),
+    required ones first (a Python signature needs that order), each group in declaration order: the one
+    ordering of every generated component and pipeline signature (pipelines/definitions/declare.py reads
+    it too)."""
+    from imgclf.components.steps import pipeline_options
+
+    found = union(*pipeline_options(list(steps)), pipeline_only=pipeline_only)
+    return [o for o in found if o.required] + [o for o in found if not o.required]
 
 
 @dataclass(frozen=True)
@@ -149,8 +174,8 @@ SPECS = [
                              "champion.", (
         Artifact("saved_model", "Input[Model]", "export's SavedModel"), MODEL, RECORDS, PREDICTIONS), ("publish",),
         returns="int", returns_help="the published version"),
-    ComponentSpec("deploy", "Serve the published version: a KServe InferenceService, a Vertex AI model version on an "
-                            "endpoint, or a TF Serving config; nothing with deploy=none.", (
+    ComponentSpec("deploy", f"Serve the published version: {served([t for t in DEPLOY_TARGETS if t != 'none'])}; "
+                            "nothing with deploy=none.", (
         Artifact("deployment", "Output[Artifact]", "the InferenceService manifest or models.config written"),),
         ("deploy",), returns="str", returns_help="what was deployed, and the commands that serve or apply it"),
     ComponentSpec("not_published", "The visible end of a run whose model is not published (refused by the gate, "

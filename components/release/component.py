@@ -78,8 +78,10 @@ def champion(
         action (train or skip), the reason, the champion's version, and the champion's model folder when warm starting
     """
     _given = dict(locals())
+    from collections import namedtuple
+
     from imgclf.components.release.task import champion as _body
-    return _body(**_given)
+    return namedtuple('Lookup', ['action', 'reason', 'champion_version', 'warm_start_from'])(**_body(**_given))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -123,8 +125,10 @@ def gate(
         publish, refuse or no-registry, and the JSON summary
     """
     _given = dict(locals())
+    from collections import namedtuple
+
     from imgclf.components.release.task import gate as _body
-    return _body(**_given)
+    return namedtuple('Gate', ['decision', 'summary'])(**_body(**_given))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -5,23 +5,23 @@ class. Runs in the task's process (the container, or this virtualenv under kfp.l
 from __future__ import annotations
 
 
-def champion(records, **options):
+def champion(records, **options) -> dict:
+    """The lookup's outputs by name; the face (component.py) puts them in the order specs.py declares,
+    the one place that order is written (KFP fills a NamedTuple's outputs by position)."""
     # The train options come along so that a change of them is a reason to train (skip_unchanged).
     import json
-    from collections import namedtuple
 
     from imgclf.components.release.champion import lookup
     from imgclf.components.release.options import ChampionOptions
 
     own = ChampionOptions.pick(options)
     r = lookup(records.path, **own, train_options=json.dumps({k: v for k, v in options.items() if k not in own}))
-    return namedtuple("Lookup", "action reason champion_version warm_start_from")(
-        r.action, r.reason, r.champion_version, r.warm_start_from)
+    return {"action": r.action, "reason": r.reason, "champion_version": r.champion_version,
+            "warm_start_from": r.warm_start_from}
 
 
-def gate(records, predictions, reasons, compared, metrics, **options):
-    from collections import namedtuple
-
+def gate(records, predictions, reasons, compared, metrics, **options) -> dict:
+    """The decision and its JSON summary by name (ordered by the face, as champion's)."""
     from imgclf.components.release.gate import gate as run
 
     r = run(records.path, predictions.path, decision_md=reasons.path, compared_csv=compared.path, **options)
@@ -34,7 +34,7 @@ def gate(records, predictions, reasons, compared, metrics, **options):
     for k in COMPARE_METRICS:
         if k in r.champion:
             metrics.log_metric(f"champion v{r.champion['version']} {k}", r.champion[k])
-    return namedtuple("Gate", "decision summary")(r.decision, r.summary())
+    return {"decision": r.decision, "summary": r.summary()}
 
 
 def publish(saved_model, model, records, predictions, **options) -> int:

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["step"]:  # argparse's REMAINDER drops a leading -h/--flag: hand over verbatim
         from imgclf.components.__main__ import main as step_main
 
-        return step_main(argv[1:])
+        return step_main(argv[1:], prog="imgclf step")
     try:
         args = build_parser(run_given=_params_file(argv)).parse_args(argv)
         return args.func(args)

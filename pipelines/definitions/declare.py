@@ -8,13 +8,14 @@ from __future__ import annotations
 from kfp import dsl
 
 from imgclf.components import steps as step_table
-from imgclf.components.lib.options import Option, union
+from imgclf.components.kfp_glue import specs
+from imgclf.components.lib.options import Option
 
 
 def parameters(steps: tuple[str, ...]) -> list[Option]:
-    """The pipeline parameters of `steps`, required ones first (a Python signature needs that order)."""
-    found = union(*step_table.pipeline_options(list(steps)), pipeline_only=True)
-    return [o for o in found if o.required] + [o for o in found if not o.required]
+    """The pipeline parameters of `steps`, in the order of the generated pipeline function's signature
+    (required first; the ordering is the KFP glue's, components/kfp_glue/specs.py)."""
+    return specs.parameters(steps, pipeline_only=True)
 
 
 def for_step(step: str, values: dict) -> dict:

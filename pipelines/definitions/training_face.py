@@ -140,7 +140,7 @@ def validate(
         min_compared_images: the fewest test images seen by neither model (not in either's training or validation split) that a comparison needs; fewer: refused with that reason. Allowed: an integer >= 1.
         max_class_recall_drop: refuse when any class's recall on the compared images is lower than the champion's by more than this (0.05 = five points); 1: no per-class rule. Allowed: a finite number >= 0 and <= 1.
         accept_class_change: publish a challenger whose classes differ from the champion's (compared on the classes both know, where it must not be significantly worse); otherwise refused. Allowed: true or false.
-        deploy: after publish, serve the new version: none, kserve (an InferenceService), vertex (Model Registry + endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
+        deploy: after publish, serve the new version: none (nothing deployed), kserve (an InferenceService manifest, applied when a cluster is configured), vertex (a Model Registry version on an endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
         canary_percent: traffic share the new version gets while the previous one keeps the rest (KServe canaryTrafficPercent, Vertex traffic split); 100: all at once. Allowed: an integer >= 0 and <= 100.
         service_name: KServe InferenceService / Vertex endpoint name (default: model_name).
         serving_namespace: KServe: the Kubernetes namespace (default: the kubeconfig's, else default).
@@ -291,7 +291,7 @@ def face(graph):
             min_compared_images: the fewest test images seen by neither model (not in either's training or validation split) that a comparison needs; fewer: refused with that reason. Allowed: an integer >= 1.
             max_class_recall_drop: refuse when any class's recall on the compared images is lower than the champion's by more than this (0.05 = five points); 1: no per-class rule. Allowed: a finite number >= 0 and <= 1.
             accept_class_change: publish a challenger whose classes differ from the champion's (compared on the classes both know, where it must not be significantly worse); otherwise refused. Allowed: true or false.
-            deploy: after publish, serve the new version: none, kserve (an InferenceService), vertex (Model Registry + endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
+            deploy: after publish, serve the new version: none (nothing deployed), kserve (an InferenceService manifest, applied when a cluster is configured), vertex (a Model Registry version on an endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
             canary_percent: traffic share the new version gets while the previous one keeps the rest (KServe canaryTrafficPercent, Vertex traffic split); 100: all at once. Allowed: an integer >= 0 and <= 100.
             service_name: KServe InferenceService / Vertex endpoint name (default: model_name).
             serving_namespace: KServe: the Kubernetes namespace (default: the kubeconfig's, else default).
