@@ -185,7 +185,7 @@ history, so give the build a credential-free mirror URL (PIP_$(echo "$setting" |
     say "built $tag in $((SECONDS - start)) s: $((bytes / 1000000)) MB"
 }
 
-default_tag() {  # the names the pipelines use (IMGCLF_IMAGE: components/__init__.py; IMGCLF_GPU_IMAGE: pipelines/remote/platform.py)
+default_tag() {  # the names the pipelines use (IMGCLF_IMAGE: components/__init__.py; IMGCLF_GPU_IMAGE: pipelines/definitions/platform.py)
     if [ "$1" = gpu ]; then echo "${IMGCLF_GPU_IMAGE:-imgclf-gpu:$VERSION}"; else echo "${IMGCLF_IMAGE:-imgclf:$VERSION}"; fi
 }
 

@@ -1,5 +1,5 @@
 """The documentation's generated reference: the parameter tables (from the steps' option declarations),
-each task's default CPU and memory (from pipelines/remote/platform.py) and the `imgclf` command line's
+each task's default CPU and memory (from pipelines/definitions/platform.py) and the `imgclf` command line's
 help (from its argparse parsers), written between markers in the pages under docs/reference/.
 
 Generated, not written by hand, so a page can never disagree with the code it describes: a test runs
@@ -48,7 +48,7 @@ def table(pipeline: str) -> str:
 
 
 def resources_table() -> str:
-    from imgclf.pipelines.remote.platform import DEFAULT_RESOURCES
+    from imgclf.pipelines.definitions.platform import DEFAULT_RESOURCES
 
     rows = ["| task | CPU request | CPU limit | memory request | memory limit |", "|---|---|---|---|---|"]
     rows += [f"| `{name}` | {r.cpu_request} | {r.cpu_limit} | {r.memory_request} | {r.memory_limit} |"

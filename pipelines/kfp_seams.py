@@ -39,7 +39,7 @@ Parsed from kfp.local's log (`KfpChatter`, `failed_task`):
 
 Read while a pipeline function is being compiled (pipelines/definitions/):
 - `kfp.dsl.pipeline_context.Pipeline.get_default_pipeline().tasks` (`pipeline_tasks`): the tasks
-  declared so far, so that the platform settings (pipelines/remote/platform.py) are applied to each
+  declared so far, so that the platform settings (pipelines/definitions/platform.py) are applied to each
   once, at the end of the pipeline function, instead of by every call site.
 
 Private members of `kfp.Client` (pipelines/remote/backends.py):

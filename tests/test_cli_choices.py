@@ -8,9 +8,9 @@ import pytest
 
 from imgclf.components.deploy.options import TARGETS as DEPLOY_TARGETS
 from imgclf.pipelines.cli.main import build_parser
+from imgclf.pipelines.definitions.platform import TARGETS
 from imgclf.pipelines.local.docker_runner import NETWORKS
 from imgclf.pipelines.remote.backends import BACKENDS, Backend
-from imgclf.pipelines.remote.platform import TARGETS
 
 pytestmark = pytest.mark.unit
 

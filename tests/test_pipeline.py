@@ -220,7 +220,7 @@ def test_compiling_for_a_cluster_refuses_images_it_cannot_pull(target, tmp_path,
 
 @pytest.mark.parametrize("target", ["kfp", "vertex"])
 def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(target, tmp_path):
-    from imgclf.pipelines.remote.platform import DEFAULT_RESOURCES, cpu_quantity, memory_quantity
+    from imgclf.pipelines.definitions.platform import DEFAULT_RESOURCES, cpu_quantity, memory_quantity
 
     out = tmp_path / "p.yaml"
     assert main(["compile", "--target", target, "--allow-local-image", "-o", str(out)]) == 0

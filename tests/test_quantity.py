@@ -13,7 +13,7 @@ import pytest
 from imgclf.components.deploy.options import DeployOptions
 from imgclf.components.lib import quantity
 from imgclf.components.lib.options import ParameterError
-from imgclf.pipelines.remote.platform import resources_with
+from imgclf.pipelines.definitions.platform import resources_with
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from imgclf.pipelines.cli import remote as remote_cli
 from imgclf.pipelines.cli.deploy import add_deploy_parser
+from imgclf.pipelines.definitions.platform import TARGETS
 from imgclf.pipelines.local import RUNNERS  # light: no kfp, no docker
 from imgclf.pipelines.local.docker_runner import NETWORKS
 from imgclf.pipelines.remote import compiling
-from imgclf.pipelines.remote.platform import TARGETS
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

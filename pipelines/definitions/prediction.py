@@ -6,7 +6,7 @@ from imgclf.components.kfp_glue import wrappers as steps
 from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.definitions import prediction_face as face
 from imgclf.pipelines.definitions.declare import for_step, pipeline
-from imgclf.pipelines.remote.platform import LOCAL, Platform
+from imgclf.pipelines.definitions.platform import LOCAL, Platform
 
 PIPELINE_NAME = "imgclf-predict"
 STEPS = face.STEPS

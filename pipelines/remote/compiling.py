@@ -14,7 +14,7 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
     GPUs, secrets), refusing settings a cluster could not use."""
     from kfp import compiler
 
-    from imgclf.pipelines.remote.platform import (
+    from imgclf.pipelines.definitions.platform import (
         KFP_MINIO_SECRET,
         Platform,
         cpu_image,
@@ -63,7 +63,7 @@ def _pipeline_builder(name: str):
 
 
 def add_compile_options(p: argparse.ArgumentParser) -> None:
-    from imgclf.pipelines.remote.platform import DEFAULT_RESOURCES, KFP_MINIO_SECRET
+    from imgclf.pipelines.definitions.platform import DEFAULT_RESOURCES, KFP_MINIO_SECRET
 
     p.add_argument("--pipeline", choices=list(PIPELINES), default="training")
     add_sweep_argument(p)
