@@ -20,8 +20,10 @@ NOT_READ_IN_TASKS = {"IMGCLF_IMAGE", "IMGCLF_GPU_IMAGE"}
 def _clean_env(monkeypatch) -> None:
     import os
 
+    # Whatever the runner could pass, from its own declaration: earlier tests (the store fixtures) leave
+    # STORAGE_EMULATOR_HOST and friends set in this process.
     for name in list(os.environ):
-        if name.startswith(("IMGCLF_", "AWS_", "GCSFS_")):
+        if name.startswith(("IMGCLF_", *docker_runner.STORE_ENV_PREFIXES)) or name in docker_runner.STORE_ENV_NAMES:
             monkeypatch.delenv(name)
 
 
