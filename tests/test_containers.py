@@ -201,7 +201,7 @@ def test_gpu_dockerfile_builds_on_a_base_with_tensorflow(image):
                            env={**os.environ, "GPU_BASE_IMAGE": image})
     assert built.returncode == 0, built.stderr[-5000:]
     facts = json.loads(docker_run(tag, "python3", "-c", (
-        "import json, os, components, tensorflow; print(json.dumps({'uid': os.getuid(), "
+        "import json, os, imgclf.components, tensorflow; print(json.dumps({'uid': os.getuid(), "
         "'tf': tensorflow.__version__, 'env': os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}))")))
     assert facts == {"uid": 1000, "tf": "2.21.0", "env": "true"}
     assert "train" in docker_run(tag, "--help")
