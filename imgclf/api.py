@@ -22,16 +22,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from imgclf.components import steps as step_table
-from imgclf.components.lib.options import Option, union, validate
+from imgclf.components.lib.options import Option, validate
 from imgclf.components.predict.options import PredictOptions
 from imgclf.pipelines import steps_of
 
 
 def training_options() -> list[Option]:
-    """The training pipeline's parameters as declared: what `imgclf run` makes its flags from (the union
-    `declare.parameters` takes, in declaration order)."""
-    return union(*step_table.pipeline_options(list(steps_of("training"))), pipeline_only=True)
+    """The training pipeline's parameters as declared, in the pipeline signature's order: what `imgclf run`
+    makes its flags from (the one ordering, components/kfp_glue/specs.py)."""
+    from imgclf.components.kfp_glue.specs import parameters
+
+    return parameters(steps_of("training"))
 
 
 def _plain(value):

@@ -59,7 +59,10 @@ def _digest_tree(path: Path, h, contents: bool) -> None:
 
 
 def _truthy(value) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+    """A bool parameter as kfp.local hands it over (a bool, or its text), read with the options' words."""
+    from imgclf.components.lib.options import TRUE
+
+    return value is True or str(value).strip().lower() in TRUE
 
 
 def table_rows(data: str, base_uri: str = "", allow_outside_paths=False) -> tuple[list[str], bool] | None:
