@@ -195,31 +195,3 @@ def test_relative_source_path_works_from_another_directory(tmp_path, monkeypatch
     s = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, test_fraction=0.2,
                    val_fraction=0.2)
     assert s.quarantined == 0 and sum(s.counts.values()) == 20
-
-
-@pytest.mark.unit
-def test_nearest_hash_matches_xor_popcount_over_every_pair(monkeypatch):
-    """Generated hash sets (random, with planted near copies, duplicated training hashes for ties, all-zero
-    backgrounds) across block boundaries: the matrix-product search finds the same nearest training
-    hash, first on ties, at the same distance as XOR and popcount over every pair."""
-    from imgclf.components.preprocess import step
-
-    rng = np.random.default_rng(11)
-    monkeypatch.setattr(step, "TRAIN_CHUNK", 7)
-    for case in range(20):
-        n_train, n_query = int(rng.integers(1, 40)), int(rng.integers(1, 25))
-        train = (rng.random((n_train, 256)) < rng.uniform(0.02, 0.5)).astype(np.uint8)
-        if case % 3 == 0:
-            train[rng.integers(0, n_train, n_train // 2)] = train[0]  # ties
-        query = (rng.random((n_query, 256)) < 0.3).astype(np.uint8)
-        planted = rng.integers(0, n_train, n_query)
-        near = rng.random(n_query) < 0.6
-        for q in np.flatnonzero(near):
-            query[q] = train[planted[q]]
-            query[q, rng.choice(256, int(rng.integers(0, 12)), replace=False)] ^= 1
-        if case % 4 == 0:
-            query[0] = 0
-        best, dist = step.nearest(query, train)
-        every = (query[:, None, :] != train[None, :, :]).sum(-1)
-        np.testing.assert_array_equal(best, every.argmin(1), err_msg=f"case {case}")
-        np.testing.assert_array_equal(dist, every.min(1), err_msg=f"case {case}")

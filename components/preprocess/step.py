@@ -26,6 +26,7 @@ from imgclf.components.contracts import (
 from imgclf.components.lib import images, records, storage
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
+from imgclf.components.preprocess.near_duplicates import near_duplicates
 from imgclf.components.preprocess.options import LAYOUT_ONLY, PreprocessOptions
 
 
@@ -135,69 +136,6 @@ def shuffled(splits: dict[str, list[int]], seed: int) -> dict[str, list[int]]:
 
     return {name: [idx[i] for i in np.random.default_rng([seed, n]).permutation(len(idx))]
             for n, (name, idx) in enumerate(splits.items())}
-
-
-def near_duplicates(rows: list[dict], splits: dict[str, list[int]], max_distance: int) -> list[dict]:
-    """Validation/test images whose perceptual hash is within `max_distance` bits of a training image's.
-
-    Exact copies never get here (ingest keeps one per content); these are re-encodings, resizes and
-    light edits of the same picture, which inflate test scores when they straddle the split.
-    """
-    if max_distance < 0 or not splits["train"]:
-        return []
-    train = hash_bits(rows, splits["train"])
-    found = []
-    for split in ("validation", "test"):
-        idx = splits[split]
-        for start in range(0, len(idx), QUERY_CHUNK):
-            chunk = idx[start:start + QUERY_CHUNK]
-            best, dist = nearest(hash_bits(rows, chunk), train)
-            for i, b, d in zip(chunk, best, dist):
-                if d <= max_distance:
-                    found.append({"location": rows[i]["location"], "split": split, "label": rows[i]["label"],
-                                  "train_location": rows[splits["train"][b]]["location"],
-                                  "train_label": rows[splits["train"][b]]["label"], "distance": int(d)})
-    return found
-
-
-QUERY_CHUNK, TRAIN_CHUNK = 512, 8192
-"""512 x 8,192 distances (16 MB) at a time, whatever the number of images."""
-
-
-def hash_bits(rows: list[dict], idx: list[int]):
-    """The rows' dHashes as one 0/1 byte per bit (n x 256)."""
-    import numpy as np
-
-    packed = np.frombuffer(b"".join(bytes.fromhex(rows[i]["dhash"]) for i in idx), dtype=np.uint8)
-    return np.unpackbits(packed.reshape(len(idx), -1), axis=1)
-
-
-def nearest(query, train):
-    """(index of the nearest training hash, its Hamming distance) per query hash; ties go to the first.
-
-    Hamming distance as |a| + |b| - 2 a.b over the bits. Per query |a| is a constant, so the nearest
-    is the smallest |b| - 2 a.b: one float32 matrix product per block with each training hash as
-    (-2 b, |b|) against the query as (a, 1), exact since every term is a small integer. On all 70,000
-    Fashion-MNIST images this is several times faster than XOR and popcount over every pair, and faster
-    than adding |a| + |b| as two more passes over each block (profiled), with the same findings, byte
-    for byte in the plan.
-    """
-    import numpy as np
-
-    q = np.hstack([query.astype(np.float32), np.ones((len(query), 1), np.float32)])
-    q_ones = query.sum(1, dtype=np.int64)
-    best = np.zeros(len(q), dtype=np.int64)
-    dist = np.full(len(q), np.inf, dtype=np.float32)
-    rows = np.arange(len(q))
-    for start in range(0, len(train), TRAIN_CHUNK):
-        t = train[start:start + TRAIN_CHUNK]
-        t = np.hstack([-2.0 * t.astype(np.float32), t.sum(1, dtype=np.float32)[:, None]])
-        d = q @ t.T
-        arg = d.argmin(1)
-        got = d[rows, arg]
-        closer = got < dist  # strictly: an earlier block keeps a tie
-        best[closer], dist[closer] = arg[closer] + start, got[closer]
-    return best, np.rint(dist).astype(np.int64) + q_ones
 
 
 def plan_splits(rows: list, opts: PreprocessOptions) -> tuple[dict[str, list[int]], list[dict]]:
