@@ -20,7 +20,7 @@ _PRINT = builtins.print
 # through another fixture: `bucket` needs `stores`) fails before it is set up; while a unit test (and
 # its fixtures) runs, opening a listening TCP socket in this process (an HTTP double, http.server) fails,
 # and so does launching a store server process (moto, the GCS emulator: tests/stores.py, guarded below).
-SERVER_FIXTURES = frozenset({"stores", "http_dir"})
+SERVER_FIXTURES = frozenset({"stores", "http_dir", "web", "other_web"})
 _UNIT_RUNNING = [False]
 _LISTEN = socket.socket.listen
 

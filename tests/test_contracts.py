@@ -48,3 +48,41 @@ def test_a_schema_1_registry_record_renders_its_model_card():
               "metrics": {"accuracy": 0.9, "macro_f1": 0.89, "test_images": 10}, "per_class": [], "gate": {}}
     card = render(record)
     assert "one of 2 classes: Bag, Trouser" in card and "`mobilenet_v2`" in card and "28x28" in card
+
+
+@pytest.mark.unit
+def test_the_model_card_shows_hostile_class_names_as_text():
+    """Class names are folder names the user chose: in the card they must neither run (HTML), format
+    (Markdown) nor break the per-class table. Rendered with Python-Markdown (what mkdocs uses) and read
+    back as text, each name appears exactly as given."""
+    import html.parser
+
+    import markdown
+
+    names = ["<img src=x onerror=alert(1)>", "a|b", "**bold**", "[x](javascript:alert(1))", "back\\slash", "T_shirt"]
+    record = {"schema_version": 2, "model_name": "fm<script>", "version": 1, "created": "2026-11-01T03:00:00+00:00",
+              "model": "baseline", **SPEC, "classes": names, "data_fingerprint": "d" * 64, "params": {},
+              "split_counts": {}, "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "test_images": 6},
+              "per_class": [{"class": n, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1} for n in names],
+              "gate": {"reasons": [f"FAIL: recall dropped for {names[0]}"]}}
+    page = markdown.markdown(render(record), extensions=["tables"])
+
+    class Reader(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.cells, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+        def handle_data(self, data):
+            self.text.append(data)
+            if self.tags and self.tags[-1] == "td":
+                self.cells.append(data)
+
+    reader = Reader()
+    reader.feed(page)
+    assert not {"img", "script", "strong", "a"} & set(reader.tags), reader.tags
+    text = "".join(reader.text)
+    assert all(n in text for n in names) and "fm<script>" in text
+    assert [c for c in reader.cells if c in names] == names  # one row each, the name in its own cell

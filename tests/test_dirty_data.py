@@ -72,7 +72,7 @@ def dirty(tmp_path):
 
 # WebP counts as usable (the served model decodes it); TIFF does not.
 EXPECTED = {"truncated or corrupt": 2, "empty file": 1, "not an image": 1, "unsupported format": 1,
-            "too many pixels": 1, "exact duplicate": 1, "label conflict": 2, "hidden file": 1,
+            "too many pixels": 1, "exact duplicate": 1, "label conflict": 2,
             "not inside a class folder": 1, "symlink pointing outside the source folder": 1,
             "invalid class name": 1}
 
@@ -81,6 +81,7 @@ def test_dirty_folder_exact_counts_then_training_on_the_clean_rest(dirty, tmp_pa
     before = tree_digest(dirty)
     s = ingest(str(dirty), str(tmp_path / "ds"), report_html=str(tmp_path / "ingest.html"))
     assert s.quarantine_reasons == EXPECTED
+    assert s.ignored_kinds == {".DS_Store": 1}  # litter: ignored, not quarantined
     assert s.per_class == {"Bag": 12 + 4, "Trouser": 12 + 5}
     assert s.notes == {"PNG file named .jpg": 1, "animated, first frame used": 1}
     assert tree_digest(dirty) == before, "nothing in the user's source may change"
@@ -91,6 +92,7 @@ def test_dirty_folder_exact_counts_then_training_on_the_clean_rest(dirty, tmp_pa
     for reason in EXPECTED:
         assert reason in html
     assert html.count("data:image/png;base64,") >= 2 and "cut.jpg" in html
+    assert "ignored files (OS and notebook litter, not data)" in html and "1 (.DS_Store 1)" in html
 
     p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, color_mode="rgb",
                    val_fraction=0.15, test_fraction=0.25, seed=0)

@@ -53,3 +53,21 @@ def test_every_imgclf_setting_the_steps_read_reaches_the_task(monkeypatch):
     for name in read:
         monkeypatch.setenv(name, "1")
     assert set(docker_runner.store_environment()) == read
+
+
+def test_http_credentials_reach_the_task_as_a_mounted_netrc_and_the_token_variable(monkeypatch, tmp_path):
+    """A netrc file (NETRC, else ~/.netrc) is mounted read-only and named by NETRC inside (the task's
+    user has another home folder); IMGCLF_HTTP_* pass like the store settings; no netrc, no mount."""
+    _clean_env(monkeypatch)
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert docker_runner.task_environment() == ({}, [])
+    (tmp_path / ".netrc").write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("IMGCLF_HTTP_TOKEN", "t")
+    env, files = docker_runner.task_environment()
+    assert env == {"IMGCLF_HTTP_TOKEN": "t", "NETRC": str(tmp_path / ".netrc")} and files == [env["NETRC"]]
+    other = tmp_path / "creds" / "netrc"
+    other.parent.mkdir()
+    other.write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("NETRC", str(other))
+    assert docker_runner.task_environment()[1] == [str(other)]

@@ -172,7 +172,7 @@ def test_ingest_and_preprocess_never_raise_on_mutated_real_images(tmp_path):
     rows, _ = read_manifest(str(tmp_path / "ds"))
     quarantine = read_quarantine(str(tmp_path / "ds"))
     assert len(rows) + len(quarantine) == 330 and s.images == len(rows)  # nothing lost silently
-    assert all(q["reason"] and (q["detail"] or q["reason"] in ("hidden file",)) for q in quarantine)
+    assert all(q["reason"] and q["detail"] for q in quarantine)
     p = preprocess(str(tmp_path / "ds"), str(tmp_path / "pp"), image_size=28, val_fraction=0.1, test_fraction=0.1)
     # Everything ingest admits, preprocess (the serving decoder) decodes.
     assert p.quarantined == 0 and sum(p.counts.values()) == len(rows)

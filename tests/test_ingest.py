@@ -76,13 +76,15 @@ def test_broken_files_are_quarantined_with_reasons(tmp_path):
     assert s.images == 20 and s.per_class == {"Bag": 10, "Trouser": 10}
     assert s.quarantine_reasons == {
         "empty file": 1, "truncated or corrupt": 2, "not an image": 1, "unsupported format": 1,
-        "hidden file": 1, "not inside a class folder": 1, "symlink pointing outside the source folder": 1}
+        "not inside a class folder": 1, "symlink pointing outside the source folder": 1}
+    # .DS_Store is litter, not a broken file: ignored and counted on its own, never quarantined
+    assert s.ignored == 1 and s.ignored_kinds == {".DS_Store": 1}
     q = {os.path.basename(r["location"]): r for r in read_quarantine(str(tmp_path / "out"))}
     assert q["truncated.png"]["reason"] == "truncated or corrupt"
     assert "TIFF" in q["scan.tiff"]["detail"]
     assert tree_digest(root) == before, "ingest must never modify the user's source"
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["quarantined"] == 8
+    assert summary["quarantined"] == 7 and summary["ignored"] == 1
 
 
 def test_pixel_limit_refuses_large_images(tmp_path):

@@ -192,6 +192,29 @@ def test_compile_rejects_backend_mismatches(tmp_path, capsys):
     assert "Kubernetes resource names" in capsys.readouterr().err
     assert main(["compile", "--allow-local-image", "--target", "vertex", "--s3-secret", "x", "-o", str(tmp_path / "z")]) == 1
     assert "workload identity" in capsys.readouterr().err
+    assert main(["compile", "--allow-local-image", "--target", "vertex", "--http-secret", "x", "-o", str(tmp_path / "w")]) == 1
+    assert "--http-secret" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_the_http_token_secret_reaches_every_task_by_name_only(tmp_path, monkeypatch):
+    """`--http-secret` maps the secret's `token` to IMGCLF_HTTP_TOKEN on every task that may read images
+    (all of them): the compiled YAML names the secret, never a token, even one set in this shell."""
+    monkeypatch.setenv("IMGCLF_HTTP_TOKEN", "tok-VISIBLE-IF-LEAKED")
+    out = tmp_path / "p.yaml"
+    for pipeline in ("training", "predict"):
+        assert main(["compile", "--allow-local-image", "--pipeline", pipeline, "--http-secret", "web-data",
+                     "--http-auth-hosts", "data.example.org", "-o", str(out)]) == 0
+        text = out.read_text()
+        assert "tok-VISIBLE-IF-LEAKED" not in text
+        spec, platform = yaml.safe_load_all(text)
+        execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert set(execs) == set(spec["deploymentSpec"]["executors"])
+        for ex in spec["deploymentSpec"]["executors"].values():
+            assert {"name": "IMGCLF_HTTP_AUTH_HOSTS", "value": "data.example.org"} in ex["container"]["env"]
+        for ex in execs.values():
+            assert {"secretName": "web-data", "keyToEnv": [{"secretKey": "token", "envVar": "IMGCLF_HTTP_TOKEN"}]} \
+                in [{k: v for k, v in sec.items() if k in ("secretName", "keyToEnv")} for sec in ex["secretAsEnv"]]
 
 
 UNPULLABLE = ["imgclf:0.1.0", "imgclf", "imgclf-gpu:0.1.0", "imgclf@sha256:" + "a" * 64, "", "ghcr.io/acme/imgclf 1"]

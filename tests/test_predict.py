@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from imgclf.components.contracts import read_predictions
+from imgclf.components.lib.images import served_decoder_problem
 from imgclf.components.predict.step import predict
 from imgclf.pipelines.cli.main import main
 
@@ -39,10 +40,17 @@ def test_folder_with_a_broken_file_still_predicts_the_rest(exported, tmp_path):
     n = len(list(folder.iterdir()))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     (folder / "readme.txt").write_text("not an image")
+    # Litter is not classified (an older Jupyter copy of an image, Finder's settings), unless named.
+    checkpoint = folder / ".ipynb_checkpoints" / "x-checkpoint.png"
+    checkpoint.parent.mkdir()
+    shutil.copy(next(p for p in sorted(folder.iterdir()) if p.suffix == ".png" and p.name != "broken.png"), checkpoint)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     out = tmp_path / "p.jsonl"
     r = predict(str(tmp / "saved_model"), [str(folder)], output=str(out))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert r.predicted == n and r.failed == 2 and len(lines) == n + 2
+    assert not any(".ipynb_checkpoints" in x["file"] or ".DS_Store" in x["file"] for x in lines)
+    assert predict(str(tmp / "saved_model"), [str(checkpoint)], keep_rows=True).predicted == 1
     errors = {x["file"].rsplit("/", 1)[1]: x["error"] for x in lines if "error" in x}
     assert set(errors) == {"broken.png", "readme.txt"}
     assert errors["readme.txt"].startswith("not an image")
@@ -77,6 +85,12 @@ def test_undecodable_files_anywhere_in_any_batch_are_named_and_the_rest_answered
         assert set(errors) <= bad and r.predicted == len(good), (case, errors)
         # A file PIL's header check already refuses is named by it; the rest by TensorFlow.
         assert all(e.startswith(("TensorFlow cannot decode it", "not an image", "truncated")) for e in errors.values())
+        # TensorFlow's own reason, as its eager decoder states it for the same bytes (the served graph's
+        # message wraps it in a node trace, "<stack traces unavailable>" in a loaded SavedModel).
+        for name, e in errors.items():
+            if e.startswith("TensorFlow cannot decode it"):
+                assert e == f"TensorFlow cannot decode it: {served_decoder_problem((folder / name).read_bytes())}", e
+                assert "<" not in e and "Op:" not in e and "node" not in e, e
         assert {row["file"].rsplit("/", 1)[1]: row["class"] for row in r.rows if "error" not in row
                 and not row["file"].rsplit("/", 1)[1].startswith("bad")} == alone
 

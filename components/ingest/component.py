@@ -16,6 +16,7 @@ def ingest(
         max_pixels: int = 40000000,
         data_base_uri: str = '',
         allow_outside_paths: bool = False,
+        allow_missing_classes: bool = False,
         animated: str = 'first_frame',
         min_images_per_class: int = 10,
         max_imbalance: float = 100.0,
@@ -33,6 +34,7 @@ def ingest(
         max_pixels: images with more pixels are refused before decoding (decompression bombs). Allowed: an integer >= 1 and <= 1_000_000_000.
         data_base_uri: for a CSV/Parquet table: what relative paths resolve against (default: the table's folder).
         allow_outside_paths: let a CSV/Parquet table name local files outside its own folder (or data_base_uri); off, such rows are quarantined. Allowed: true or false.
+        allow_missing_classes: in a pre-split source, let a class have no images in validation/ or test/ (never in train/); off, such a source is refused before any file is read. Allowed: true or false.
         animated: animated images: use the first frame (what serving decodes) or quarantine them. Allowed: one of first_frame, refuse.
         min_images_per_class: ingest fails if a class has fewer usable images. Allowed: an integer >= 1.
         max_imbalance: ingest fails if the largest class has more than this many times the images of the smallest. Allowed: a finite number >= 1.

@@ -17,6 +17,9 @@ class IngestOptions(PixelLimit):
                                     "(default: the table's folder)", path="read")
     allow_outside_paths: bool = option(False, "let a CSV/Parquet table name local files outside its own folder "
                                               "(or data_base_uri); off, such rows are quarantined")
+    allow_missing_classes: bool = option(False, "in a pre-split source, let a class have no images in "
+                                                "validation/ or test/ (never in train/); off, such a source is "
+                                                "refused before any file is read")
     animated: str = option("first_frame", "animated images: use the first frame (what serving decodes) or "
                                           "quarantine them", choices=ANIMATED_POLICIES)
     min_images_per_class: int = option(10, "ingest fails if a class has fewer usable images", min=1)

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from imgclf.components.lib import images, reports, storage
+from imgclf.components.lib.litter import describe_ignored
 
 EXAMPLES_PER_REASON = 3
 GRID_PER_CLASS = 6
@@ -67,6 +68,8 @@ def write_report(path: str, summary, by_class_split, examples: dict[str, list[di
             ["classes", len(summary.classes)],
             *[[f"images in {split}", n] for split, n in summary.per_split.items()],
             ["quarantined files", summary.quarantined],
+            # Their own line: litter is neither data nor a problem with the data (lib/litter.py).
+            ["ignored files (OS and notebook litter, not data)", describe_ignored(summary.ignored_kinds)],
             *[[f"note: {k}", v] for k, v in summary.notes.items()]])),
         ("Images per class" + (" and split" if splits else ""), reports.table(header, table_rows)),
     ]

@@ -7,6 +7,10 @@
   entries that would escape it, links, and zip bombs;
 - a CSV or Parquet table of `path_or_uri,label[,split]` (Keras' flow_from_dataframe users), with
   relative paths resolved against a base URI (default: the table's own folder).
+
+OS and notebook litter (`is_ignored`: dot-files and dot-folders such as `.ipynb_checkpoints/`, `__MACOSX/`,
+`Thumbs.db`, `desktop.ini`) in a folder, bucket or zip is not data: it is left out before a byte is read
+and only counted.
 """
 from __future__ import annotations
 
@@ -15,16 +19,17 @@ import io
 import os
 import posixpath
 import stat
-import urllib.request
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgclf.components.contracts import DatasetError
 from imgclf.components.ingest.options import DEFAULT_MAX_DOWNLOAD
 from imgclf.components.lib import storage
+from imgclf.components.lib.litter import describe_ignored, is_ignored
 from imgclf.components.lib.progress import Progress
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
@@ -40,8 +45,6 @@ TABLE_SCHEMES = ("s3", "s3a", "minio", "gs", "gcs", "file", "http", "https")
 
 MAX_EXPANSION_RATIO = 200
 MAX_ENTRIES = 2_000_000
-JUNK_DIRS = ("__MACOSX",)
-
 
 @dataclass(frozen=True)
 class Item:
@@ -56,9 +59,12 @@ class Item:
 
 @dataclass
 class Source:
+    """What a source holds: `items` to check, and the files `is_ignored` left out (kind -> files),
+    which are neither checked nor quarantined but counted, so the report can say what was passed over."""
     kind: str
     layout: str
     items: list[Item]
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 def resolve(source: str, output_dir: Path, base_uri: str = "",
@@ -67,24 +73,47 @@ def resolve(source: str, output_dir: Path, base_uri: str = "",
     if lower.endswith(".zip"):
         root = output_dir / "files"
         extract_zip(_fetch_archive(source, output_dir, max_download_bytes), root, max_download_bytes, source=source)
-        top = _unwrap(root)
-        items = list(_folder_items(str(top), relative_to=output_dir))
-        return Source("zip", _layout_of(items), items)
+        entries, ignored = _listing(str(root))
+        # Everything beside the wrapping folder is litter (see _unwrap): counted above, listed no further.
+        inside = _unwrap(root).relative_to(root).as_posix()
+        prefix = "" if inside == "." else inside + "/"
+        entries = [replace(e, rel=e.rel[len(prefix):]) for e in entries if e.rel.startswith(prefix)]
+        items = list(_folder_items(str(root), entries, ignored, relative_to=output_dir))
+        return Source("zip", _layout_of(items), items, dict(ignored))
     if lower.endswith(TABLE_SUFFIXES):
         items = list(table_items(source, base_uri, allow_outside_paths))
         return Source("table", "pre-split" if any(i.split for i in items) else "table", items)
-    items = list(_folder_items(source))
-    return Source("folder", _layout_of(items), items)
+    if storage.is_http(source):
+        raise DatasetError(f"{storage.redact(source)}: an http(s) source must name a .zip archive or a CSV/Parquet "
+                           "table (a web server lists no folders); put a folder in a bucket, or list its files in a table")
+    entries, ignored = _listing(source)
+    items = list(_folder_items(source, entries, ignored))
+    return Source("folder", _layout_of(items), items, dict(ignored))
 
 
 def _layout_of(items: list[Item]) -> str:
     return "pre-split" if any(i.split for i in items) else "class-per-subfolder"
 
 
-def _folder_items(root: str, relative_to: Path | None = None) -> Iterator[Item]:
-    entries = list(storage.walk_files(root))
+def _listing(root: str) -> tuple[list[storage.Entry], Counter]:
+    """Every file under `root` (a folder or bucket prefix), less the litter `is_ignored` names, which
+    is counted by kind. Nothing here reads a file."""
+    entries, ignored = [], Counter()
+    for e in storage.walk_files(root):
+        if kind := is_ignored(e.rel):
+            ignored[kind] += 1
+        else:
+            entries.append(e)
+    return entries, ignored
+
+
+def _folder_items(root: str, entries: list[storage.Entry], ignored: Counter,
+                  relative_to: Path | None = None) -> Iterator[Item]:
+    """Items of a folder's listing in either Keras layout (litter already left out, so a `.DS_Store` or
+    `__MACOSX/` beside train/ and validation/ does not hide the pre-split layout)."""
     if not entries:
-        raise DatasetError(f"{root}: no files found")
+        raise DatasetError(f"{root}: no files found" + (
+            f", only OS or notebook litter, which is not data: {describe_ignored(ignored)} ignored" if ignored else ""))
     top = {e.rel.split("/")[0].lower() for e in entries if "/" in e.rel}
     pre_split = bool(top) and top <= set(SPLIT_ALIASES) and "train" in {SPLIT_ALIASES[t] for t in top}
     for e in entries:
@@ -111,7 +140,12 @@ def _outside(path: str, root: str) -> bool:
 def table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False) -> Iterator[Item]:
     """A CSV/Parquet table's rows as Items, paths resolved against `base_uri` or the table's folder; a row
     ingest cannot use carries its `problem`. Public: `imgclf run --cache` and the Docker runner must
-    resolve a table's rows exactly as ingest does."""
+    resolve a table's rows exactly as ingest does.
+
+    A URL carrying user-info (`https://user:password@host/...`) refuses the whole table before any file
+    is read: the row would be copied into the manifest, and from there into logs and metadata."""
+    if problem := storage.userinfo_problem(table_uri):
+        raise DatasetError(problem)
     rows = _read_table(table_uri)
     if not rows:
         raise DatasetError(f"{table_uri}: the table has no rows")
@@ -123,6 +157,9 @@ def table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False
         raise DatasetError(f"{table_uri}: needs a header with a path column ({', '.join(PATH_COLUMNS)}) and a "
                            f"label column ({', '.join(LABEL_COLUMNS)}); found {list(rows[0])}")
     base = base_uri or (table_uri.rsplit("/", 1)[0] if "/" in table_uri else ".")
+    if problem := storage.userinfo_problem(base):
+        raise DatasetError(problem)
+    _refuse_userinfo_rows(table_uri, [str(row[path_col] or "").strip() for row in rows])
     if storage.is_local(base):
         # Locations must resolve the same in every later step and container, whatever its working folder.
         base = os.path.abspath(storage.local_path(base))
@@ -143,6 +180,18 @@ def table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False
         elif storage.is_local(uri) and storage.is_local(base) and not allow_outside_paths and _outside(uri, base):
             problem = f"row {n}: outside the table's folder {base} (allow_outside_paths lets it)"
         yield Item(storage.Entry(raw, uri, 0), uri, label, SPLIT_ALIASES.get(split, ""), problem)
+
+
+def _refuse_userinfo_rows(table_uri: str, paths: list[str]) -> None:
+    """Refuse the table if any row's URL carries user-info, naming the rows and the first URL redacted."""
+    bad = [(n, p) for n, p in enumerate(paths, start=2) if "@" in p and storage.userinfo_problem(p)]
+    if not bad:
+        return
+    n, first = bad[0]
+    others = [str(m) for m, _ in bad[1:6]] + (["..."] if len(bad) > 6 else [])
+    more = f" (and {len(bad) - 1} more: rows {', '.join(others)})" if others else ""
+    raise DatasetError(f"{table_uri}: row {n}{more}: {storage.userinfo_problem(first)}. The table is refused "
+                       "before any file is read")
 
 
 def _decode_text(uri: str, data: bytes) -> str:
@@ -176,32 +225,36 @@ def _read_table(uri: str) -> list[dict]:
 
 
 def _download(source: str, dest: Path, max_bytes: int) -> None:
-    """One HTTP(S) download attempt. A 404 is the user's (DatasetError); a dropped connection, a short
-    body, a time-out or a 5xx is the network's (ConnectionError: storage retries it)."""
+    """One HTTP(S) download attempt, classified as every HTTP read is (`storage.http_status_error`): a 404
+    or other 4xx is the user's (DatasetError); 401/403 is the store refusing us (StorageError, saying how
+    to give credentials); a dropped connection, a short body, a time-out or a 5xx is the network's
+    (ConnectionError: storage retries it)."""
     import http.client
     import urllib.error
 
     try:
         _stream(source, dest, max_bytes)
     except urllib.error.HTTPError as e:
-        if e.code < 500:
-            raise DatasetError(f"{source}: HTTP {e.code} {e.reason}") from None
-        raise ConnectionError(f"HTTP {e.code} {e.reason}") from None
+        error = storage.http_status_error(source, e.code, str(e.reason))
+        if isinstance(error, (FileNotFoundError, storage.HTTPStatusError)):
+            raise DatasetError(storage.redact(f"{source}: HTTP {e.code} {e.reason}")) from None
+        raise error from None
     except urllib.error.URLError as e:
-        raise ConnectionError(str(e.reason)) from None
+        raise ConnectionError(storage.redact(str(e.reason))) from None
     except http.client.HTTPException as e:
-        raise ConnectionError(f"{type(e).__name__}: {e}") from None
+        raise ConnectionError(storage.redact(f"{type(e).__name__}: {e}")) from None
 
 
 def _stream(source: str, dest: Path, max_bytes: int) -> None:
-    with urllib.request.urlopen(source, timeout=60) as resp, open(dest, "wb") as f:
+    with storage.open_url(source) as resp, open(dest, "wb") as f:
         total = int(resp.headers.get("Content-Length") or 0)
         if total > max_bytes:
-            raise DatasetError(f"{source}: {total:,} bytes is over the download limit of {max_bytes:,}")
+            raise DatasetError(f"{storage.redact(source)}: {total:,} bytes is over the download limit of "
+                               f"{max_bytes:,}")
         progress = Progress("download", total or 0, unit="bytes", every_s=2)
         while chunk := resp.read(1 << 20):
             if progress.done + len(chunk) > max_bytes:
-                raise DatasetError(f"{source}: more than the download limit of {max_bytes:,} bytes")
+                raise DatasetError(f"{storage.redact(source)}: more than the download limit of {max_bytes:,} bytes")
             f.write(chunk)
             progress.update(len(chunk))
         if total and progress.done < total:
@@ -212,15 +265,18 @@ def _stream(source: str, dest: Path, max_bytes: int) -> None:
 
 def _fetch_archive(source: str, output_dir: Path, max_bytes: int) -> Path:
     """Bring the archive to local scratch beside (not inside) the artifact, with progress. A dropped
-    transfer is retried like every store operation; HTTP errors name the URL; nothing partial stays."""
+    transfer is retried like every store operation; HTTP errors name the URL; nothing partial stays. A URL
+    carrying user-info is refused before anything is fetched (see `storage.userinfo_problem`)."""
+    if problem := storage.userinfo_problem(source):
+        raise DatasetError(problem)
     dest = output_dir.parent / f".{output_dir.name}.download.zip"
     try:
-        if source.startswith(("http://", "https://")):
+        if storage.is_http(source):
             storage.with_retries(source, "download", lambda: _download(source, dest, max_bytes))
         else:
             storage.download_file(source, str(dest))
             if dest.stat().st_size > max_bytes:
-                raise DatasetError(f"{source}: over the download limit of {max_bytes:,} bytes")
+                raise DatasetError(f"{storage.redact(source)}: over the download limit of {max_bytes:,} bytes")
         return dest
     except BaseException:
         dest.unlink(missing_ok=True)
@@ -259,8 +315,10 @@ def extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: int = MAX_
             if total > 1 << 20 and total > max_ratio * max(packed, 1):
                 raise DatasetError(f"{source}: expands {total // max(packed, 1)}x as a whole ({total:,} bytes from "
                                    f"{packed:,}; limit {max_ratio}x); refusing a possible zip bomb")
+            # Litter (__MACOSX/, .DS_Store) is extracted like any entry, after the same checks: the listing
+            # then ignores and counts it as it does in a folder or bucket.
             for info in infos:
-                if info.is_dir() or info.filename.split("/")[0] in JUNK_DIRS:
+                if info.is_dir():
                     continue
                 target = dest / posixpath.normpath(info.filename)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,11 +340,12 @@ def extract_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: int = MAX_
 
 
 def _unwrap(root: Path) -> Path:
-    """cats_and_dogs_filtered.zip holds one top folder around the layout: look inside it."""
+    """cats_and_dogs_filtered.zip holds one top folder around the layout: look inside it. Litter at any
+    level (a macOS zip's `__MACOSX/` and `.DS_Store` beside that folder) is not a second folder."""
     while True:
-        children = [c for c in root.iterdir() if not c.name.startswith(".")]
+        children = [c for c in root.iterdir() if not is_ignored(c.name)]
         if len(children) == 1 and children[0].is_dir() and children[0].name.lower() not in SPLIT_ALIASES:
-            grand = [g for g in children[0].iterdir() if g.is_dir()]
+            grand = [g for g in children[0].iterdir() if g.is_dir() and not is_ignored(g.name)]
             if grand:
                 root = children[0]
                 continue

@@ -34,14 +34,13 @@ from imgclf.components.contracts import (
 from imgclf.components.ingest.options import IngestOptions
 from imgclf.components.ingest.sources import Item, resolve
 from imgclf.components.lib import images, storage, tables
+from imgclf.components.lib.litter import describe_ignored
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
 
 __all__ = ["DatasetError", "IngestSummary", "ingest"]
 
 SPLIT_RANK = {"train": 0, "validation": 1, "test": 2, "": 3}
-# Not counted towards max_quarantined_share: OS litter, not damaged data.
-HARMLESS = {"hidden file"}
 
 
 @dataclass
@@ -57,6 +56,9 @@ class IngestSummary:
     notes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     workers: int = 0
+    ignored: int = 0
+    """Files left out as OS or notebook litter (lib/litter.py): not data, never read, not quarantined."""
+    ignored_kinds: dict[str, int] = field(default_factory=dict)
 
 
 def label_problem(label: str) -> str:
@@ -74,7 +76,7 @@ def label_problem(label: str) -> str:
 
 def _check(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, str, str]:
     """(manifest fields, reason, detail) for one item; path problems are found before any byte is
-    read, so a stray or hidden file is reported for what it is."""
+    read, so a stray file is reported for what it is."""
     row, reason, detail, data = _inspect(item, max_pixels, animated)
     return _served_check(row, reason, detail, data)
 
@@ -84,8 +86,8 @@ def _inspect(item: Item, max_pixels: int, animated: str) -> tuple[dict | None, s
     that needs no TensorFlow, so it can run in a forked process."""
     if item.entry.skip_reason or item.problem:
         return None, item.entry.skip_reason or item.problem, "", b""
-    if os.path.basename(item.entry.rel).startswith("."):
-        return None, "hidden file", "", b""
+    # No hidden-file check here: the listing left litter out (lib/litter.py), and a table row naming
+    # a hidden file explicitly is the user's choice.
     if problem := label_problem(item.label):
         return None, "invalid class name", problem, b""
     # One guard per item: whatever fails for this file (its URI, the read, the image library anywhere in
@@ -225,18 +227,21 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
         src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
                       allow_outside_paths=opts.allow_outside_paths)
         check_class_names(src.items)
+        check_class_sets(src.items, opts.allow_missing_classes)
         opts = replace(opts, workers=opts.workers or reader_threads(src.items))
         staged = out / f".{MANIFEST}.unfiltered"
         checked, seconds = check_files(src.items, staged, out / QUARANTINE, opts)
         check_dataset(opts, src, checked)
         write_manifest(staged, out / MANIFEST, checked.dropped)
-        summary = summarize(opts, src.layout, checked, seconds)
+        summary = summarize(opts, src.layout, checked, seconds, src.ignored)
         (out / CLASSES).write_text(json.dumps(summary.classes, indent=1))
         (out / INGEST_SUMMARY).write_text(json.dumps(asdict(summary), indent=1))
         if report_html:
             write_report(report_html, summary, checked, str(out))
     print(f"ingest: {summary.images} images in {len(summary.classes)} classes ({src.layout}, {src.kind}); "
-          f"{summary.quarantined} quarantined {dict(checked.reasons) if checked.reasons else ''}".rstrip(), flush=True)
+          f"{summary.quarantined} quarantined {dict(checked.reasons) if checked.reasons else ''}".rstrip()
+          + (f"; ignored as OS or notebook litter: {describe_ignored(summary.ignored_kinds)}" if summary.ignored else ""),
+          flush=True)
     return summary
 
 
@@ -384,16 +389,56 @@ def check_class_names(items: list[Item]) -> None:
                            + ". Merge or rename those folders (or labels)")
 
 
+def check_class_sets(items: list[Item], allow_missing: bool = False) -> None:
+    """In a pre-split source every split must hold the same classes: a typo'd folder
+    (`validation/Sandals` beside `train/Sandal`) would otherwise train a class with no training images,
+    or evaluate one the model can never predict, and pass the gate. Refused before any file is read,
+    naming each folder and the closest name in train/. A class absent from validation/ or test/ is
+    allowed with `allow_missing_classes` (its metrics are then missing, not wrong); one absent from
+    train/ never is."""
+    by_split: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        # Rows ingest quarantines anyway (a bad path, an unusable label) are not classes of a split.
+        if item.split and item.label and not (item.problem or item.entry.skip_reason or label_problem(item.label)):
+            by_split[item.split].add(item.label)
+    train = by_split.get("train")
+    if not train:
+        return  # no training images at all: check_dataset names that
+    problems = []
+    for split in sorted(set(by_split) - {"train"}, key=SPLIT_RANK.get):
+        for label in sorted(by_split[split] - train):
+            problems.append(f"`{split}/{label}`: no such class in train/" + _did_you_mean(label, train))
+        if not allow_missing:
+            for label in sorted(train - by_split[split]):
+                problems.append(f"`train/{label}`: no images in {split}/"
+                                + _did_you_mean(label, by_split[split] - train, where=f"{split}/"))
+    if problems:
+        hint = "rename or move those folders (or labels)" + ("" if allow_missing else
+                                                             "; allow_missing_classes lets a class be absent "
+                                                             "from validation/test")
+        raise DatasetError("the splits hold different classes: " + "; ".join(problems) + f". Fix: {hint}")
+
+
+def _did_you_mean(label: str, names: set[str], where: str = "") -> str:
+    """" — did you mean `Sandal`?" for the closest of `names` (case and spelling), or ""."""
+    import difflib
+
+    folded = {n.casefold(): n for n in names}
+    close = difflib.get_close_matches(label.casefold(), list(folded), n=1, cutoff=0.6)
+    return f" — did you mean `{where}{folded[close[0]]}`?" if close else ""
+
+
 def check_dataset(opts: IngestOptions, src, checked: _Checked) -> None:
     """Whole-dataset problems fail the step with one message naming the classes and numbers."""
     per_class, per_split = checked.counts()
-    damaged = sum(n for r, n in checked.reasons.items() if r not in HARMLESS)
-    problems = _dataset_checks(opts.data, per_class, len(src.items) - checked.reasons["hidden file"], damaged,
+    # Ignored litter is not among src.items: it counts neither as a file nor as quarantined.
+    problems = _dataset_checks(opts.data, per_class, len(src.items), sum(checked.reasons.values()),
                                opts.min_images_per_class, opts.max_imbalance, opts.max_quarantined_share)
     if src.layout == "pre-split" and per_class and "train" not in per_split:
         problems.append(f"{opts.data}: pre-split layout but no usable training images")
     if problems:
-        raise DatasetError("dataset checks failed:\n  " + "\n  ".join(problems))
+        # One line: the run's final error line is the exception's line, and it must carry the reasons.
+        raise DatasetError("dataset checks failed: " + "; ".join(problems))
 
 
 def write_manifest(staged: Path, final: Path, dropped: set[int]) -> None:
@@ -406,13 +451,17 @@ def write_manifest(staged: Path, final: Path, dropped: set[int]) -> None:
     staged.unlink()
 
 
-def summarize(opts: IngestOptions, layout: str, checked: _Checked, seconds: float) -> IngestSummary:
+def summarize(opts: IngestOptions, layout: str, checked: _Checked, seconds: float,
+              ignored: dict[str, int] | None = None) -> IngestSummary:
     per_class, per_split = checked.counts()
+    ignored = ignored or {}
     return IngestSummary(data=opts.data, layout=layout, classes=sorted(per_class), images=sum(per_class.values()),
                          quarantined=sum(checked.reasons.values()), per_class=dict(sorted(per_class.items())),
                          per_split=dict(sorted(per_split.items())),
                          quarantine_reasons=dict(checked.reasons.most_common()),
-                         notes=dict(checked.notes.most_common()), seconds=round(seconds, 3), workers=opts.workers)
+                         notes=dict(checked.notes.most_common()), seconds=round(seconds, 3), workers=opts.workers,
+                         ignored=sum(ignored.values()),
+                         ignored_kinds=dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))))
 
 
 def write_report(path: str, summary: IngestSummary, checked: _Checked, dataset_dir: str) -> None:

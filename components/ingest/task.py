@@ -13,6 +13,7 @@ def ingest(dataset, metrics, report, **options):
     metrics.log_metric("images", s.images)
     metrics.log_metric("classes", len(s.classes))
     metrics.log_metric("quarantined", s.quarantined)
+    metrics.log_metric("ignored", s.ignored)  # litter, not data (lib/litter.py): apart from quarantined
     for reason, n in s.quarantine_reasons.items():
         metrics.log_metric(f"quarantined: {reason}", n)
     for cls, n in s.per_class.items():

@@ -271,9 +271,13 @@ def decode_error_cause(e: BaseException) -> str:
     """The line of a TensorFlow decode error that says what is wrong ("Invalid PNG data, size 657"), not
     the "Graph execution error:" and node trace around it."""
     text = getattr(e, "message", None) or str(e)
-    for line in text.splitlines():
-        line = line.split("[[", 1)[0].strip()
-        if line and not line.startswith(("Graph execution error", "Detected at node", "File ")):
+    for raw in text.splitlines():
+        # Also off: an eager op's "{{function_node ...}}" prefix and " [Op:DecodeImage] name:" suffix.
+        line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", re.sub(r"^\{\{[^}]*\}\}\s*", "", raw.split("[[", 1)[0].strip()))
+        # Skipped: the headline, the node, and the Python stack it was defined at: indented frames, or
+        # "<stack traces unavailable>" in a loaded SavedModel (what `imgclf predict` calls).
+        if line and not raw[:1].isspace() and not line.startswith(
+                ("Graph execution error", "Detected at node", "File ", "<stack traces")):
             return line
     return f"{type(e).__name__}: {text.strip()[:200]}"
 

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from imgclf.components.lib import storage
+
 TYPES = (str, int, float, bool)
 PATH_ROLES = ("", "read", "write")
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -87,7 +89,7 @@ class Option:
     def validate(self, value: Any) -> Any:
         """The value, coerced where lossless (int -> float); ParameterError naming the parameter otherwise."""
         def refuse(why: str) -> ParameterError:
-            return ParameterError(f"parameter {self.name}={value!r}: {why} (allowed: {self.allowed()})")
+            return ParameterError(storage.redact(f"parameter {self.name}={value!r}: {why} (allowed: {self.allowed()})"))
 
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -109,6 +111,9 @@ class Option:
             raise refuse("too large")
         if self.check and (problem := self.check(value)):
             raise refuse(problem)
+        if self.path and isinstance(value, str) and (problem := storage.userinfo_problem(value)):
+            # Parameters are logged and kept in run metadata: a password in a URL could never stay secret.
+            raise ParameterError(f"parameter {self.name}: {problem}")
         return value
 
     def parse(self, text: str) -> Any:

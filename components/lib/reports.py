@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 
 import matplotlib
 
@@ -170,6 +171,17 @@ def number(v) -> str:
 
 def escape(text: str) -> str:
     return html.escape(text)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+"""What formats or breaks inline Markdown (a table cell, a list item); line-start marks cannot occur inline."""
+
+
+def markdown_text(text) -> str:
+    """`text` shown as itself in Markdown: class names and folder names are the user's, and one named
+    `<img src=x onerror=...>`, `**bold**` or `a|b` must neither run, format nor break a table. HTML's
+    specials become entities, Markdown's are backslash-escaped, line breaks become spaces."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split("\n")), quote=False))
 
 
 def versions() -> dict[str, str]:

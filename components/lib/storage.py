@@ -18,14 +18,24 @@ out of compiled YAML and metadata:
 | `GOOGLE_APPLICATION_CREDENTIALS`, workload identity | the standard Google chain (gcsfs) |
 | `STORAGE_EMULATOR_HOST` | a GCS emulator; anonymous access unless credentials are set |
 | `IMGCLF_STORAGE_RETRIES` | attempts for transient errors (default 4, exponential backoff) |
+| `NETRC` (default `~/.netrc`) | HTTP(S) basic auth: the netrc file's `machine` entry for the URL's host |
+| `IMGCLF_HTTP_TOKEN` | HTTP(S) bearer token (`Authorization: Bearer ...`); on a cluster, a Kubernetes secret |
+| `IMGCLF_HTTP_AUTH_HOSTS` | comma-separated `host[:port]` list the token is sent to (unset: no host; `*`: every host) |
+
+A URI never carries credentials itself: user-info (`https://user:password@host/...`) is refused
+(`userinfo_problem`), since parameters and table rows are kept in run metadata, manifests and logs,
+and every message naming a URI goes through `redact`.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import os
+import re
 import shutil
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +57,11 @@ _INVALID_REQUEST = {"ParamValidationError", "InvalidBucketName"}
 
 class StorageError(OSError):
     """A store could not be used; the message names the URI and the cause."""
+
+
+class HTTPStatusError(OSError):
+    """An HTTP 4xx answer about one object (400, 405, ...: not 401/403, which are the store's, nor
+    404/410, which are FileNotFoundError): that object's own failure, reported for it, never retried."""
 
 
 def is_store_failure(e: BaseException, uri: str) -> bool:
@@ -94,16 +109,28 @@ def _fs(protocol: str):
         return fsspec.filesystem("s3", **s3_options(minio=protocol == "minio"))
     if protocol in ("gs", "gcs"):
         return fsspec.filesystem("gcs", **gcs_options())
+    if protocol == "http":
+        import aiohttp
+
+        # A server may think for a while before it answers (a slow row is read), but a connection that
+        # goes silent for a minute is dropped and retried, as the S3 client's read timeout does.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=HTTP_CONNECT_TIMEOUT, sock_read=HTTP_READ_TIMEOUT)
+        return fsspec.filesystem("http", client_kwargs={"timeout": timeout})
     return fsspec.filesystem(protocol)
 
 
 def filesystem(uri: str):
-    """(fs, path-within-fs) for any URI we accept."""
+    """(fs, path-within-fs) for any URI we accept. HTTP(S) keeps the whole URL (fsspec's HTTP file
+    system needs it); a URI carrying user-info is refused (see `userinfo_problem`)."""
     if is_local(uri):
         import fsspec
 
         return fsspec.filesystem("file"), local_path(uri)
+    if problem := userinfo_problem(uri):
+        raise ValueError(problem)
     protocol, rest = uri.split("://", 1)
+    if protocol.lower() in HTTP_SCHEMES:
+        return _fs("http"), uri
     return _fs(protocol.lower()), rest
 
 
@@ -122,21 +149,21 @@ def _call(uri: str, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{uri}: not found ({_cause(e)})") from e
+            raise FileNotFoundError(redact(f"{uri}: not found ({_cause(e)})")) from e
         except PermissionError as e:
-            raise PermissionError(f"{uri}: access denied ({_cause(e)}); check the credentials in the "
-                                  "environment") from e
+            raise PermissionError(redact(f"{uri}: access denied ({_cause(e)}); check the credentials in the "
+                                         "environment")) from e
         except Exception as e:  # noqa: BLE001 - classified below; nothing is swallowed
             if type(e).__name__ in _INVALID_REQUEST:  # this URI is malformed (a bucket name with a space)
-                raise ValueError(f"{uri}: {_cause(e)}") from e
+                raise ValueError(redact(f"{uri}: {_cause(e)}")) from e
             if not _is_transient(e):
-                if isinstance(e, (StorageError, ValueError, IsADirectoryError, NotADirectoryError,
-                                  FileExistsError)):
+                if isinstance(e, (StorageError, HTTPStatusError, ValueError, IsADirectoryError,
+                                  NotADirectoryError, FileExistsError)):
                     raise
-                raise StorageError(f"{uri}: {what} failed: {_cause(e)}") from e
+                raise StorageError(redact(f"{uri}: {what} failed: {_cause(e)}")) from e
             if attempt == attempts:
-                raise StorageError(f"{uri}: {what} failed after {attempts} attempts: {_cause(e)} "
-                                   "(is the endpoint up and reachable?)") from e
+                raise StorageError(redact(f"{uri}: {what} failed after {attempts} attempts: {_cause(e)} "
+                                          "(is the endpoint up and reachable?)")) from e
             time.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
     raise AssertionError("unreachable")
 
@@ -149,8 +176,253 @@ def with_retries(uri: str, what: str, fn: Callable[[], T]) -> T:
 
 
 def _cause(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
+    text = str(e).strip()
+    if not text and e.__cause__ is not None:  # e.g. fsspec's bare FSTimeoutError raised from aiohttp's
+        text = _cause(e.__cause__)
+    text = text or type(e).__name__
     return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
+
+
+# --- HTTP(S): credentials, status classification, redaction -------------------------------------------
+
+HTTP_SCHEMES = ("http", "https")
+HTTP_TOKEN_ENV = "IMGCLF_HTTP_TOKEN"
+HTTP_AUTH_HOSTS_ENV = "IMGCLF_HTTP_AUTH_HOSTS"
+HTTP_CONNECT_TIMEOUT = 30
+HTTP_READ_TIMEOUT = 60
+"""Seconds to connect, and of silence while waiting for or reading an answer, before an HTTP request
+is dropped (and retried as a transient fault)."""
+_RETRIED_STATUS = {408, 425, 429}
+"""4xx answers that mean "not now" rather than "not this": retried like a 5xx."""
+CREDENTIALS_HELP = (f"give HTTP credentials with a netrc file (~/.netrc, or the file NETRC names) or a bearer "
+                    f"token in {HTTP_TOKEN_ENV} with {HTTP_AUTH_HOSTS_ENV} naming the host (a Kubernetes secret "
+                    "on a cluster); see docs/how-to/storage.md")
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_URI_REST = re.compile(r"[^ \t\r\n\f\v\"<>`]*")  # a URI quoted in a message ends at a space or a quote
+
+
+def is_http(uri: str) -> bool:
+    return uri.split("://", 1)[0].lower() in HTTP_SCHEMES if "://" in uri else False
+
+
+def _userinfo_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each URI user-info in `text`, its closing '@' included.
+
+    RFC 3986: user-info is what precedes the last '@' of the authority (the part after `scheme://` up to
+    the first '/', '?' or '#'), so a password holding '@' or ':' is covered whole. A password holding
+    an unencoded '/', '?' or '#' ends the authority early, leaving something like `user:pa` whose
+    "port" is not a number: the URI is then taken to run to the last '@' before it ends, so that
+    password is covered too (at the price of a path's own '@' in such a malformed URI)."""
+    spans, pos = [], 0
+    for m in _SCHEME.finditer(text):
+        if m.start() < pos:
+            continue  # inside a user-info already found
+        start = m.end()
+        uri = _URI_REST.match(text, start).group()
+        authority = re.split(r"[/?#]", uri, maxsplit=1)[0]
+        if "@" in authority:
+            at = authority.rindex("@")
+        else:
+            hostport = authority.rsplit("]", 1)[-1]  # an IPv6 literal holds ':' of its own
+            malformed_port = ":" in hostport and not hostport.partition(":")[2].isdigit()
+            if not (malformed_port and "@" in uri):
+                continue
+            at = uri.rindex("@")
+        spans.append((start, start + at + 1))
+        pos = start + at + 1
+    return spans
+
+
+def redact(text: str) -> str:
+    """`text` (a URI, or a message naming URIs) with every URI's user-info replaced by `***`:
+    `https://user:password@host/x` becomes `https://***@host/x`. The one redaction: every message that
+    names a URI goes through it, so no error, log line or report can carry a password."""
+    spans = _userinfo_spans(text)
+    if not spans:
+        return text
+    out, pos = [], 0
+    for start, end in spans:
+        out += [text[pos:start], "***@"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def userinfo_problem(uri: str) -> str:
+    """Why `uri` is refused ("" if it is not): it carries user-info (`user:password@` or `user@`).
+
+    Refused rather than used as basic auth: pipeline parameters and table rows are kept in run
+    metadata, compiled specs, manifests and logs, so a password in a URL can never be kept secret.
+    The message names the URL redacted and the supported alternatives."""
+    if not _userinfo_spans(uri):
+        return ""
+    if is_http(uri):
+        how = CREDENTIALS_HELP
+    else:
+        how = ("give the store's credentials the standard way, in the environment (the AWS chain for s3://, "
+               "GOOGLE_APPLICATION_CREDENTIALS or workload identity for gs://); see docs/how-to/storage.md")
+    return (f"{redact(uri)}: a user name or password in a URL is refused (it would be kept in run metadata, "
+            f"manifests and logs); {how}")
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return (parts.hostname or "").lower(), port or default
+
+
+def _token_hosts() -> list[str]:
+    return [h.strip().lower() for h in os.environ.get(HTTP_AUTH_HOSTS_ENV, "").split(",") if h.strip()]
+
+
+def _token_allowed(url: str) -> bool:
+    """Whether IMGCLF_HTTP_TOKEN may be sent to `url`'s host: only to hosts IMGCLF_HTTP_AUTH_HOSTS lists
+    (`host` any port, `host:port` that port, `*` every host). Unset, no host: a table may name any
+    host, and a token sent to all of them would be handed to whoever runs one."""
+    host, port = _host_port(url)
+    for entry in _token_hosts():
+        if entry == "*":
+            return True
+        want = urllib.parse.urlsplit("//" + entry)
+        try:
+            want_port = want.port
+        except ValueError:
+            continue
+        if (want.hostname or "") == host and (want_port is None or want_port == port):
+            return True
+    return False
+
+
+def _netrc_file() -> str:
+    return os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_netrc(path: str, mtime_ns: int, size: int):
+    """Parsed once per version of the file (keyed by its time and size), not once per row read."""
+    import netrc
+
+    try:
+        return netrc.netrc(path)
+    except netrc.NetrcParseError as e:
+        # Never e.msg: it quotes the offending token, which may be a password.
+        raise StorageError(f"{path}: not a valid netrc file (line {e.lineno}); HTTP credentials cannot be "
+                           "read from it") from None
+
+
+def _netrc_login(host: str) -> tuple[str, str] | None:
+    path = _netrc_file()
+    try:
+        st = os.stat(path)
+    except OSError:
+        if os.environ.get("NETRC"):
+            raise StorageError(f"NETRC={path}: no such file; HTTP credentials cannot be read from it") from None
+        return None
+    found = _parsed_netrc(path, st.st_mtime_ns, st.st_size).authenticators(host)
+    if not found or not (found[0] or found[2]):
+        return None
+    return found[0] or "", found[2] or ""
+
+
+def _http_auth(url: str) -> tuple[dict[str, str], str]:
+    """(headers, where they came from) for a request to `url`."""
+    token = os.environ.get(HTTP_TOKEN_ENV, "").strip()  # a secret mounted from a file often ends in a newline
+    if token and _token_allowed(url):
+        if any(c in token for c in "\r\n\0"):
+            raise StorageError(f"{HTTP_TOKEN_ENV} holds a line break or NUL; it cannot be sent as a header")
+        return {"Authorization": f"Bearer {token}"}, HTTP_TOKEN_ENV
+    host, _ = _host_port(url)
+    if host and (login := _netrc_login(host)):
+        basic = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {basic}"}, f"the netrc file {_netrc_file()}"
+    return {}, ""
+
+
+def http_headers(url: str) -> dict[str, str]:
+    """The headers that authenticate a request to `url`, the standard ways, for the zip download and
+    table rows alike: a bearer token from IMGCLF_HTTP_TOKEN if IMGCLF_HTTP_AUTH_HOSTS lets it go to
+    this host, else basic auth from the netrc file's entry for the host (`NETRC`, default
+    `~/.netrc`; its `default` entry too, as curl reads it), else none. Only for `url`'s own host: a
+    redirect elsewhere is sent none. The values are secrets: never logged, never put in a message."""
+    return _http_auth(url)[0]
+
+
+def http_status_error(uri: str, status: int, reason: str) -> BaseException:
+    """The exception an HTTP error answer becomes, the same for every HTTP read:
+    404/410: FileNotFoundError (that object is missing); 401/403: StorageError (the store refuses us: it
+    ends the step, saying how to give credentials); 5xx, 408, 425, 429: ConnectionError (transient:
+    retried, then a StorageError); any other 4xx: HTTPStatusError (that object's own failure)."""
+    what = f"HTTP {status} {reason}".strip()
+    if status in (404, 410):
+        return FileNotFoundError(what)
+    if status in (401, 403):
+        _, source = _http_auth(uri)
+        host, port = _host_port(uri)
+        if source:
+            sent = f"the credentials from {source} were refused"
+        elif os.environ.get(HTTP_TOKEN_ENV, "").strip():
+            sent = (f"no credentials were sent: {HTTP_TOKEN_ENV} is set, but {HTTP_AUTH_HOSTS_ENV} does not "
+                    f"list {host}:{port}")
+        else:
+            sent = "no credentials were sent"
+        return StorageError(redact(f"{uri}: {what}: {sent}; {CREDENTIALS_HELP}"))
+    if status >= 500 or status in _RETRIED_STATUS:
+        return ConnectionError(what)
+    return HTTPStatusError(redact(f"{uri}: {what}"))
+
+
+def _http(uri: str, fn: Callable[[], T]) -> T:
+    """Run one fsspec HTTP operation, its error answers classified by `http_status_error` (fsspec
+    raises a bare FileNotFoundError for a 404, aiohttp's ClientResponseError for the others)."""
+    import aiohttp
+
+    try:
+        return fn()
+    except FileNotFoundError:
+        raise http_status_error(uri, 404, "Not Found") from None
+    except aiohttp.ClientResponseError as e:
+        raise http_status_error(uri, e.status, e.message or "") from None
+
+
+@functools.cache
+def _same_origin_auth():
+    """urllib's redirect handler, keeping the Authorization header only on the same scheme, host and port
+    (as aiohttp does for table rows): a redirect to another host is sent no credentials. Built on first
+    use: urllib.request is slow to import, and most runs never download."""
+    import urllib.request
+
+    class SameOriginAuth(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is not None and _origin(new.full_url) == _origin(req.full_url):
+                for name, value in req.unredirected_hdrs.items():
+                    if name.lower() == "authorization":
+                        new.add_unredirected_header(name, value)
+            return new
+
+    return SameOriginAuth
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    return (urllib.parse.urlsplit(url).scheme.lower(), *_host_port(url))
+
+
+def open_url(url: str, timeout: float = HTTP_READ_TIMEOUT):
+    """urllib's response for a GET of `url` with `http_headers` (a plain download streamed to disk).
+    The headers are unredirected, re-added only on a same-origin redirect; user-info is refused."""
+    import urllib.request
+
+    if problem := userinfo_problem(url):
+        raise ValueError(problem)
+    request = urllib.request.Request(url)
+    for name, value in http_headers(url).items():
+        request.add_unredirected_header(name, value)
+    return urllib.request.build_opener(_same_origin_auth()).open(request, timeout=timeout)
 
 
 def join(base: str, *parts: str) -> str:
@@ -238,6 +510,8 @@ def read_bytes(uri: str) -> bytes:
         with open(local_path(uri), "rb") as f:
             return f.read()
     fs, path = filesystem(uri)
+    if is_http(uri):
+        return _call(uri, "read", lambda: _http(uri, lambda: fs.cat_file(path, headers=http_headers(uri))))
     return _call(uri, "read", lambda: fs.cat_file(path))
 
 
@@ -245,12 +519,16 @@ def exists(uri: str) -> bool:
     if is_local(uri):
         return os.path.exists(local_path(uri))
     fs, path = filesystem(uri)
+    if is_http(uri):
+        return _call(uri, "lookup", lambda: _http(uri, lambda: fs.exists(path, headers=http_headers(uri))))
     return _call(uri, "lookup", lambda: fs.exists(path))
 
 
 def is_dir(uri: str) -> bool:
     if is_local(uri):
         return os.path.isdir(local_path(uri))
+    if is_http(uri):
+        return False  # a URL names one file: HTTP has no listing to trust (an index page is not a folder)
     fs, path = filesystem(uri)
     return _call(uri, "lookup", lambda: fs.isdir(path))
 
@@ -260,6 +538,9 @@ def download_file(uri: str, local_file: str) -> None:
         shutil.copyfile(local_path(uri), local_file)
         return
     fs, path = filesystem(uri)
+    if is_http(uri):
+        _call(uri, "download", lambda: _http(uri, lambda: fs.get_file(path, local_file, headers=http_headers(uri))))
+        return
     _call(uri, "download", lambda: fs.get_file(path, local_file))
 
 
@@ -267,7 +548,7 @@ def download_dir(uri: str, local_dir: str) -> None:
     """Stage a remote folder (e.g. a SavedModel in a bucket) to local disk for TensorFlow."""
     fs, path = filesystem(uri)
     if not _call(uri, "lookup", lambda: fs.exists(path)):
-        raise FileNotFoundError(f"{uri}: not found")
+        raise FileNotFoundError(redact(f"{uri}: not found"))
     _call(uri, "download", lambda: fs.get(path.rstrip("/") + "/", local_dir.rstrip("/") + "/", recursive=True))
 
 
@@ -583,7 +864,7 @@ def write_if(uri: str, data: bytes, tag: str | None) -> None:
     except client.exceptions.ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
             raise PreconditionFailed(uri) from None
-        raise StorageError(f"{uri}: conditional write failed: {_cause(e)}") from e
+        raise StorageError(redact(f"{uri}: conditional write failed: {_cause(e)}")) from e
 
 
 def _local_tag(st: os.stat_result) -> str:

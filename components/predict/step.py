@@ -21,6 +21,7 @@ import numpy as np
 
 from imgclf.components.contracts import INPUT_KEY, ExportInfo
 from imgclf.components.lib import images, serving, storage, tables
+from imgclf.components.lib.litter import is_ignored
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
 from imgclf.components.predict.options import FORMATS, PredictOptions
@@ -37,9 +38,11 @@ class PredictResult:
 
 
 def _entries(inputs: list[str]) -> Iterator[storage.Entry]:
+    """The files to classify: those given, and those in folders given, less OS and notebook litter
+    (a folder's `.ipynb_checkpoints/` copies, `.DS_Store`; a file named explicitly is always read)."""
     for item in inputs:
         if storage.is_dir(item):
-            yield from storage.walk_files(item)
+            yield from (e for e in storage.walk_files(item) if not is_ignored(e.rel))
         else:
             yield storage.Entry(os.path.basename(item), item, 0)
 

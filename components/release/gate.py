@@ -281,7 +281,9 @@ def markdown(result: GateResult, model_name: str) -> str:
                "no-registry": "PASSED the thresholds; no registry to publish to"}[result.decision]
     own = result.intervals.get("challenger_test", {})
     compared = result.intervals.get("compared", {})
-    lines = [f"# Gate for {model_name}: {verdict}", "",
+    from imgclf.components.lib.reports import markdown_text as md
+
+    lines = [f"# Gate for {md(model_name)}: {verdict}", "",
              "## The challenger on its test split (95 % confidence intervals)", "",
              "| metric | challenger |", "|---|---|", *[f"| {m} | {_ci(own.get(m))} |" for m in METRICS]]
     if compared:
@@ -299,7 +301,7 @@ def markdown(result: GateResult, model_name: str) -> str:
                     for m in METRICS], "",
                   f"Paired comparison on {cmp['metric']}: difference {d['value']:+.4f} (95 % CI {d['low']:+.4f} to "
                   f"{d['high']:+.4f}), one-sided p = {cmp['p_value']:.4f}: {cmp['test']}."]
-    lines += ["", "## Reasons", "", *[f"- {r}" for r in result.reasons], "",
+    lines += ["", "## Reasons", "", *[f"- {md(r)}" for r in result.reasons], "",  # they quote class names
               "Thresholds: " + ", ".join(f"{k} {v}" for k, v in result.thresholds.items()), ""]
     return "\n".join(lines)
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 def render(record: dict) -> str:
     from imgclf.components.contracts import InputSpec
+    from imgclf.components.lib.reports import markdown_text as md
+    from imgclf.components.lib.storage import redact
 
     spec = InputSpec.from_dict(record)
     m, gate = record["metrics"], record.get("gate", {})
     counts = record.get("split_counts", {})
-    per_class = "\n".join(f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+    per_class = "\n".join(f"| {md(r['class'])} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
                           f"{r['support']} |" for r in record.get("per_class", []))
     champ = gate.get("champion") or {}
     compared = (f"Compared with champion v{champ['version']}, re-scored here on "
@@ -27,15 +29,15 @@ def render(record: dict) -> str:
     weights = record.get("params", {}).get("class_weight")
     class_weights = ", ".join(f"{k} {v:g}" for k, v in weights.items()) if isinstance(weights, dict) else "none"
     weakest = sorted(record.get("per_class", []), key=lambda r: (r["f1"], r["class"]))[:3]
-    limits = "\n".join(f"- `{r['class']}`: F1 {r['f1']:.3f} (precision {r['precision']:.3f}, recall "
+    limits = "\n".join(f"- {md(r['class'])}: F1 {r['f1']:.3f} (precision {r['precision']:.3f}, recall "
                        f"{r['recall']:.3f}, {r['support']} test images)" for r in weakest)
     libraries = ", ".join(f"{k} {v}" for k, v in record.get("libraries", {}).items()) or "(not recorded)"
-    return f"""# Model card: {record['model_name']} version {record['version']}
+    return f"""# Model card: {md(record['model_name'])} version {record['version']}
 
 Published {record['created']} by run `{record.get('source_run') or '-'}`.
 
 ## Intended use
-Classifies a single image into one of {len(spec.classes)} classes: {', '.join(spec.classes)}.
+Classifies a single image into one of {len(spec.classes)} classes: {', '.join(md(c) for c in spec.classes)}.
 Send encoded JPEG/PNG/GIF/BMP/WebP bytes to the `serving_default` signature (input `image_bytes`, or
 `{{"instances": [{{"b64": "..."}}]}}` over TF Serving's REST API); it answers `probabilities`, `class_index`
 and `class_name`. Images are decoded, converted to {spec.color_mode} and resized to
@@ -44,7 +46,7 @@ training data (other domains, other classes): it always answers one of the class
 `probabilities` before acting on a low-confidence answer.
 
 ## Data
-- source `{record.get('data') or '(not recorded)'}`
+- source {md(redact(record.get('data') or '(not recorded)'))}
 - data fingerprint `{record['data_fingerprint']}` (content hash of the images, labels and splits)
 - trained and validated on {record.get('seen_images', {}).get('count', '?')} images, listed by content hash in
   `{record.get('seen_images', {}).get('file', '(not recorded)')}` (later gates leave them out of comparisons)
@@ -70,5 +72,5 @@ macro recall {m.get('macro_recall', 0):.4f}{f", ROC AUC {m['roc_auc']:.4f}" if '
 
 ## Gate
 {compared}
-{chr(10).join(f"- {r}" for r in gate.get('reasons', []))}
+{chr(10).join(f"- {md(r)}" for r in gate.get('reasons', []))}
 """

@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ValueError, OSError, RuntimeError) as e:
-        print(f"imgclf: error: {e}", file=sys.stderr)
+        from imgclf.components.lib.storage import redact
+
+        print(f"imgclf: error: {redact(str(e))}", file=sys.stderr)  # a URI it names may carry user-info
         return 1
 
 

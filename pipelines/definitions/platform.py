@@ -108,6 +108,10 @@ class Platform:
     s3_secret: str = ""
     """Kubernetes secret whose `accesskey`/`secretkey` become AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (KFP)."""
     s3_secret_keys: tuple = ("accesskey", "secretkey")
+    http_secret: str = ""
+    """Kubernetes secret whose `token` becomes IMGCLF_HTTP_TOKEN (KFP): the bearer token for http(s) data."""
+    http_auth_hosts: str = ""
+    """IMGCLF_HTTP_AUTH_HOSTS on every task: the hosts the token may be sent to (not a secret)."""
     s3_endpoint: str = ""
     """S3-compatible endpoint for s3:// URIs (e.g. http://minio-service.kubeflow:9000); not a secret."""
     gpus: int = 0
@@ -127,6 +131,10 @@ class Platform:
         if self.target == "vertex":
             if self.s3_secret:
                 raise ValueError("Vertex AI has no Kubernetes secrets: drop --s3-secret (use workload identity)")
+            if self.http_secret or self.http_auth_hosts:
+                raise ValueError("Vertex AI has no Kubernetes secrets: drop --http-secret/--http-auth-hosts (put "
+                                 "the data in GCS, "
+                                 "or give signed URLs)")
             if self.gpus and self.accelerator not in VERTEX_GPU_TYPES:
                 raise ValueError(f"Vertex accelerator {self.accelerator!r} is not one of {', '.join(VERTEX_GPU_TYPES)}")
         if self.target == "kfp" and self.gpus and "/" not in self.accelerator:
@@ -154,6 +162,15 @@ class Platform:
             for task in tasks:
                 kubernetes.use_secret_as_env(task, secret_name=self.s3_secret, secret_key_to_env={
                     access: "AWS_ACCESS_KEY_ID", secret: "AWS_SECRET_ACCESS_KEY"})
+        if self.http_secret:
+            from kfp import kubernetes
+
+            for task in tasks:  # every task may read the images: ingest, preprocess's shards, evaluate, predict
+                kubernetes.use_secret_as_env(task, secret_name=self.http_secret,
+                                             secret_key_to_env={"token": "IMGCLF_HTTP_TOKEN"})
+        if self.http_auth_hosts:
+            for task in tasks:
+                task.set_env_variable("IMGCLF_HTTP_AUTH_HOSTS", self.http_auth_hosts)
         if self.s3_endpoint:
             for task in tasks:
                 task.set_env_variable("IMGCLF_S3_ENDPOINT_URL", self.s3_endpoint)

@@ -20,6 +20,7 @@ def validate(
         max_pixels: int = 40000000,
         data_base_uri: str = '',
         allow_outside_paths: bool = False,
+        allow_missing_classes: bool = False,
         animated: str = 'first_frame',
         min_images_per_class: int = 10,
         max_imbalance: float = 100.0,
@@ -92,6 +93,7 @@ def validate(
         max_pixels: images with more pixels are refused before decoding (decompression bombs). Allowed: an integer >= 1 and <= 1_000_000_000.
         data_base_uri: for a CSV/Parquet table: what relative paths resolve against (default: the table's folder).
         allow_outside_paths: let a CSV/Parquet table name local files outside its own folder (or data_base_uri); off, such rows are quarantined. Allowed: true or false.
+        allow_missing_classes: in a pre-split source, let a class have no images in validation/ or test/ (never in train/); off, such a source is refused before any file is read. Allowed: true or false.
         animated: animated images: use the first frame (what serving decodes) or quarantine them. Allowed: one of first_frame, refuse.
         min_images_per_class: ingest fails if a class has fewer usable images. Allowed: an integer >= 1.
         max_imbalance: ingest fails if the largest class has more than this many times the images of the smallest. Allowed: a finite number >= 1.
@@ -172,6 +174,7 @@ def face(graph):
             max_pixels: int = 40000000,
             data_base_uri: str = '',
             allow_outside_paths: bool = False,
+            allow_missing_classes: bool = False,
             animated: str = 'first_frame',
             min_images_per_class: int = 10,
             max_imbalance: float = 100.0,
@@ -243,6 +246,7 @@ def face(graph):
             max_pixels: images with more pixels are refused before decoding (decompression bombs). Allowed: an integer >= 1 and <= 1_000_000_000.
             data_base_uri: for a CSV/Parquet table: what relative paths resolve against (default: the table's folder).
             allow_outside_paths: let a CSV/Parquet table name local files outside its own folder (or data_base_uri); off, such rows are quarantined. Allowed: true or false.
+            allow_missing_classes: in a pre-split source, let a class have no images in validation/ or test/ (never in train/); off, such a source is refused before any file is read. Allowed: true or false.
             animated: animated images: use the first frame (what serving decodes) or quarantine them. Allowed: one of first_frame, refuse.
             min_images_per_class: ingest fails if a class has fewer usable images. Allowed: an integer >= 1.
             max_imbalance: ingest fails if the largest class has more than this many times the images of the smallest. Allowed: a finite number >= 1.
@@ -312,6 +316,7 @@ def face(graph):
             'max_pixels': max_pixels,
             'data_base_uri': data_base_uri,
             'allow_outside_paths': allow_outside_paths,
+            'allow_missing_classes': allow_missing_classes,
             'animated': animated,
             'min_images_per_class': min_images_per_class,
             'max_imbalance': max_imbalance,

@@ -26,11 +26,27 @@ from imgclf.pipelines.local.cache import table_rows
 # steps read. Named one by one rather than all of IMGCLF_*: the rest are the host's own, and a container's
 # environment shows in `docker inspect` (IMGCLF_KFP_TOKEN is a bearer token for the KFP API). A test
 # checks that every IMGCLF_ name the steps read is passed (tests/test_docker_env.py).
-STORE_ENV_PREFIXES = ("IMGCLF_S3_", "AWS_", "GCSFS_")
+STORE_ENV_PREFIXES = ("IMGCLF_S3_", "IMGCLF_HTTP_", "AWS_", "GCSFS_")
 STORE_ENV_NAMES = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
                    "IMGCLF_STORAGE_RETRIES", "IMGCLF_REGISTRY_GRACE_SECONDS", "IMGCLF_FIT_WATCH_SECONDS",
                    "IMGCLF_TASKS_IN_SERIES")
 NETWORKS = ("auto", "none", "host", "bridge")
+
+
+def task_environment() -> tuple[dict[str, str], list[str]]:
+    """(a task's environment, the credential files to mount read-only at the same paths): the store
+    settings, the Google key file they name, and a netrc file with HTTP credentials (NETRC, else
+    ~/.netrc), which NETRC then names, since the container's user has another home folder."""
+    env = store_environment()
+    files = []
+    credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if credentials and Path(credentials).is_file():
+        files.append(str(Path(credentials).resolve()))
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if netrc.is_file():
+        files.append(str(netrc.resolve()))
+        env["NETRC"] = str(netrc.resolve())
+    return env, files
 
 
 def store_environment() -> dict[str, str]:
@@ -100,10 +116,8 @@ def docker_runner(params: dict, image: str, network: str = "auto") -> tuple[obje
         remote = remote or remote_rows
         mounts.extend(_mount(folder, read_only=True)
                       for folder in row_folders(files, covered=[m["Source"] for m in mounts]))
-    env = store_environment()
-    credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if credentials and Path(credentials).is_file():
-        mounts.append(_mount(str(Path(credentials).resolve()), read_only=True))
+    env, credential_files = task_environment()
+    mounts.extend(_mount(f, read_only=True) for f in credential_files)
     if network == "auto":
         network = "host" if remote else "none"
     runner = local.DockerRunner(mounts=mounts, environment=env, network_mode=network,

@@ -26,9 +26,29 @@ class PipelineFailed(RuntimeError):
     def __init__(self, kfp_message: str, log_tail: list[str] | None = None):
         self.step = kfp_seams.failed_task(kfp_message) or "?"
         lines = [kfp_seams.plain(x) for x in (log_tail or [])]
-        self.cause = next((x.strip() for x in reversed(lines) if _ERROR_LINE.match(x)), "")
+        at = next((i for i in range(len(lines) - 1, -1, -1) if _ERROR_LINE.match(lines[i])), None)
+        self.cause = "" if at is None else _with_continuation(lines, at)
         super().__init__(f"the pipeline failed in step '{self.step}'"
                          + (f": {self.cause}" if self.cause else "; its log above shows the cause"))
+
+
+def _with_continuation(lines: list[str], at: int) -> str:
+    """The error line at `at`, and when it ends in ":" (a message whose reasons follow on their own
+    lines), those lines too: the final line must state the reason, not announce it. Credentials in a
+    URI it quotes are redacted (the line is printed and may be logged)."""
+    from imgclf.components.lib.storage import redact
+
+    parts = [lines[at].strip()]
+    if parts[0].endswith(":"):
+        for line in lines[at + 1:]:
+            if not line.strip() or _KFP_LOG_LINE.match(line):
+                break
+            parts.append(line.strip())
+    return redact(" ".join(parts))
+
+
+# kfp.local's own log lines ("19:53:15.561 - ERROR - Task 'ingest' finished ..."): not part of a message.
+_KFP_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - ")
 
 
 class _Quiet:

@@ -39,7 +39,9 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
             raise ValueError(f"{flag}: {problem}")
     changes = [(*_step_setting(flag, text), text.partition("=")[2]) for flag, given in
                (("cpu", args.cpu), ("memory", args.memory)) for text in given]
-    platform = Platform(target=target, s3_secret=secret, s3_endpoint=args.s3_endpoint, gpus=args.gpus,
+    platform = Platform(target=target, s3_secret=secret, http_secret=args.http_secret,
+                        http_auth_hosts=args.http_auth_hosts,
+                        s3_endpoint=args.s3_endpoint, gpus=args.gpus,
                         gpu_type=args.gpu_type, gpu_node_selector=selector, image=args.image,
                         gpu_image=args.gpu_image, resources=resources_with(changes))
     pipeline = _pipeline_builder(args.pipeline)(platform, *([sweep] if sweep is not None else []))
@@ -81,6 +83,11 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-secret", default=None,
                    help="KFP: Kubernetes secret mapped to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY on every task "
                         f"(its keys accesskey/secretkey; default {KFP_MINIO_SECRET}; '' for none)")
+    p.add_argument("--http-secret", default="",
+                   help="KFP: Kubernetes secret whose key `token` becomes IMGCLF_HTTP_TOKEN on every task, the bearer "
+                        "token for http(s) zip URLs and table rows (see docs/how-to/storage.md)")
+    p.add_argument("--http-auth-hosts", default="", metavar="HOST[:PORT],...",
+                   help="KFP: the hosts that token is sent to (IMGCLF_HTTP_AUTH_HOSTS on every task; not a secret)")
     p.add_argument("--s3-endpoint", default="", help="S3/MinIO endpoint URL set on every task (not a secret)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs requested by the train task (0: CPU only)")
     p.add_argument("--gpu-type", default="",
