@@ -413,10 +413,10 @@ def check_class_sets(items: list[Item], allow_missing: bool = False) -> None:
                 problems.append(f"`train/{label}`: no images in {split}/"
                                 + _did_you_mean(label, by_split[split] - train, where=f"{split}/"))
     if problems:
-        hint = "rename or move those folders (or labels)" + ("" if allow_missing else
-                                                             "; allow_missing_classes lets a class be absent "
-                                                             "from validation/test")
-        raise DatasetError("the splits hold different classes: " + "; ".join(problems) + f". Fix: {hint}")
+        hint = "rename or move those folders or labels" + ("" if allow_missing else
+                                                           "; allow_missing_classes lets a class be absent "
+                                                           "from validation/test")
+        raise DatasetError("the splits hold different classes: " + "; ".join(problems) + f" ({hint})")
 
 
 def _did_you_mean(label: str, names: set[str], where: str = "") -> str:
