@@ -106,6 +106,7 @@ bench: install system-packages ## CPU benchmarks: end to end and input vs the no
 	$(BIN)/python -m benchmarks.storage_ingest $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.preprocess_shards $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.step_speed $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.label_audit $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.summary
 
 # No install: the GPU machine has JAX (CUDA), Keras and NumPy, not our TensorFlow venv.

@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks import harness
 
 ORDER = ("end_to_end", "step_speed", "input_throughput", "training_throughput", "feature_cache", "steps_scaling",
-         "storage_ingest", "preprocess_shards", "gpu_training")
+         "storage_ingest", "preprocess_shards", "label_audit", "gpu_training")
 SECTIONS = {
     "end_to_end": "Against the notebook, end to end",
     "step_speed": "Per-step goals: ingest and predict",
@@ -27,6 +27,7 @@ SECTIONS = {
     "steps_scaling": "Every step at 7,000 and 70,000 images",
     "storage_ingest": "Ingest from an S3 API server",
     "preprocess_shards": "Preprocess over shard tasks",
+    "label_audit": "Label audit: moved labels found",
     "gpu_training": "GPU training (`make bench-gpu`)",
 }
 LATEST = harness.REPO / "benchmarks" / "results" / "latest.json"
@@ -63,6 +64,7 @@ make bench BENCH_ARGS=--quick       # tiny sizes: checks the scripts (never repl
 | `benchmarks/steps_scaling.py` | wall time and peak memory of every step on the sample, 7,000 and 70,000 images (1 % damaged) |
 | `benchmarks/storage_ingest.py` | ingest from an S3 API server (moto on 127.0.0.1) at 1,000 and 10,000 images |
 | `benchmarks/preprocess_shards.py` | preprocess of 70,000 images under kfp.local over 1, 2 and 4 shard tasks, every output checked identical |
+| `benchmarks/label_audit.py` | a seeded 5 % of the embedded sample's labels moved to other classes (through a relabel.csv), `imgclf audit` with 5 folds, recall and precision of the moved files in the top k and 2k suspects (k = files moved); `--workloads fashion70k`: all 70,000 Fashion-MNIST images, 2 % moved (hours on a CPU, not in `make bench`) |
 | `benchmarks/gpu_training.py` | `make bench-gpu`: GPU training images/s on `KERAS_BACKEND=jax`, synthetic against real input, float32 against mixed_float16 (needs `build/bench/gpu_input.npz` from `training_throughput` for real input) |
 """
 

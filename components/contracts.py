@@ -330,6 +330,11 @@ class ExportInfo:
     data_fingerprint: str
     input_key: str = INPUT_KEY
     outputs: list[str] = field(default_factory=lambda: list(OUTPUTS))
+    temperature: float = 1.0
+    """The served probabilities are softmax(log p / temperature) of the trained model's (fitted by evaluate on
+    the validation split; 1.0: as trained, and every SavedModel exported before calibration)."""
+    abstain_below: float = 0.0
+    """predict marks an answer whose top probability is below this `uncertain` (0: never)."""
 
     def save(self, saved_model_dir: str | Path) -> None:
         path = Path(saved_model_dir) / EXPORT_INFO
@@ -344,4 +349,5 @@ class ExportInfo:
             return None
         d = json.loads(path.read_text(encoding="utf-8"))
         return cls(InputSpec.from_dict(d), d.get("architecture", d.get("model", "")), d.get("data_fingerprint", ""),
-                   d.get("input_key", INPUT_KEY), d.get("outputs", list(OUTPUTS)))
+                   d.get("input_key", INPUT_KEY), d.get("outputs", list(OUTPUTS)), float(d.get("temperature", 1.0)),
+                   float(d.get("abstain_below", 0.0)))

@@ -38,7 +38,7 @@ STEPS = {
                              entry=False),
     "train": Step("imgclf.components.train.step:train", "imgclf.components.train.options:TrainOptions",
                   "fit a Keras 3 model on the TFRecords, resumable; save .keras, history and curves"),
-    "evaluate": Step("imgclf.components.evaluate.step:evaluate", "",
+    "evaluate": Step("imgclf.components.evaluate.step:evaluate", "imgclf.components.evaluate.options:EvaluateOptions",
                      "score the test split: metrics, confusion matrix, ROC, predictions, HTML report"),
     "export": Step("imgclf.components.export.step:export", "imgclf.components.export.options:ExportOptions",
                    "write the raw-bytes SavedModel and prove it answers like evaluate"),
@@ -54,6 +54,9 @@ STEPS = {
                   "one trial of a sweep: train with the trial's options, scored on the validation split", entry=False),
     "select": Step("imgclf.components.sweep.select:select", "",
                    "the best trial of a sweep by its validation score; its model becomes the run's", entry=False),
+    # The label audit's merge: its inputs are every fold's predictions (dsl.Collected); `imgclf audit` runs it.
+    "audit": Step("imgclf.components.audit.step:audit", "imgclf.components.audit.options:AuditOptions",
+                  "rank likely label errors from K folds' out-of-fold probabilities with cleanlab", entry=False),
     "deploy": Step("imgclf.components.deploy.step:deploy", "imgclf.components.deploy.options:DeployOptions",
                    "serve a published version on the target the deploy option names (its choices)"),
     # Predict has its own command (`imgclf predict`): its inputs are a list of files and folders.

@@ -1,7 +1,8 @@
 """The pipelines, by the name the CLI, the docs and the tests use; each module defines STEPS and a
 build_* function. Light on purpose: `imgclf` imports this before it knows whether it needs kfp."""
 
-PIPELINES = {"training": "imgclf.pipelines.definitions.training", "predict": "imgclf.pipelines.definitions.prediction"}
+PIPELINES = {"training": "imgclf.pipelines.definitions.training", "predict": "imgclf.pipelines.definitions.prediction",
+             "audit": "imgclf.pipelines.definitions.audit"}
 
 
 def steps_of(pipeline: str) -> tuple[str, ...]:

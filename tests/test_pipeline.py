@@ -252,7 +252,8 @@ def test_every_task_gets_cpu_and_memory_requests_and_limits_train_the_largest(ta
              for comp in [spec["root"], *spec["components"].values()]
              for name, t in comp.get("dag", {}).get("tasks", {}).items()
              if "executorLabel" in spec["components"][t["componentRef"]["name"]]}
-    assert set(tasks) == set(DEFAULT_RESOURCES) - {"predict", "trial", "select"}   # those two: sweeps only
+    # trial and select: sweeps only; audit: the audit pipeline, or training compiled with --audit-folds
+    assert set(tasks) == set(DEFAULT_RESOURCES) - {"predict", "trial", "select", "audit"}
     for name, executor in tasks.items():
         r = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
         want = DEFAULT_RESOURCES[name]

@@ -67,12 +67,16 @@ def test_first_publishes_v1_weaker_is_refused_better_publishes_v2(models, tmp_pa
     assert "# Model card: fm version 1" in card and "Intended use" in card and "first version" in card
     # The data source (from ingest, through preprocess), libraries, weakest classes and named class weights.
     source = RecordsMetadata.load(str(pp)).source
-    assert source and record["data"] == source and f"- source `{source}`" in card
+    from imgclf.components.lib.reports import markdown_text as md  # the card shows user text escaped, as text
+
+    assert source and record["data"] == source and f"- source {md(source)}" in card
     assert record["libraries"]["keras"].startswith("3.") and "keras 3." in card
     assert set(record["params"]["class_weight"]) == set(record["input"]["classes"])
     weakest = min(record["per_class"], key=lambda r: (r["f1"], r["class"]))
-    assert "## Limitations" in card and f"- `{weakest['class']}`: F1 {weakest['f1']:.3f}" in card
+    assert "## Limitations" in card and f"- {md(weakest['class'])}: F1 {weakest['f1']:.3f}" in card
     assert f"Class weights in the loss: {weakest['class']} " in card or f", {weakest['class']} " in card
+    m1 = record["metrics"]  # the temperature and both ECEs, from evaluate through the record
+    assert f"T = {m1['temperature']:.4f}" in card and f"{m1['ece_uncalibrated']:.4f} before, {m1['ece']:.4f} after" in card
 
     g2, v2 = _publish_if_passed(pp, reg, m["weak"])
     assert g2.decision == "refuse" and v2 is None

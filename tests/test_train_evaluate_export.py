@@ -97,6 +97,7 @@ def test_export_refuses_a_model_that_disagrees_with_evaluate(chain, tmp_path):
     rows[0]["predicted"] = next(c for c in classes if c != rows[0]["predicted"])
     bad = tmp_path / "pred"
     bad.mkdir()
+    (bad / "metrics.json").write_bytes((tmp / "pred" / "metrics.json").read_bytes())  # the temperature
     with open(bad / "predictions.csv", "w", newline="") as f:
         w = csv.DictWriter(f, rows[0].keys())
         w.writeheader()
@@ -104,6 +105,37 @@ def test_export_refuses_a_model_that_disagrees_with_evaluate(chain, tmp_path):
     with pytest.raises(ServingMismatch, match="disagrees with evaluate on 1 test image"):
         export(str(tmp / "model"), str(tmp / "pp"), str(bad), str(tmp_path / "sm"))
     assert not (tmp_path / "sm").exists()
+
+
+@pytest.mark.slow
+def test_export_refuses_probabilities_of_another_temperature(chain, tmp_path):
+    """Same top-1 everywhere, but evaluate's metrics say another temperature than its probabilities were
+    scaled with: the parity check on the calibrated probabilities catches it."""
+    import shutil
+
+    tmp, *_ = chain
+    bad = tmp_path / "pred"
+    shutil.copytree(tmp / "pred", bad)
+    doc = json.loads((bad / "metrics.json").read_text())
+    doc["metrics"]["temperature"] *= 3
+    (bad / "metrics.json").write_text(json.dumps(doc))
+    with pytest.raises(ServingMismatch, match="served probability"):
+        export(str(tmp / "model"), str(tmp / "pp"), str(bad), str(tmp_path / "sm"))
+
+
+def test_report_names_the_files_of_its_error_grids(chain_factory):
+    """Each most confident error's whole location is in the report's table (and its end under its tile),
+    so a user can open the file and fix its label."""
+    from imgclf.components.evaluate.step import short_path
+
+    tmp, *_ = chain_factory("ten")
+    report = (tmp / "report.html").read_text()
+    wrong = sorted((r for r in read_predictions(str(tmp / "pred")) if r["label"] != r["predicted"]),
+                   key=lambda r: -float(r["probability"]))
+    assert wrong, "the three-epoch ten-class model makes errors to show"
+    assert wrong[0]["location"] in report and "<td>1</td>" in report
+    assert short_path("/data/pets/cat/img_0042.png", 20) == ".../cat/img_0042.png"
+    assert short_path("a/b.png") == "a/b.png"
 
 
 FORKED_EXPORT = textwrap.dedent("""

@@ -15,6 +15,7 @@ def evaluate(
         metrics: Output[Metrics],
         classification: Output[ClassificationMetrics],
         report: Output[HTML],
+        abstain_precision: float = 0.0,
     ) -> float:
     """Score the test split: metrics, confusion matrix, ROC, predictions and an HTML report.
 
@@ -25,6 +26,7 @@ def evaluate(
         metrics: accuracy, macro averages, F1 per class
         classification: confusion matrix (and ROC when binary)
         report: the evaluation report
+        abstain_precision: 0: every answer stands; > 0: the calibrated confidence below which an answer is marked uncertain is chosen on the validation split so the answers kept are right this often (0.95 = 95 %), exported with the model for predict. Allowed: a finite number >= 0 and <= 1.
 
     Returns:
         test accuracy

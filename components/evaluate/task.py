@@ -5,10 +5,11 @@ class. Runs in the task's process (the container, or this virtualenv under kfp.l
 from __future__ import annotations
 
 
-def evaluate(records, model, predictions, metrics, classification, report) -> float:
+def evaluate(records, model, predictions, metrics, classification, report, **options) -> float:
     from imgclf.components.evaluate.step import evaluate as run
 
-    r = run(records.path, model.path, predictions.path, report_html=report.path)
+    # The temperature, ECE before and after, and the abstention threshold are in r.metrics.
+    r = run(records.path, model.path, predictions.path, report_html=report.path, **options)
     for k, v in r.metrics.items():
         metrics.log_metric(k, v)
     for k, ci in r.intervals.items():

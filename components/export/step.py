@@ -3,11 +3,14 @@
 Decoding and resizing inside the graph are `images.tf_decode_resize`, the very function preprocess
 used, so what a serving system answers is what evaluate measured. The step proves it: a fresh process
 loads the SavedModel with plain TensorFlow, feeds it every test image's original bytes, and the
-top-1 class must equal evaluate's for every image, or the step fails. The same process answers a base64
-REST body the way TF Serving's REST API passes it and replays the TF Serving warm-up requests written
-into `assets.extra/`, where `saved_model_cli show --all` output is kept too (TF Serving tolerates extra
-files only there). That process starts with the step and imports TensorFlow while the step builds the
-SavedModel, so the check costs no second TensorFlow import on the step's clock.
+top-1 class must equal evaluate's for every image, and its top probability evaluate's to within
+PROBABILITY_TOLERANCE, or the step fails. The served probabilities are the calibrated ones: evaluate fits
+a temperature on the validation split and writes calibrated predictions; the SavedModel divides the
+model's log-probabilities by the same temperature (recorded in imgclf.json, with the abstention threshold).
+The same process answers a base64 REST body the way TF Serving's REST API passes it and replays the TF
+Serving warm-up requests written into `assets.extra/`, where `saved_model_cli show --all` output is kept
+too (TF Serving tolerates extra files only there). That process starts with the step and imports
+TensorFlow while the step builds the SavedModel, so the check costs no second TensorFlow import on the step's clock.
 """
 from __future__ import annotations
 
@@ -21,7 +24,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.components.contracts import INPUT_KEY, ExportInfo, RecordsMetadata, TrainedModel, read_predictions
+from imgclf.components.contracts import (
+    INPUT_KEY,
+    Evaluation,
+    ExportInfo,
+    RecordsMetadata,
+    TrainedModel,
+    read_predictions,
+)
 from imgclf.components.export import warmup
 from imgclf.components.export.options import ExportOptions
 from imgclf.components.lib import images, records, storage
@@ -31,6 +41,9 @@ CLI_SHOW = "assets.extra/saved_model_cli.txt"
 TFLITE_FILE = "assets.extra/model.tflite"
 WARMUP_IMAGES = 3
 PARSE_BATCH = 512
+PROBABILITY_TOLERANCE = 1e-4
+"""Served vs evaluated top probability: float32 serving against evaluate's float64 calibration, written
+with six decimals, differs by about 1e-6; a wrong temperature differs by far more."""
 
 
 class ServingMismatch(RuntimeError):
@@ -46,6 +59,24 @@ class ExportResult:
     rest_images: int = 0
     warmup_requests: int = 0
     tflite_max_diff: float | None = None
+
+
+def calibrated(model, temperature: float):
+    """The model answering softmax(log p / temperature): what is served (and converted to TFLite). The same
+    model object when the temperature is 1. Guo et al. divide logits; our models end in a softmax, and
+    log p is the logits less a per-image constant, which softmax ignores."""
+    if temperature == 1.0:
+        return model
+    import keras
+
+    from imgclf.components.lib.calibration import TINY
+
+    def scale(p):
+        return keras.ops.softmax(keras.ops.log(keras.ops.maximum(p, TINY)) / temperature, axis=-1)
+
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    return keras.Model(inputs, keras.layers.Lambda(scale, name="temperature")(model(inputs, training=False)),
+                       name=f"{model.name}_calibrated")
 
 
 def build_archive(model, classes: list[str], image_size: int, channels: int):
@@ -91,11 +122,14 @@ def _export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_
 
     info = TrainedModel.load(model_dir)
     meta = RecordsMetadata.load(dataset_dir)
-    model = load_model(model_dir)
+    evaluated = Evaluation.load(predictions_dir).metrics
+    temperature = float(evaluated.get("temperature", 1.0))  # an evaluation before calibration: as trained
+    model = calibrated(load_model(model_dir), temperature)
     spec = info.input
     with storage.atomic_dir(saved_model_dir) as out:
         build_archive(model, spec.classes, spec.image_size, spec.channels).write_out(str(out), verbose=False)
-        ExportInfo(spec, info.architecture, info.data_fingerprint).save(out)
+        ExportInfo(spec, info.architecture, info.data_fingerprint, temperature=temperature,
+                   abstain_below=float(evaluated.get("abstain_threshold", 0.0))).save(out)
         shards = meta.shard_paths(dataset_dir, "test")
         warmup.write(str(out / warmup.WARMUP_FILE), INPUT_KEY, [_warmup_images(dataset_dir, meta)])
         tflite_diff = _tflite(model, dataset_dir, meta, out / TFLITE_FILE) if opts.tflite else None
@@ -111,14 +145,18 @@ def _export(model_dir: str, dataset_dir: str, predictions_dir: str, saved_model_
                 continue
             if s["class_name"] != e["predicted"]:
                 mismatches.append(f"{s['location']}: served {s['class_name']!r}, evaluated {e['predicted']!r}")
-            max_diff = max(max_diff, abs(s["probability"] - float(e["probability"])))
+            diff = abs(s["probability"] - float(e["probability"]))
+            if diff > PROBABILITY_TOLERANCE:
+                mismatches.append(f"{s['location']}: served probability {s['probability']:.6f}, evaluated "
+                                  f"{e['probability']} (temperature {temperature:.4f})")
+            max_diff = max(max_diff, diff)
         if len(served) != len(expected):
             mismatches.append(f"served {len(served)} test images, evaluate predicted {len(expected)}")
         if mismatches:
             raise ServingMismatch(f"SavedModel disagrees with evaluate on {len(mismatches)} test image(s): "
                                   + "; ".join(mismatches[:10]))
-    print(f"export: SavedModel at {saved_model_dir}; raw-bytes serving agrees with evaluate on all "
-          f"{len(served)} test images (max probability difference {max_diff:.2e}); a base64 REST body of "
+    print(f"export: SavedModel at {saved_model_dir} (temperature {temperature:.4f}); raw-bytes serving agrees "
+          f"with evaluate on all {len(served)} test images (max probability difference {max_diff:.2e}); a base64 REST body of "
           f"{checked['rest_images']} images answers the same; {checked['warmup_requests']} warm-up request(s) "
           "replayed" + (f"; TFLite agrees (max difference {tflite_diff:.2e})" if opts.tflite else ""), flush=True)
     result = ExportResult(saved_model_dir, len(served), max_diff, rest_images=checked["rest_images"],

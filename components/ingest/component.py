@@ -15,6 +15,7 @@ def ingest(
         data: str,
         max_pixels: int = 40000000,
         data_base_uri: str = '',
+        relabel: str = '',
         allow_outside_paths: bool = False,
         allow_missing_classes: bool = False,
         animated: str = 'first_frame',
@@ -33,6 +34,7 @@ def ingest(
         data: the source: a folder, gs://, s3:// or minio:// prefix, zip URL or path, or a CSV/Parquet table of path,label[,split].
         max_pixels: images with more pixels are refused before decoding (decompression bombs). Allowed: an integer >= 1 and <= 1_000_000_000.
         data_base_uri: for a CSV/Parquet table: what relative paths resolve against (default: the table's folder).
+        relabel: a CSV of location,label (or location,drop) applied at ingest, the source left untouched; each change is recorded in relabels.csv beside the manifest.
         allow_outside_paths: let a CSV/Parquet table name local files outside its own folder (or data_base_uri); off, such rows are quarantined. Allowed: true or false.
         allow_missing_classes: in a pre-split source, let a class have no images in validation/ or test/ (never in train/); off, such a source is refused before any file is read. Allowed: true or false.
         animated: animated images: use the first frame (what serving decodes) or quarantine them. Allowed: one of first_frame, refuse.

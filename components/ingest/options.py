@@ -15,6 +15,9 @@ class IngestOptions(PixelLimit):
                             "CSV/Parquet table of path,label[,split]", path="read")
     data_base_uri: str = option("", "for a CSV/Parquet table: what relative paths resolve against "
                                     "(default: the table's folder)", path="read")
+    relabel: str = option("", "a CSV of location,label (or location,drop) applied at ingest, the source left "
+                              "untouched; each change is recorded in relabels.csv beside the manifest",
+                          path="read")
     allow_outside_paths: bool = option(False, "let a CSV/Parquet table name local files outside its own folder "
                                               "(or data_base_uri); off, such rows are quarantined")
     allow_missing_classes: bool = option(False, "in a pre-split source, let a class have no images in "

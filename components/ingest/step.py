@@ -32,6 +32,7 @@ from imgclf.components.contracts import (
     DatasetError,
 )
 from imgclf.components.ingest.options import IngestOptions
+from imgclf.components.ingest.relabel import DROP, RELABELS, apply_relabel, read_relabel, write_relabels
 from imgclf.components.ingest.sources import Item, resolve
 from imgclf.components.lib import images, storage, tables
 from imgclf.components.lib.litter import describe_ignored
@@ -226,6 +227,13 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
     with storage.atomic_dir(output_dir) as out:
         src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
                       allow_outside_paths=opts.allow_outside_paths)
+        if opts.relabel:
+            changes = read_relabel(opts.relabel)
+            items, log = apply_relabel(src.items, changes, opts.relabel, label_problem)
+            src = replace(src, items=items)
+            write_relabels(out / RELABELS, log)
+            print(f"ingest: relabel {opts.relabel}: {sum(e['now'] != DROP for e in log)} label(s) changed, "
+                  f"{sum(e['now'] == DROP for e in log)} file(s) dropped (recorded in {RELABELS})", flush=True)
         check_class_names(src.items)
         check_class_sets(src.items, opts.allow_missing_classes)
         opts = replace(opts, workers=opts.workers or reader_threads(src.items))

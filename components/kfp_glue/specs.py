@@ -149,7 +149,7 @@ SPECS = [
         RECORDS, MODEL, Artifact("predictions", "Output[Dataset]", "predictions.csv and metrics.json"),
         Artifact("metrics", "Output[Metrics]", "accuracy, macro averages, F1 per class"),
         Artifact("classification", "Output[ClassificationMetrics]", "confusion matrix (and ROC when binary)"),
-        Artifact("report", "Output[HTML]", "the evaluation report")),
+        Artifact("report", "Output[HTML]", "the evaluation report")), ("evaluate",),
         returns="float", returns_help="test accuracy"),
     ComponentSpec("export", "Write the raw-bytes SavedModel, verify it against evaluate in a fresh process, "
                             "optionally publish it.", (
@@ -187,6 +187,14 @@ SPECS = [
                   wired=(Wired("reason", str, "the champion lookup's reason"),
                          Wired("champion_version", int, "the champion that stays")),
                   returns="str", returns_help="the outcome JSON"),
+    ComponentSpec("audit", "Label audit: every fold's out-of-fold probabilities, ranked by confident learning "
+                           "(cleanlab); suspects.csv and a page of thumbnails.", (
+        Artifact("dataset", "Input[Dataset]", "ingest's manifest (locations, perceptual hashes)"),
+        Artifact("predictions", "Input[List[Dataset]]", "every fold's evaluate predictions (dsl.Collected)"),
+        Artifact("suspects", "Output[Dataset]", "suspects.csv, suspects.html, scores.csv, audit.json"),
+        Artifact("metrics", "Output[Metrics]", "images, suspects by kind, out-of-fold accuracy"),
+        Artifact("report", "Output[HTML]", "the suspects page")), ("audit",),
+        returns="int", returns_help="the number of suspects"),
     ComponentSpec("predict", "Batch prediction: a folder or bucket of images in, one row per image (top-k) out.", (
         Artifact("predictions", "Output[Dataset]", "predictions.csv or predictions.jsonl"),
         Artifact("metrics", "Output[Metrics]", "images classified, failed, and counts per class")),
@@ -204,14 +212,19 @@ FACES = {
     "release": ("champion", "gate", "publish", "not_published", "training_skipped"),
     "deploy": ("deploy",),
     "predict": ("predict",),
+    "audit": ("audit",),
 }
 """Step package -> its components, written to components/<package>/component.py (in this order), each
 calling the function of its name in components/<package>/task.py."""
 
 PIPELINES = (
-    PipelineSpec("training", ("ingest", "preprocess", "champion", "train", "export", "gate", "publish", "deploy"),
+    PipelineSpec("training", ("ingest", "preprocess", "champion", "train", "evaluate", "export", "gate", "publish",
+                              "deploy"),
                  "Labelled images in, a served Keras image classifier (raw-bytes SavedModel) out.",
                  "NamedTuple('Outputs', ingest_report=HTML, outcome=str)"),
     PipelineSpec("prediction", ("predict",), "Classify a folder or bucket of images with an exported model.",
                  "Dataset"),
+    PipelineSpec("audit", ("ingest", "preprocess", "train", "evaluate", "audit"),
+                 "Label audit: K fold models score every train and validation image out-of-fold; cleanlab ranks "
+                 "the likely label errors (suspects.csv, suspects.html).", "Dataset"),
 )

@@ -4,6 +4,7 @@ is the image every task runs in (`IMGCLF_IMAGE`, declared in components/__init__
 from __future__ import annotations
 
 from imgclf.components import IMAGE
+from imgclf.components.audit.component import audit
 from imgclf.components.deploy.component import deploy
 from imgclf.components.evaluate.component import evaluate
 from imgclf.components.export.component import export
@@ -14,6 +15,6 @@ from imgclf.components.release.component import champion, gate, not_published, p
 from imgclf.components.sweep.component import select
 from imgclf.components.train.component import train, trial
 
-__all__ = ["IMAGE", "champion", "deploy", "evaluate", "export", "gate", "ingest", "not_published", "predict",
+__all__ = ["IMAGE", "audit", "champion", "deploy", "evaluate", "export", "gate", "ingest", "not_published", "predict",
            "preprocess_merge", "preprocess_plan", "preprocess_shard", "publish", "select", "train",
            "training_skipped", "trial"]

@@ -5,6 +5,10 @@ file's header is checked with ingest's rules first (a known image format, within
 decoding, which is the signature's job); a file the signature cannot decode fails its batch, and the
 batch is split until that file alone is named with TensorFlow's cause. Two batches are read and served
 at once, and answered in order.
+
+A model exported with an abstention threshold (imgclf.json's `abstain_below`, chosen by evaluate on the
+validation split for `abstain_precision`) has each answer below it marked `uncertain`; the class stays in
+the row, so a reviewer sees what the model would have said.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.components.contracts import INPUT_KEY, ExportInfo
-from imgclf.components.lib import images, serving, storage, tables
+from imgclf.components.lib import calibration, images, serving, storage, tables
 from imgclf.components.lib.litter import is_ignored
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
@@ -35,6 +39,8 @@ class PredictResult:
     output: str = ""
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list, repr=False)
+    uncertain: int = 0
+    """Answers below the model's abstention threshold (0 for a model exported without one)."""
 
 
 def _entries(inputs: list[str]) -> Iterator[storage.Entry]:
@@ -124,9 +130,10 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
     with serving.local_model(resolve(model)) as model_dir:
         info = ExportInfo.load(model_dir)
         classes = info.input.classes if info else None
+        abstain_below = info.abstain_below if info else 0.0
         serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
         k = max(1, min(top_k, len(classes) if classes else 1))
-        counts, rows, failed = Counter(), [], 0
+        counts, rows, failed, uncertain = Counter(), [], 0, 0
         progress = Progress("predict", len(entries))
         with tempfile.TemporaryDirectory(prefix="imgclf-predict-") as tmp, \
                 ThreadPoolExecutor(max_workers=8) as readers, ThreadPoolExecutor(max_workers=IN_FLIGHT) as batch_pool:
@@ -149,10 +156,12 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
                             probs = a["probabilities"]
                             order = np.argsort(-probs)[:k]
                             row.update({"class": a["class_name"], "probability": float(probs.max()),
+                                        "uncertain": bool(calibration.is_uncertain(probs.max(), abstain_below)),
                                         "top_k": [[classes[i] if classes else a["class_name"], float(probs[i])]
                                                   for i in order],
                                         "probabilities": probs})
                             counts[a["class_name"]] += 1
+                            uncertain += row["uncertain"]
                         writer(row)
                         if keep_rows:
                             rows.append(row)
@@ -160,8 +169,10 @@ def predict(inputs: list[str], opts: PredictOptions, *, output: str = "", keep_r
             seconds = progress.close()
             if output:
                 storage.put_file(str(tmp_out), output)
-    result = PredictResult(sum(counts.values()), failed, dict(counts.most_common()), output, round(seconds, 2), rows)
+    result = PredictResult(sum(counts.values()), failed, dict(counts.most_common()), output, round(seconds, 2), rows,
+                           uncertain)
     print(f"predict: {result.predicted} images classified, {failed} failed"
+          + (f", {uncertain} uncertain (top probability below {abstain_below:.4f})" if abstain_below else "")
           + (f"; wrote {output}" if output else ""), flush=True)
     return result
 
@@ -186,14 +197,15 @@ def _serve_batch(serve, blobs: list[bytes]) -> list[dict]:
 def _writer(f, fmt: str, classes: list[str] | None):
     if fmt == "csv":
         w = tables.Writer(f)
-        w.writerow(["file", "class", "probability", "top_k", *[f"p_{c}" for c in classes or []], "error"])
+        w.writerow(["file", "class", "probability", "uncertain", "top_k", *[f"p_{c}" for c in classes or []], "error"])
 
         def write(row):
             if "error" in row:
-                w.writerow([row["file"], "", "", "", *[""] * len(classes or []), row["error"]])
+                w.writerow([row["file"], "", "", "", "", *[""] * len(classes or []), row["error"]])
             else:
                 topk = ";".join(f"{c}:{p:.4f}" for c, p in row["top_k"])
-                w.writerow([row["file"], row["class"], f"{row['probability']:.6f}", topk,
+                w.writerow([row["file"], row["class"], f"{row['probability']:.6f}",
+                            "true" if row["uncertain"] else "false", topk,
                             *[f"{p:.6f}" for p in (row["probabilities"] if classes else [])], ""])
         return write
 
@@ -206,13 +218,14 @@ def _writer(f, fmt: str, classes: list[str] | None):
 
 
 def format_table(rows: list[dict]) -> str:
-    """A terminal table: file, class, probability, top-k (errors in place of a class)."""
+    """A terminal table: file, class, probability, top-k (errors in place of a class; an uncertain answer's
+    class followed by `?`)."""
     lines = [("file", "class", "prob", "top-k")]
     for r in rows:
         if "error" in r:
             lines.append((r["file"], "ERROR", "", r["error"]))
         else:
-            lines.append((r["file"], r["class"], f"{r['probability']:.3f}",
+            lines.append((r["file"], r["class"] + ("?" if r.get("uncertain") else ""), f"{r['probability']:.3f}",
                           ", ".join(f"{c} {p:.2f}" for c, p in r["top_k"])))
     width = [min(60, max(len(line[i]) for line in lines)) for i in range(3)]
     return "\n".join(f"{a[-width[0]:]:<{width[0]}}  {b:<{width[1]}}  {c:>{width[2]}}  {d}" for a, b, c, d in lines)

@@ -13,8 +13,10 @@ def predict(predictions, metrics, images: str, output_format: str, **options):
     os.makedirs(predictions.path, exist_ok=True)
     r = run(inputs=[images], output=os.path.join(predictions.path, f"predictions.{output_format}"), **options)
     predictions.metadata.update({"format": output_format, "predicted": r.predicted, "failed": r.failed,
+                                 "uncertain": r.uncertain,
                                  "model": options["model"], "images": images})
     metrics.log_metric("predicted", r.predicted)
     metrics.log_metric("failed", r.failed)
+    metrics.log_metric("uncertain", r.uncertain)
     for cls, n in r.class_counts.items():
         metrics.log_metric(f"count: {cls}", n)

@@ -21,6 +21,8 @@ def preprocess_plan(
         near_duplicate_bits: int = 10,
         drop_near_duplicates: bool = False,
         shard_tasks: int = 0,
+        audit_folds: int = 0,
+        audit_fold: int = 0,
         images_per_shard: int = 2048,
         workers: int = 4,
     ) -> List[int]:
@@ -37,6 +39,8 @@ def preprocess_plan(
         near_duplicate_bits: validation/test images within this many bits (of 256) of a training image's perceptual hash are near-duplicates; -1: no check. Allowed: an integer >= -1 and <= 256.
         drop_near_duplicates: leave validation/test near-duplicates of training images out (they are always reported). Allowed: true or false.
         shard_tasks: preprocess tasks the TFRecord shards are spread over (each writes whole files); 0: automatic, one per 10,000 images up to 32 (one under imgclf run, whose tasks take turns). Allowed: an integer >= 0 and <= 256.
+        audit_folds: label audit (imgclf audit): split the train and validation images into this many folds by content hash and seed, leave the source's test images out; 0: off. Allowed: an integer >= 0 and <= 20.
+        audit_fold: label audit: the fold that becomes the test split (its images are scored out-of-fold); a val_fraction slice of the rest is the validation split. Allowed: an integer >= 0 and <= 19.
         images_per_shard: images per TFRecord shard. Allowed: an integer >= 1.
         workers: threads reading and decoding images. Allowed: an integer >= 1 and <= 256.
 
@@ -62,6 +66,8 @@ def preprocess_shard(
         near_duplicate_bits: int = 10,
         drop_near_duplicates: bool = False,
         shard_tasks: int = 0,
+        audit_folds: int = 0,
+        audit_fold: int = 0,
         images_per_shard: int = 2048,
         workers: int = 4,
     ):
@@ -80,6 +86,8 @@ def preprocess_shard(
         near_duplicate_bits: validation/test images within this many bits (of 256) of a training image's perceptual hash are near-duplicates; -1: no check. Allowed: an integer >= -1 and <= 256.
         drop_near_duplicates: leave validation/test near-duplicates of training images out (they are always reported). Allowed: true or false.
         shard_tasks: preprocess tasks the TFRecord shards are spread over (each writes whole files); 0: automatic, one per 10,000 images up to 32 (one under imgclf run, whose tasks take turns). Allowed: an integer >= 0 and <= 256.
+        audit_folds: label audit (imgclf audit): split the train and validation images into this many folds by content hash and seed, leave the source's test images out; 0: off. Allowed: an integer >= 0 and <= 20.
+        audit_fold: label audit: the fold that becomes the test split (its images are scored out-of-fold); a val_fraction slice of the rest is the validation split. Allowed: an integer >= 0 and <= 19.
         images_per_shard: images per TFRecord shard. Allowed: an integer >= 1.
         workers: threads reading and decoding images. Allowed: an integer >= 1 and <= 256.
     """
@@ -103,6 +111,8 @@ def preprocess_merge(
         near_duplicate_bits: int = 10,
         drop_near_duplicates: bool = False,
         shard_tasks: int = 0,
+        audit_folds: int = 0,
+        audit_fold: int = 0,
         images_per_shard: int = 2048,
         workers: int = 4,
     ):
@@ -122,6 +132,8 @@ def preprocess_merge(
         near_duplicate_bits: validation/test images within this many bits (of 256) of a training image's perceptual hash are near-duplicates; -1: no check. Allowed: an integer >= -1 and <= 256.
         drop_near_duplicates: leave validation/test near-duplicates of training images out (they are always reported). Allowed: true or false.
         shard_tasks: preprocess tasks the TFRecord shards are spread over (each writes whole files); 0: automatic, one per 10,000 images up to 32 (one under imgclf run, whose tasks take turns). Allowed: an integer >= 0 and <= 256.
+        audit_folds: label audit (imgclf audit): split the train and validation images into this many folds by content hash and seed, leave the source's test images out; 0: off. Allowed: an integer >= 0 and <= 20.
+        audit_fold: label audit: the fold that becomes the test split (its images are scored out-of-fold); a val_fraction slice of the rest is the validation split. Allowed: an integer >= 0 and <= 19.
         images_per_shard: images per TFRecord shard. Allowed: an integer >= 1.
         workers: threads reading and decoding images. Allowed: an integer >= 1 and <= 256.
     """

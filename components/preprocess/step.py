@@ -128,6 +128,27 @@ def assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, s
     return split
 
 
+def fold_of(sha256: str, seed: int, folds: int) -> int:
+    """An image's audit fold, from its content and the seed alone (like `split_position`, with its own salt,
+    so folds cut across the train/validation bands instead of following them)."""
+    return int(split_position(f"audit:{sha256}", seed) * folds)
+
+
+def audit_splits(rows: list, splits: dict[str, list[int]], folds: int, fold: int, val_fraction: float,
+                 seed: int) -> dict[str, list[int]]:
+    """One fold of a label audit: fold `fold` of the train and validation images becomes "test" (scored
+    out-of-fold by a model that never saw it), a `val_fraction` slice of the other folds the validation
+    split (early stopping), the rest train. The source's own test images are left out: the audit judges
+    the labels a model learns from. Folds are not stratified: each image's fold follows from its hash,
+    so it never depends on which other images are present."""
+    pool = sorted(splits["train"] + splits["validation"])
+    held = [i for i in pool if fold_of(rows[i]["sha256"], seed, folds) == fold]
+    held_set = set(held)
+    rest = [i for i in pool if i not in held_set]
+    carved = _carve(rest, rows, {"validation": val_fraction}, seed)
+    return {"train": carved["train"], "validation": carved.get("validation", []), "test": held}
+
+
 def shuffled(splits: dict[str, list[int]], seed: int) -> dict[str, list[int]]:
     """Each split in a seeded random order. The listing order is class-sorted: shards written in it hold
     a few classes each, and even with interleaved reads and a shuffle buffer the first batches of an
@@ -143,6 +164,8 @@ def plan_splits(rows: list, opts: PreprocessOptions) -> tuple[dict[str, list[int
     decided from the whole manifest before any image is read, so how the writing is spread over tasks
     (`shard_tasks`) cannot change a split."""
     splits = assign_splits(rows, opts.val_fraction, opts.test_fraction, opts.seed)
+    if opts.audit_folds:
+        splits = audit_splits(rows, splits, opts.audit_folds, opts.audit_fold, opts.val_fraction, opts.seed)
     near = near_duplicates(rows, splits, opts.near_duplicate_bits)
     if near:
         print(f"preprocess: {len(near)} validation/test image(s) are near-duplicates of training images"
@@ -180,6 +203,8 @@ def save_metadata(out, rows: list, spec: InputSpec, meta_splits: dict[str, Split
                          if rows[i]["location"] not in gone} for split, idx in splits.items()}).save(out)
     # What changes the records' content (the pipeline parameters), not how they were written.
     params = {o.name: getattr(opts, o.name) for o in opts.declared() if o.pipeline and o.name not in LAYOUT_ONLY}
+    if opts.audit_folds:  # an audit fold's records are not the run's records
+        params.update(audit_folds=opts.audit_folds, audit_fold=opts.audit_fold)
     fp = hashlib.sha256((data_fp + json.dumps(params, sort_keys=True)).encode()).hexdigest()
     RecordsMetadata(spec, meta_splits, params, data_fp, fp, quarantined, near,
                     bool(opts.drop_near_duplicates and near), source=source).save(out)

@@ -100,6 +100,7 @@ def gate(
         significance: float = 0.05,
         min_compared_images: int = 100,
         max_class_recall_drop: float = 1.0,
+        max_ece: float = 1.0,
         accept_class_change: bool = False,
     ) -> NamedTuple('Gate', decision=str, summary=str):
     """Thresholds, and the champion re-scored on the test images neither model has seen, compared by a paired test: publish, refuse, or no registry.
@@ -119,6 +120,7 @@ def gate(
         significance: one-sided level of the paired test that 'better' means when margin is 0. Allowed: a finite number > 0 and <= 0.5.
         min_compared_images: the fewest test images seen by neither model (not in either's training or validation split) that a comparison needs; fewer: refused with that reason. Allowed: an integer >= 1.
         max_class_recall_drop: refuse when any class's recall on the compared images is lower than the champion's by more than this (0.05 = five points); 1: no per-class rule. Allowed: a finite number >= 0 and <= 1.
+        max_ece: refuse when the served (calibrated) model's expected calibration error on the test split (15 confidence bins) is above this (0.05: its confidence may be off by five points on average); 1: no calibration rule. Allowed: a finite number >= 0 and <= 1.
         accept_class_change: publish a challenger whose classes differ from the champion's (compared on the classes both know, where it must not be significantly worse); otherwise refused. Allowed: true or false.
 
     Returns:

@@ -120,7 +120,8 @@ def gate(dataset_dir: str, predictions_dir: str, opts: GateOptions, *, decision_
          compared_csv: str = "") -> GateResult:
     """Decide whether evaluate's challenger may be published.
 
-    Passes when accuracy >= min_accuracy and macro F1 >= min_macro_f1 on the challenger's test split and,
+    Passes when accuracy >= min_accuracy, macro F1 >= min_macro_f1 and (below 1) the calibrated expected
+    calibration error <= max_ece on the challenger's test split and,
     if a champion exists, on the test images neither model has seen (at least `min_compared_images`):
     the challenger's `compare_metric` is better than the champion's by a one-sided paired test at
     `significance` (or by at least `margin`, when one is set), no class's recall dropped by more than
@@ -129,7 +130,9 @@ def gate(dataset_dir: str, predictions_dir: str, opts: GateOptions, *, decision_
     """
     evaluated = Evaluation.load(predictions_dir)
     challenger = {k: float(evaluated.metrics[k]) for k in METRICS}
-    thresholds = {"min_accuracy": opts.min_accuracy, "min_macro_f1": opts.min_macro_f1, "margin": opts.margin,
+    calibration = {k: float(evaluated.metrics[k]) for k in CALIBRATION if k in evaluated.metrics}
+    thresholds = {"min_accuracy": opts.min_accuracy, "min_macro_f1": opts.min_macro_f1, "max_ece": opts.max_ece,
+                  "margin": opts.margin,
                   "significance": opts.significance, "min_compared_images": opts.min_compared_images,
                   "max_class_recall_drop": opts.max_class_recall_drop}
     # evaluate's own intervals on the challenger's whole test split
@@ -143,7 +146,9 @@ def gate(dataset_dir: str, predictions_dir: str, opts: GateOptions, *, decision_
         where = f" (95 % CI {ci['low']:.4f}-{ci['high']:.4f}, {images} test images)" if ci else ""
         reasons.append(f"{'PASS' if good else 'FAIL'}: {metric} {challenger[metric]:.4f}{where} "
                        f"{'>=' if good else '<'} required {floor:.4f}")
-    result = GateResult("", reasons, challenger, {}, thresholds, {}, intervals)
+    if opts.max_ece < 1:
+        ok &= _calibration_rule(reasons, calibration, opts.max_ece)
+    result = GateResult("", reasons, challenger | calibration, {}, thresholds, {}, intervals)
     if opts.registry:
         champ = layout.champion(opts.registry, opts.model_name)
         if champ is None:
@@ -271,6 +276,24 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+CALIBRATION = ("ece", "ece_uncalibrated", "temperature")
+"""evaluate's calibration metrics, carried into the gate's summary (and the version's record)."""
+
+
+def _calibration_rule(reasons: list[str], calibration: dict[str, float], max_ece: float) -> bool:
+    """max_ece: the served probabilities must be calibrated on the test split (Guo et al.'s 15-bin ECE)."""
+    if "ece" not in calibration:
+        reasons.append(f"FAIL: max_ece {max_ece:.4f} is required, but this evaluation has no expected calibration "
+                       "error (evaluated before imgclf calibrated models); evaluate it again")
+        return False
+    ece = calibration["ece"]
+    good = math.isfinite(ece) and ece <= max_ece
+    reasons.append(f"{'PASS' if good else 'FAIL'}: expected calibration error {ece:.4f} (temperature "
+                   f"{calibration.get('temperature', 1.0):.3f}; {calibration.get('ece_uncalibrated', ece):.4f} "
+                   f"uncalibrated) {'<=' if good else '>'} allowed {max_ece:.4f}")
+    return good
+
+
 def _ci(d: dict | None) -> str:
     return "-" if not d else f"{d['value']:.4f} ({d['low']:.4f}-{d['high']:.4f})"
 
@@ -286,6 +309,11 @@ def markdown(result: GateResult, model_name: str) -> str:
     lines = [f"# Gate for {md(model_name)}: {verdict}", "",
              "## The challenger on its test split (95 % confidence intervals)", "",
              "| metric | challenger |", "|---|---|", *[f"| {m} | {_ci(own.get(m))} |" for m in METRICS]]
+    if "ece" in result.challenger:
+        c = result.challenger
+        lines += ["", f"Calibration: expected calibration error {c['ece']:.4f} with temperature "
+                      f"{c.get('temperature', 1.0):.3f} ({c.get('ece_uncalibrated', c['ece']):.4f} uncalibrated; 15 "
+                      "confidence bins, test split)."]
     if compared:
         c = result.compared
         cmp = compared["comparison"]

@@ -31,6 +31,19 @@ def render(record: dict) -> str:
     weakest = sorted(record.get("per_class", []), key=lambda r: (r["f1"], r["class"]))[:3]
     limits = "\n".join(f"- {md(r['class'])}: F1 {r['f1']:.3f} (precision {r['precision']:.3f}, recall "
                        f"{r['recall']:.3f}, {r['support']} test images)" for r in weakest)
+    if "ece" in m:
+        calibrated = (f"The served probabilities are temperature-scaled (Guo et al., 2017): T = {m['temperature']:.4f}, "
+                      "fitted on the validation split. Expected calibration error on the test split (15 confidence "
+                      f"bins): {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after; a top probability of 0.9 "
+                      "is right about that often.")
+    else:
+        calibrated = "Not calibrated (published before imgclf calibrated models): a probability is softmax's."
+    if m.get("abstain_threshold"):
+        calibrated += (f"\n\nAnswers with a top probability below {m['abstain_threshold']:.4f} are marked `uncertain` "
+                       "by `imgclf predict`, a threshold chosen on the validation split; on the test split it kept "
+                       f"{m.get('abstain_test_coverage', 0):.1%} of the answers"
+                       + (f", {m['abstain_test_precision']:.1%} of them right." if "abstain_test_precision" in m
+                          else "."))
     libraries = ", ".join(f"{k} {v}" for k, v in record.get("libraries", {}).items()) or "(not recorded)"
     return f"""# Model card: {md(record['model_name'])} version {record['version']}
 
@@ -69,6 +82,9 @@ macro recall {m.get('macro_recall', 0):.4f}{f", ROC AUC {m['roc_auc']:.4f}" if '
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
+
+## Calibration
+{calibrated}
 
 ## Gate
 {compared}

@@ -36,6 +36,9 @@ class GateOptions(RegistryTarget):
     max_class_recall_drop: float = option(1.0, "refuse when any class's recall on the compared images is lower "
                                                "than the champion's by more than this (0.05 = five points); "
                                                "1: no per-class rule", min=0, max=1)
+    max_ece: float = option(1.0, "refuse when the served (calibrated) model's expected calibration error on the "
+                                 "test split (15 confidence bins) is above this (0.05: its confidence may be off "
+                                 "by five points on average); 1: no calibration rule", min=0, max=1)
     accept_class_change: bool = option(False, "publish a challenger whose classes differ from the champion's "
                                               "(compared on the classes both know, where it must not be "
                                               "significantly worse); otherwise refused")

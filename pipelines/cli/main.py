@@ -31,6 +31,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from imgclf.pipelines.definitions.audit import STEPS
+    from imgclf.pipelines.definitions.declare import parameters
+    from imgclf.pipelines.local.audit import run_audit
+
+    names = {o.name for o in parameters(STEPS)}
+    result = run_audit({k: v for k, v in vars(args).items() if k in names}, args.output_dir, folds=args.folds,
+                       pipeline_root=args.pipeline_root, runner=args.runner, network=args.network, quiet=args.quiet)
+    print(result.text())
+    return 0
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     out = compiling.compile_package(args, args.target, Path(args.output or f"build/imgclf-{args.pipeline}.yaml"))
     print(f"compiled imgclf-{args.pipeline} ({args.target}) to {out}")
@@ -126,6 +138,32 @@ def _add_run(sub, given: dict) -> None:
     run.set_defaults(func=_cmd_run)
 
 
+def _add_audit(sub) -> None:
+    from imgclf.components.audit.options import AuditOptions
+    from imgclf.components.lib.options import add_arguments
+    from imgclf.pipelines.definitions.audit import STEPS
+    from imgclf.pipelines.definitions.declare import parameters
+
+    folds = next(o for o in AuditOptions.declared() if o.name == "audit_folds")
+    audit = sub.add_parser("audit", help="find likely label errors: K fold models score every train and validation "
+                                         "image out-of-fold, cleanlab ranks them",
+                           description="Run the audit pipeline locally: suspects.csv (most suspicious first) and "
+                                       "suspects.html are written to --output-dir. Takes run's data, preprocessing "
+                                       "and training options.")
+    add_arguments(audit.add_argument_group("pipeline parameters"), parameters(STEPS), {})
+    audit.add_argument("--output-dir", required=True, help="where suspects.csv, suspects.html, scores.csv and "
+                                                           "audit.json are copied")
+    audit.add_argument("--folds", type=int, default=folds.default, help=f"{folds.help} (default: {folds.default})")
+    audit.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
+    audit.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                       help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
+    audit.add_argument("--network", choices=NETWORKS, default="auto",
+                       help="docker: the containers' network (auto: none if all inputs are local, else host)")
+    audit.add_argument("--quiet", action="store_true",
+                       help="show the steps' progress and the summary, not kfp.local's executor dumps")
+    audit.set_defaults(func=_cmd_audit)
+
+
 def _add_compile(sub) -> None:
     comp = sub.add_parser("compile", help="compile a pipeline to KFP IR YAML")
     compiling.add_compile_options(comp)
@@ -153,6 +191,7 @@ def build_parser(run_given: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_versions())
     sub = p.add_subparsers(dest="command", required=True)
     _add_run(sub, run_given or {})
+    _add_audit(sub)
     _add_compile(sub)
     remote_cli.add_parsers(sub)
     _add_predict(sub)

@@ -82,7 +82,7 @@ DEFAULT_RESOURCES = {"validate": LIGHT, "ingest": Resources("1", "4", "4Gi", "8G
                      "preprocess-merge": LIGHT, "champion": TF_STEP, "train": TRAIN, "trial": TRAIN,
                      "select": LIGHT, "evaluate": TF_STEP, "export": TF_STEP, "gate": TF_STEP, "publish": LIGHT,
                      "deploy": LIGHT, "not-published": LIGHT, "training-skipped": LIGHT,
-                     "predict": Resources("2", "4", "4Gi", "8Gi")}
+                     "predict": Resources("2", "4", "4Gi", "8Gi"), "audit": LIGHT}
 
 
 def resources_with(changes: list[tuple[str, str, str]], tasks=tuple(DEFAULT_RESOURCES)) -> dict[str, Resources]:
@@ -151,8 +151,12 @@ class Platform:
         for task in tasks:
             if self.image:
                 task.set_container_image(self.image)
-            if self.target != "local" and task.name in self.resources:
-                r = self.resources[task.name]
+            # A second task of a component in one pipeline is named "<task>-2" by KFP (the training
+            # pipeline with an audit beside it trains and evaluates twice): it gets its component's setting.
+            name = task.name if task.name in self.resources else task.name.rsplit("-", 1)[0]
+            if self.target != "local" and name in self.resources and (name == task.name or
+                                                                      task.name.rsplit("-", 1)[1].isdigit()):
+                r = self.resources[name]
                 task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
                 task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
         if self.s3_secret:

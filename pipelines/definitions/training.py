@@ -25,9 +25,14 @@ STEPS = face.STEPS
 Outputs = face.Outputs
 
 
-def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = None):
+def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = None, audit_folds: int = 0):
     """A fresh pipeline for `platform` (KFP builds the graph when the decorator runs, so cluster
-    settings must be known here, not passed as parameters), with one train task or a `sweep`'s trials."""
+    settings must be known here, not passed as parameters), with one train task or a `sweep`'s trials;
+    with `audit_folds` K > 0 also a label audit of the same data beside the training (K fold trainings,
+    pipelines/definitions/audit.py), whose suspects are in the run's artifacts."""
+    if audit_folds:  # imported here: audit.py imports this module, and builds its pipeline on import
+        from imgclf.pipelines.definitions.audit import fold_audit
+
     def graph(p: dict) -> Outputs:
         check = face.validate(pipeline_steps=",".join(STEPS), **p)
         ingest = steps.ingest(**for_step("ingest", p)).after(check)
@@ -47,7 +52,7 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
                 gpu_tasks, model = [fit], fit.outputs["model"]
             else:
                 gpu_tasks, model = sweep_trials(sweep, platform, records, look.outputs["warm_start_from"], p)
-            ev = steps.evaluate(records=records, model=model)
+            ev = steps.evaluate(records=records, model=model, **for_step("evaluate", p))
             exp = steps.export(model=model, records=records, predictions=ev.outputs["predictions"],
                                **for_step("export", p))
             gate = steps.gate(records=records, predictions=ev.outputs["predictions"], **for_step("gate", p))
@@ -67,6 +72,8 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         with dsl.Else(name="data-unchanged"):
             skip = steps.training_skipped(reason=look.outputs["reason"],
                                           champion_version=look.outputs["champion_version"])
+        if audit_folds:  # built last: the training's own tasks keep their names (train, evaluate)
+            fold_audit(ingest.outputs["dataset"], p, audit_folds, platform)
         platform.apply(*kfp_seams.pipeline_tasks())
         for task in gpu_tasks:
             platform.apply_gpu(task)

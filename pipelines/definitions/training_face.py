@@ -8,7 +8,7 @@ from kfp.dsl import HTML
 
 from imgclf.components import IMAGE
 
-STEPS = ('ingest', 'preprocess', 'champion', 'train', 'export', 'gate', 'publish', 'deploy')
+STEPS = ('ingest', 'preprocess', 'champion', 'train', 'evaluate', 'export', 'gate', 'publish', 'deploy')
 DESCRIPTION = 'Labelled images in, a served Keras image classifier (raw-bytes SavedModel) out.'
 Outputs = NamedTuple('Outputs', ingest_report=HTML, outcome=str)
 
@@ -19,6 +19,7 @@ def validate(
         data: str,
         max_pixels: int = 40000000,
         data_base_uri: str = '',
+        relabel: str = '',
         allow_outside_paths: bool = False,
         allow_missing_classes: bool = False,
         animated: str = 'first_frame',
@@ -59,6 +60,7 @@ def validate(
         distribute: str = 'auto',
         jit_compile: str = 'auto',
         tensorboard_uri: str = '',
+        abstain_precision: float = 0.0,
         export_to: str = '',
         tflite: bool = False,
         min_accuracy: float = 0.0,
@@ -68,6 +70,7 @@ def validate(
         significance: float = 0.05,
         min_compared_images: int = 100,
         max_class_recall_drop: float = 1.0,
+        max_ece: float = 1.0,
         accept_class_change: bool = False,
         deploy: str = 'none',
         canary_percent: int = 10,
@@ -92,6 +95,7 @@ def validate(
         data: the source: a folder, gs://, s3:// or minio:// prefix, zip URL or path, or a CSV/Parquet table of path,label[,split].
         max_pixels: images with more pixels are refused before decoding (decompression bombs). Allowed: an integer >= 1 and <= 1_000_000_000.
         data_base_uri: for a CSV/Parquet table: what relative paths resolve against (default: the table's folder).
+        relabel: a CSV of location,label (or location,drop) applied at ingest, the source left untouched; each change is recorded in relabels.csv beside the manifest.
         allow_outside_paths: let a CSV/Parquet table name local files outside its own folder (or data_base_uri); off, such rows are quarantined. Allowed: true or false.
         allow_missing_classes: in a pre-split source, let a class have no images in validation/ or test/ (never in train/); off, such a source is refused before any file is read. Allowed: true or false.
         animated: animated images: use the first frame (what serving decodes) or quarantine them. Allowed: one of first_frame, refuse.
@@ -132,6 +136,7 @@ def validate(
         distribute: auto (replicate over all GPUs when there are 2 or more), mirrored (every device of the main kind), none. Allowed: one of auto, none, mirrored.
         jit_compile: XLA compilation: Keras' auto, true or false. Allowed: one of auto, true, false.
         tensorboard_uri: also mirror the TensorBoard logs here after every epoch (folder or bucket), to watch a run live.
+        abstain_precision: 0: every answer stands; > 0: the calibrated confidence below which an answer is marked uncertain is chosen on the validation split so the answers kept are right this often (0.95 = 95 %), exported with the model for predict. Allowed: a finite number >= 0 and <= 1.
         export_to: also publish the checked SavedModel to this folder or bucket URI.
         tflite: also export TensorFlow Lite (pixels in), checked against Keras on every test image. Allowed: true or false.
         min_accuracy: test accuracy the challenger must reach. Allowed: a finite number >= 0 and <= 1.
@@ -141,6 +146,7 @@ def validate(
         significance: one-sided level of the paired test that 'better' means when margin is 0. Allowed: a finite number > 0 and <= 0.5.
         min_compared_images: the fewest test images seen by neither model (not in either's training or validation split) that a comparison needs; fewer: refused with that reason. Allowed: an integer >= 1.
         max_class_recall_drop: refuse when any class's recall on the compared images is lower than the champion's by more than this (0.05 = five points); 1: no per-class rule. Allowed: a finite number >= 0 and <= 1.
+        max_ece: refuse when the served (calibrated) model's expected calibration error on the test split (15 confidence bins) is above this (0.05: its confidence may be off by five points on average); 1: no calibration rule. Allowed: a finite number >= 0 and <= 1.
         accept_class_change: publish a challenger whose classes differ from the champion's (compared on the classes both know, where it must not be significantly worse); otherwise refused. Allowed: true or false.
         deploy: after publish, serve the new version: none (nothing deployed), kserve (an InferenceService manifest, applied when a cluster is configured), vertex (a Model Registry version on an endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
         canary_percent: traffic share the new version gets while the previous one keeps the rest (KServe canaryTrafficPercent, Vertex traffic split); 100: all at once. Allowed: an integer >= 0 and <= 100.
@@ -173,6 +179,7 @@ def face(graph):
             data: str,
             max_pixels: int = 40000000,
             data_base_uri: str = '',
+            relabel: str = '',
             allow_outside_paths: bool = False,
             allow_missing_classes: bool = False,
             animated: str = 'first_frame',
@@ -213,6 +220,7 @@ def face(graph):
             distribute: str = 'auto',
             jit_compile: str = 'auto',
             tensorboard_uri: str = '',
+            abstain_precision: float = 0.0,
             export_to: str = '',
             tflite: bool = False,
             min_accuracy: float = 0.0,
@@ -222,6 +230,7 @@ def face(graph):
             significance: float = 0.05,
             min_compared_images: int = 100,
             max_class_recall_drop: float = 1.0,
+            max_ece: float = 1.0,
             accept_class_change: bool = False,
             deploy: str = 'none',
             canary_percent: int = 10,
@@ -245,6 +254,7 @@ def face(graph):
             data: the source: a folder, gs://, s3:// or minio:// prefix, zip URL or path, or a CSV/Parquet table of path,label[,split].
             max_pixels: images with more pixels are refused before decoding (decompression bombs). Allowed: an integer >= 1 and <= 1_000_000_000.
             data_base_uri: for a CSV/Parquet table: what relative paths resolve against (default: the table's folder).
+            relabel: a CSV of location,label (or location,drop) applied at ingest, the source left untouched; each change is recorded in relabels.csv beside the manifest.
             allow_outside_paths: let a CSV/Parquet table name local files outside its own folder (or data_base_uri); off, such rows are quarantined. Allowed: true or false.
             allow_missing_classes: in a pre-split source, let a class have no images in validation/ or test/ (never in train/); off, such a source is refused before any file is read. Allowed: true or false.
             animated: animated images: use the first frame (what serving decodes) or quarantine them. Allowed: one of first_frame, refuse.
@@ -285,6 +295,7 @@ def face(graph):
             distribute: auto (replicate over all GPUs when there are 2 or more), mirrored (every device of the main kind), none. Allowed: one of auto, none, mirrored.
             jit_compile: XLA compilation: Keras' auto, true or false. Allowed: one of auto, true, false.
             tensorboard_uri: also mirror the TensorBoard logs here after every epoch (folder or bucket), to watch a run live.
+            abstain_precision: 0: every answer stands; > 0: the calibrated confidence below which an answer is marked uncertain is chosen on the validation split so the answers kept are right this often (0.95 = 95 %), exported with the model for predict. Allowed: a finite number >= 0 and <= 1.
             export_to: also publish the checked SavedModel to this folder or bucket URI.
             tflite: also export TensorFlow Lite (pixels in), checked against Keras on every test image. Allowed: true or false.
             min_accuracy: test accuracy the challenger must reach. Allowed: a finite number >= 0 and <= 1.
@@ -294,6 +305,7 @@ def face(graph):
             significance: one-sided level of the paired test that 'better' means when margin is 0. Allowed: a finite number > 0 and <= 0.5.
             min_compared_images: the fewest test images seen by neither model (not in either's training or validation split) that a comparison needs; fewer: refused with that reason. Allowed: an integer >= 1.
             max_class_recall_drop: refuse when any class's recall on the compared images is lower than the champion's by more than this (0.05 = five points); 1: no per-class rule. Allowed: a finite number >= 0 and <= 1.
+            max_ece: refuse when the served (calibrated) model's expected calibration error on the test split (15 confidence bins) is above this (0.05: its confidence may be off by five points on average); 1: no calibration rule. Allowed: a finite number >= 0 and <= 1.
             accept_class_change: publish a challenger whose classes differ from the champion's (compared on the classes both know, where it must not be significantly worse); otherwise refused. Allowed: true or false.
             deploy: after publish, serve the new version: none (nothing deployed), kserve (an InferenceService manifest, applied when a cluster is configured), vertex (a Model Registry version on an endpoint) or tf-serving (models.config and the docker line). Allowed: one of none, kserve, vertex, tf-serving.
             canary_percent: traffic share the new version gets while the previous one keeps the rest (KServe canaryTrafficPercent, Vertex traffic split); 100: all at once. Allowed: an integer >= 0 and <= 100.
@@ -315,6 +327,7 @@ def face(graph):
             'data': data,
             'max_pixels': max_pixels,
             'data_base_uri': data_base_uri,
+            'relabel': relabel,
             'allow_outside_paths': allow_outside_paths,
             'allow_missing_classes': allow_missing_classes,
             'animated': animated,
@@ -355,6 +368,7 @@ def face(graph):
             'distribute': distribute,
             'jit_compile': jit_compile,
             'tensorboard_uri': tensorboard_uri,
+            'abstain_precision': abstain_precision,
             'export_to': export_to,
             'tflite': tflite,
             'min_accuracy': min_accuracy,
@@ -364,6 +378,7 @@ def face(graph):
             'significance': significance,
             'min_compared_images': min_compared_images,
             'max_class_recall_drop': max_class_recall_drop,
+            'max_ece': max_ece,
             'accept_class_change': accept_class_change,
             'deploy': deploy,
             'canary_percent': canary_percent,

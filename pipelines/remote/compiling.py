@@ -14,6 +14,7 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
     GPUs, secrets), refusing settings a cluster could not use."""
     from kfp import compiler
 
+    from imgclf.components.audit.options import MAX_FOLDS
     from imgclf.pipelines.definitions.platform import (
         KFP_MINIO_SECRET,
         Platform,
@@ -33,7 +34,7 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
     if selector and len(selector) != 2:
         raise ValueError(f"--gpu-node-selector takes LABEL=VALUE, got {args.gpu_node_selector!r}")
     images = [("--image", args.image or cpu_image())] + ([("--gpu-image", args.gpu_image or gpu_image())]
-                                                          if args.gpus and args.pipeline == "training" else [])
+                                                          if args.gpus and args.pipeline in ("training", "audit") else [])
     for flag, name in images:
         if (problem := image_problem(name)) and not (args.allow_local_image and "unqualified" in problem):
             raise ValueError(f"{flag}: {problem}")
@@ -44,7 +45,17 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
                         s3_endpoint=args.s3_endpoint, gpus=args.gpus,
                         gpu_type=args.gpu_type, gpu_node_selector=selector, image=args.image,
                         gpu_image=args.gpu_image, resources=resources_with(changes))
-    pipeline = _pipeline_builder(args.pipeline)(platform, *([sweep] if sweep is not None else []))
+    audit_folds = getattr(args, "audit_folds", 0)
+    if audit_folds and args.pipeline == "predict":
+        raise ValueError("--audit-folds is for the training pipeline (an audit beside it) or the audit pipeline")
+    if audit_folds and not 2 <= audit_folds <= MAX_FOLDS:
+        raise ValueError(f"--audit-folds {audit_folds}: 0 (none) or 2 to {MAX_FOLDS}")
+    extra = {"sweep": sweep} if sweep is not None else {}
+    if args.pipeline == "training" and audit_folds:
+        extra["audit_folds"] = audit_folds
+    if args.pipeline == "audit" and audit_folds:
+        extra["folds"] = audit_folds
+    pipeline = _pipeline_builder(args.pipeline)(platform, **extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(out))
     return out
@@ -58,10 +69,12 @@ def _step_setting(what: str, text: str) -> tuple[str, str]:
 
 
 def _pipeline_builder(name: str):
+    from imgclf.pipelines.definitions.audit import build_audit_pipeline
     from imgclf.pipelines.definitions.prediction import build_prediction_pipeline
     from imgclf.pipelines.definitions.training import build_training_pipeline
 
-    return {"training": build_training_pipeline, "predict": build_prediction_pipeline}[name]
+    return {"training": build_training_pipeline, "predict": build_prediction_pipeline,
+            "audit": build_audit_pipeline}[name]
 
 
 def add_compile_options(p: argparse.ArgumentParser) -> None:
@@ -69,6 +82,10 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--pipeline", choices=list(PIPELINES), default="training")
     add_sweep_argument(p)
+    p.add_argument("--audit-folds", type=int, default=0, metavar="K",
+                   help="training: also audit the labels with K fold trainings beside it (imgclf audit's pipeline; "
+                        "its suspects are in the run's artifacts); audit: K folds instead of 5; 0: as compiled by "
+                        "default")
     p.add_argument("--image", default="",
                    help="every task's image, pullable by the cluster (default: IMGCLF_IMAGE, else imgclf:VERSION)")
     p.add_argument("--gpu-image", default="",
