@@ -93,23 +93,23 @@ def _start(web: Web) -> ThreadingHTTPServer:
     return server
 
 
-@pytest.fixture
-def web(request):
+def _served(request) -> Web:
     w = Web()
     server = _start(w)
     request.addfinalizer(server.server_close)
     request.addfinalizer(server.shutdown)
     return w
+
+
+@pytest.fixture
+def web(request):
+    return _served(request)
 
 
 @pytest.fixture
 def other_web(request):
     """A second server: another origin (same host, another port), for redirects."""
-    w = Web()
-    server = _start(w)
-    request.addfinalizer(server.server_close)
-    request.addfinalizer(server.shutdown)
-    return w
+    return _served(request)
 
 
 @pytest.fixture(autouse=True)
