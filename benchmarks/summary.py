@@ -64,7 +64,7 @@ make bench BENCH_ARGS=--quick       # tiny sizes: checks the scripts (never repl
 | `benchmarks/steps_scaling.py` | wall time and peak memory of every step on the sample, 7,000 and 70,000 images (1 % damaged) |
 | `benchmarks/storage_ingest.py` | ingest from an S3 API server (moto on 127.0.0.1) at 1,000 and 10,000 images |
 | `benchmarks/preprocess_shards.py` | preprocess of 70,000 images under kfp.local over 1, 2 and 4 shard tasks, every output checked identical |
-| `benchmarks/label_audit.py` | a seeded 5 % of the embedded sample's labels moved to other classes (through a relabel.csv), `imgclf audit` with 5 folds, recall and precision of the moved files in the top k and 2k suspects (k = files moved); `--workloads fashion70k`: all 70,000 Fashion-MNIST images, 2 % moved (hours on a CPU, not in `make bench`) |
+| `benchmarks/label_audit.py` | a seeded 5 % of the embedded sample's labels moved to other classes (through a relabel.csv), `imgclf audit` with 5 folds, recall and precision of the moved files in the top k and 2k suspects (k = files moved); `--workloads fashion70k`: all 70,000 Fashion-MNIST images, 2 % moved (five trainings on 50,000 images: not in `make bench`) |
 | `benchmarks/gpu_training.py` | `make bench-gpu`: GPU training images/s on `KERAS_BACKEND=jax`, synthetic against real input, float32 against mixed_float16 (needs `build/bench/gpu_input.npz` from `training_throughput` for real input) |
 """
 

@@ -198,3 +198,26 @@ def test_feature_cache_pairs_each_family_with_and_without_cached_features(tmp_pa
         assert r["epochs_run"] == 2 and r["wall_seconds"] > 0 and 0 <= r["test_accuracy"] <= 1
     assert result["speedups"]["mobilenet_v2"]["wall"] > 0
     assert (tmp_path / "feature_cache.md").read_text().count("\n| mobilenet_v2 |") == 2
+
+
+def test_label_audit_counts_only_the_moved_files_the_audit_scored(tmp_path):
+    """The quick audit benchmark (300 images, 3 folds): its counts agree with the suspects and scores it
+    kept, and recall is taken over the moved files the audit could see (not the test split's)."""
+    import csv
+
+    keep = tmp_path / "keep"
+    _run(["-m", "benchmarks.label_audit", "--quick", "--keep", str(keep), "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "label_audit.json").read_text())["workloads"]["sample"]
+    audit = keep / "sample" / "audit"
+    with open(keep / "sample" / "relabel.csv", newline="") as f:
+        moved = {row["location"] for row in csv.DictReader(f)}
+    with open(audit / "scores.csv", newline="") as f:
+        audited = {row["location"] for row in csv.DictReader(f)}
+    with open(audit / "suspects.csv", newline="") as f:
+        suspects = [row["location"] for row in csv.DictReader(f)]
+    k = len(moved & audited)
+    assert r["moved"] == len(moved) >= k == r["moved_audited"] > 0
+    assert r["images"] == len(audited) and r["suspects"] == len(suspects)
+    assert r["top_k"]["found"] == len(set(suspects[:k]) & moved)
+    assert r["top_2k"]["found"] == len(set(suspects[:2 * k]) & moved)
+    assert r["top_k"]["recall"] == round(r["top_k"]["found"] / k, 4)
