@@ -163,7 +163,7 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 
 def thumbnail(uri: str) -> str:
     """A small JPEG data URI of the image (what the model sees: EXIF applied), or "" if unreadable."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from imgclf.components.lib.images import upright_rgb
 
@@ -171,7 +171,7 @@ def thumbnail(uri: str) -> str:
         img = upright_rgb(Image.open(io.BytesIO(storage.read_bytes(uri))))
     except Exception:  # noqa: BLE001 - a missing picture must not lose the audit
         return ""
-    img.thumbnail((THUMB, THUMB))
+    img = ImageOps.contain(img, (THUMB, THUMB))  # small images (28 px) scale up too, or nobody could judge them
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=75)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
