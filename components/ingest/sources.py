@@ -142,10 +142,10 @@ def table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False
     ingest cannot use carries its `problem`. Public: `imgclf run --cache` and the Docker runner must
     resolve a table's rows exactly as ingest does.
 
-    A URL carrying user-info (`https://user:password@host/...`) refuses the whole table before any file
-    is read: the row would be copied into the manifest, and from there into logs and metadata."""
-    if problem := storage.userinfo_problem(table_uri):
-        raise DatasetError(problem)
+    A row whose URL carries user-info (`https://user:password@host/...`) refuses the whole table before
+    any file is read: the row would be copied into the manifest, and from there into logs and metadata.
+    (The table's own URI and data_base_uri are parameters, refused by their validation; a read of one
+    that bypassed it is refused by storage.filesystem.)"""
     rows = _read_table(table_uri)
     if not rows:
         raise DatasetError(f"{table_uri}: the table has no rows")
@@ -157,8 +157,6 @@ def table_items(table_uri: str, base_uri: str, allow_outside_paths: bool = False
         raise DatasetError(f"{table_uri}: needs a header with a path column ({', '.join(PATH_COLUMNS)}) and a "
                            f"label column ({', '.join(LABEL_COLUMNS)}); found {list(rows[0])}")
     base = base_uri or (table_uri.rsplit("/", 1)[0] if "/" in table_uri else ".")
-    if problem := storage.userinfo_problem(base):
-        raise DatasetError(problem)
     _refuse_userinfo_rows(table_uri, [str(row[path_col] or "").strip() for row in rows])
     if storage.is_local(base):
         # Locations must resolve the same in every later step and container, whatever its working folder.
@@ -266,9 +264,7 @@ def _stream(source: str, dest: Path, max_bytes: int) -> None:
 def _fetch_archive(source: str, output_dir: Path, max_bytes: int) -> Path:
     """Bring the archive to local scratch beside (not inside) the artifact, with progress. A dropped
     transfer is retried like every store operation; HTTP errors name the URL; nothing partial stays. A URL
-    carrying user-info is refused before anything is fetched (see `storage.userinfo_problem`)."""
-    if problem := storage.userinfo_problem(source):
-        raise DatasetError(problem)
+    carrying user-info is refused before anything is fetched, by the store layer (open_url, filesystem)."""
     dest = output_dir.parent / f".{output_dir.name}.download.zip"
     try:
         if storage.is_http(source):

@@ -123,14 +123,8 @@ def _add_run(sub, given: dict) -> None:
     run = sub.add_parser("run", help="run the whole pipeline locally with kfp.local on a folder of images",
                          description="Run the training pipeline locally; every parameter is checked first.")
     add_arguments(run.add_argument_group("pipeline parameters"), parameters(STEPS), given)
-    run.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
-    run.add_argument("--runner", choices=RUNNERS, default="subprocess",
-                     help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
-    run.add_argument("--network", choices=NETWORKS, default="auto",
-                     help="docker: the containers' network (auto: none if all inputs are local, else host)")
+    _add_local_flags(run)
     run.add_argument("--params-file", help="pipeline parameters from a YAML or JSON mapping; flags given win")
-    run.add_argument("--quiet", action="store_true",
-                     help="show the steps' progress and the summary, not kfp.local's executor dumps")
     compiling.add_sweep_argument(run)
     run.add_argument("--cache", action="store_true",
                      help="reuse a task's outputs from an earlier run under --pipeline-root when its inputs are "
@@ -154,14 +148,19 @@ def _add_audit(sub) -> None:
     audit.add_argument("--output-dir", required=True, help="where suspects.csv, suspects.html, scores.csv and "
                                                            "audit.json are copied")
     audit.add_argument("--folds", type=int, default=folds.default, help=f"{folds.help} (default: {folds.default})")
-    audit.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
-    audit.add_argument("--runner", choices=RUNNERS, default="subprocess",
-                       help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
-    audit.add_argument("--network", choices=NETWORKS, default="auto",
-                       help="docker: the containers' network (auto: none if all inputs are local, else host)")
-    audit.add_argument("--quiet", action="store_true",
-                       help="show the steps' progress and the summary, not kfp.local's executor dumps")
+    _add_local_flags(audit)
     audit.set_defaults(func=_cmd_audit)
+
+
+def _add_local_flags(p: argparse.ArgumentParser) -> None:
+    """How a pipeline runs on this machine: `imgclf run` and `imgclf audit` alike."""
+    p.add_argument("--pipeline-root", default="runs", help="local folder for all artifacts (default: runs)")
+    p.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                   help="subprocess: tasks in this virtualenv; docker: tasks in the image IMGCLF_IMAGE names")
+    p.add_argument("--network", choices=NETWORKS, default="auto",
+                   help="docker: the containers' network (auto: none if all inputs are local, else host)")
+    p.add_argument("--quiet", action="store_true",
+                   help="show the steps' progress and the summary, not kfp.local's executor dumps")
 
 
 def _add_compile(sub) -> None:

@@ -36,23 +36,12 @@ def run_audit(values: dict, output_dir: str, *, folds: int = 5, pipeline_root: s
     from imgclf.components.audit.options import AuditOptions
     from imgclf.pipelines import check_parameters
     from imgclf.pipelines.definitions.audit import build_audit_pipeline
-    from imgclf.pipelines.local import RUNNERS
-    from imgclf.pipelines.local.run import run_pipeline
+    from imgclf.pipelines.local.run import check_runner, local_runner, run_pipeline
 
-    if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    check_runner(runner, network)
     params = check_parameters(values, pipeline="audit", check_paths=True)
     AuditOptions(audit_folds=folds)  # the declared range, checked here
-    docker = None
-    if runner == "docker":
-        from imgclf.components.kfp_glue.wrappers import IMAGE
-        from imgclf.pipelines.local.docker_runner import docker_runner
-
-        docker, params = docker_runner(params, IMAGE, network=network)
-    else:
-        from imgclf.pipelines.local.preloaded_tasks import start_early
-
-        start_early()
+    docker, params = local_runner(params, runner, network)
     task, timings, seconds = run_pipeline(build_audit_pipeline(folds=folds), params, pipeline_root, docker, quiet)
     found = Path(task.output.path)
     out = Path(output_dir)

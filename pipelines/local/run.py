@@ -269,24 +269,36 @@ def run_checked(values: dict, *, pipeline_root: str = "runs", runner: str = "sub
     starts it first thing, and this function starts it (if not yet started) once the checks passed."""
     from imgclf.pipelines import check_parameters
     from imgclf.pipelines.definitions import sweep as sweeps
+
+    check_runner(runner, network)
+    params = check_parameters(values, check_paths=True)
+    found = sweeps.load(sweep) if sweep else None
+    if found is not None:
+        sweeps.check_with(found, params)
+    docker, params = local_runner(params, runner, network)
+    return run_local(params, pipeline_root=pipeline_root, runner=docker, quiet=quiet, cache=cache, sweep=found)
+
+
+def check_runner(runner: str, network: str) -> None:
+    """The runner and the Docker network, refused before anything runs (`imgclf run` and `imgclf audit`)."""
     from imgclf.pipelines.local.docker_runner import NETWORKS
 
     if runner not in RUNNERS:
         raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     if network not in NETWORKS:
         raise ValueError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
-    params = check_parameters(values, check_paths=True)
-    found = sweeps.load(sweep) if sweep else None
-    if found is not None:
-        sweeps.check_with(found, params)
+
+
+def local_runner(params: dict, runner: str, network: str):
+    """(kfp.local's DockerRunner or None for the subprocess runner, the parameters it runs with) for checked
+    parameters: the Docker runner rewrites local paths to what it mounts; the subprocess runner starts
+    the preloaded zygote (if not yet started)."""
     if runner != "docker":
         from imgclf.pipelines.local.preloaded_tasks import start_early
 
         start_early()
-    docker = None
-    if runner == "docker":
-        from imgclf.components.kfp_glue.wrappers import IMAGE
-        from imgclf.pipelines.local.docker_runner import docker_runner
+        return None, params
+    from imgclf.components.kfp_glue.wrappers import IMAGE
+    from imgclf.pipelines.local.docker_runner import docker_runner
 
-        docker, params = docker_runner(params, IMAGE, network=network)
-    return run_local(params, pipeline_root=pipeline_root, runner=docker, quiet=quiet, cache=cache, sweep=found)
+    return docker_runner(params, IMAGE, network=network)
