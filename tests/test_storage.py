@@ -371,3 +371,32 @@ def test_atomic_write_text_removes_a_killed_writers_partial_and_keeps_a_live_one
         live.wait()
     storage.atomic_write_text(str(page), "mine again")                  # its writer is gone now: removed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"] and page.read_text() == "mine again"
+
+
+GCS_AFTER_EARLY_IMPORT = """
+import os, sys, time
+os.environ.pop("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", None)
+emulator = os.environ.pop("STORAGE_EMULATOR_HOST")
+import gcsfs  # imported before the emulator is configured: gcsfs picks its experimental gRPC class
+from imgclf.components.lib import storage
+storage.reset()
+os.environ["STORAGE_EMULATOR_HOST"] = emulator
+start = time.monotonic()
+storage.write_text(sys.argv[1], "payload")
+assert storage.read_text(sys.argv[1]) == "payload"
+print(round(time.monotonic() - start, 1))
+"""
+
+
+def test_gcs_through_an_emulator_does_not_depend_on_when_gcsfs_was_imported(bucket, tmp_path):
+    """Before: gcsfs imported before STORAGE_EMULATOR_HOST was set (an earlier test, a notebook cell)
+    chose its gRPC class, and the first access to the emulator hung for a minute on TLS handshakes."""
+    import subprocess
+    import sys
+
+    env = {**os.environ}
+    env.pop("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", None)
+    done = subprocess.run([sys.executable, "-c", GCS_AFTER_EARLY_IMPORT, f"{bucket[1]}/x.bin"], env=env,
+                          capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 20, done.stdout

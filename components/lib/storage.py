@@ -95,6 +95,22 @@ def s3_options(minio: bool = False) -> dict:
                               "retries": {"max_attempts": 3, "mode": "standard"}}}
 
 
+def _gcs_class():
+    """gcsfs's plain file system when an emulator is configured, else the class gcsfs registers.
+
+    gcsfs decides at import time, from GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT, whether "gcs" means its
+    experimental class, which first asks a gRPC endpoint for the bucket's type: an emulator speaks no
+    gRPC, so every first access would hang for a minute. Choosing here makes the choice independent of
+    when and with which environment gcsfs happened to be imported."""
+    import fsspec
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem
+    return fsspec.get_filesystem_class("gcs")
+
+
 def gcs_options() -> dict:
     if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         return {"token": "anon"}
@@ -108,7 +124,7 @@ def _fs(protocol: str):
     if protocol in ("s3", "s3a", "minio"):
         return fsspec.filesystem("s3", **s3_options(minio=protocol == "minio"))
     if protocol in ("gs", "gcs"):
-        return fsspec.filesystem("gcs", **gcs_options())
+        return _gcs_class()(**gcs_options())
     if protocol == "http":
         import aiohttp
 
@@ -928,7 +944,9 @@ def reset() -> None:
     _fs.cache_clear()
     _botocore_s3.cache_clear()
     _gcs_client.cache_clear()
-    for cls in (fsspec.get_filesystem_class("s3"), fsspec.get_filesystem_class("gcs")):
+    from gcsfs.core import GCSFileSystem
+
+    for cls in (fsspec.get_filesystem_class("s3"), fsspec.get_filesystem_class("gcs"), GCSFileSystem):
         cls.clear_instance_cache()
 
 
