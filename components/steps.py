@@ -24,6 +24,13 @@ class Step:
 STEPS = {
     "ingest": Step("imgclf.components.ingest.step:ingest", "imgclf.components.ingest.options:IngestOptions",
                    "list and decode-check every image of a source; write the manifest and quarantine"),
+    # Ingest spread over tasks (the pipelines' form): plan -> N shard tasks -> merge, the merge being the
+    # pipelines' `ingest` component (components/ingest/shards.py:merge); the same manifest.
+    "ingest_plan": Step("imgclf.components.ingest.shards:plan", "imgclf.components.ingest.options:IngestOptions",
+                        "list the source, refuse what can be refused unread, deal the listing to shard tasks",
+                        entry=False),
+    "ingest_shard": Step("imgclf.components.ingest.shards:write_part", "imgclf.components.ingest.options:IngestOptions",
+                         "decode-check one shard task's run of the listing", entry=False),
     "preprocess": Step("imgclf.components.preprocess.step:preprocess", "imgclf.components.preprocess.options:PreprocessOptions",
                        "seeded stratified split, serving-time decode + resize, sharded TFRecords"),
     # Preprocess spread over tasks (the pipelines' form): plan -> N shard tasks -> merge; same records.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.components.ingest.step import ingest
+from imgclf.components.lib import sharding
 from imgclf.components.preprocess.shards import merge, plan, task_count, write_part
 from imgclf.components.preprocess.step import preprocess
 from tests.conftest import TEN, make_folder
@@ -86,7 +87,7 @@ def test_the_plan_reads_the_in_series_variable(manifest, tmp_path, monkeypatch):
 
     monkeypatch.setattr(shards, "IMAGES_PER_TASK", 10)  # 60 images: 6 automatic tasks
     assert plan(str(manifest), str(tmp_path / "a"), shard_tasks=0, **OPTS) == list(range(6))
-    monkeypatch.setenv(shards.IN_SERIES_ENV, "1")
+    monkeypatch.setenv(sharding.IN_SERIES_ENV, "1")
     assert plan(str(manifest), str(tmp_path / "b"), shard_tasks=0, **OPTS) == [0]
     assert plan(str(manifest), str(tmp_path / "c"), shard_tasks=3, **OPTS) == [0, 1, 2]
 

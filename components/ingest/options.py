@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from imgclf.components.lib.images import ANIMATED_POLICIES, PixelLimit
 from imgclf.components.lib.options import option
+from imgclf.components.lib.sharding import MAX_TASKS
 
 DEFAULT_MAX_DOWNLOAD = 4 * 2 ** 30
 
@@ -30,6 +31,10 @@ class IngestOptions(PixelLimit):
                                          "the images of the smallest", min=1)
     max_quarantined_share: float = option(0.5, "ingest fails if more than this share of the files is "
                                                "quarantined (a wrong source, most likely)", min=0, max=1)
+    ingest_tasks: int = option(0, "tasks the listing is dealt over in the pipelines, each decode-checking a "
+                                  "consecutive run of the files (the manifest is the same whatever the count); "
+                                  "0: automatic, one per 25,000 files up to 32 (one under imgclf run, whose "
+                                  "tasks take turns)", min=0, max=MAX_TASKS, identity=False)
     workers: int = option(0, "parallel readers checking files: processes when every file is local (0: one per "
                              "core), threads when files are read from a bucket or URL (0: 16, which wait on "
                              "the network)",

@@ -188,24 +188,35 @@ class _Checked:
         self.dropped: set[int] = set()
         self.duplicates: list[dict] = []
 
-    def admit(self, item: Item, row: dict) -> None:
+    def admit(self, row: dict) -> None:
+        """Keep what the later checks and the report need of one manifest row (as written, or as read
+        back from a shard task's part: numbers may be text)."""
         n = len(self.labels)
         sha = bytes.fromhex(row["sha256"])
         if sha in self.first_of:
             self.dup_groups.setdefault(sha, [self.first_of[sha]]).append(n)
         else:
             self.first_of[sha] = n
-        self.labels.append(sys.intern(item.label))
-        self.splits.append(sys.intern(item.split))
-        self.widths.append(row["width"])
-        self.heights.append(row["height"])
-        if len(self.samples.setdefault(item.label, [])) < 12:  # spare ones, in case of duplicates
-            self.samples[item.label].append((n, item.location))
+        label = row["label"]
+        self.labels.append(sys.intern(label))
+        self.splits.append(sys.intern(row["split"]))
+        self.widths.append(int(row["width"]))
+        self.heights.append(int(row["height"]))
+        if len(self.samples.setdefault(label, [])) < 12:  # spare ones, in case of duplicates
+            self.samples[label].append((n, row["location"]))
+
+    def note(self, item: Item, row: dict) -> None:
+        """What is worth saying about an admitted file that is not a problem (its name, its frames)."""
         ext = os.path.splitext(item.entry.rel)[1].lower()
         if images.EXTENSIONS.get(ext, row["format"]) != row["format"]:
             self.notes[f"{row['format']} file named {ext}"] += 1
         if row["frames"] > 1:
             self.notes["animated, first frame used"] += 1
+
+    def quarantined(self, entry: dict) -> None:
+        self.reasons[entry["reason"]] += 1
+        if len(self.examples[entry["reason"]]) < 3:
+            self.examples[entry["reason"]].append(entry)
 
     def kept(self) -> list[int]:
         return [i for i in range(len(self.labels)) if i not in self.dropped]
@@ -222,35 +233,103 @@ def ingest(output_dir: str, opts: IngestOptions, *, report_html: str = "") -> In
     (and, with `report_html`, the ingest report).
 
     Files are checked by forked reader processes (local files) or threads (buckets, URLs) in bounded
-    windows: memory holds the manifest rows, never more than two windows of images.
+    windows: memory holds the manifest rows, never more than two windows of images. The pipelines run
+    the same phases spread over tasks (shards.py: plan, shard tasks, merge), to the same manifest.
     """
     with storage.atomic_dir(output_dir) as out:
-        src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
-                      allow_outside_paths=opts.allow_outside_paths)
-        if opts.relabel:
-            changes = read_relabel(opts.relabel)
-            items, log = apply_relabel(src.items, changes, opts.relabel, label_problem)
-            src = replace(src, items=items)
-            write_relabels(out / RELABELS, log)
-            print(f"ingest: relabel {opts.relabel}: {sum(e['now'] != DROP for e in log)} label(s) changed, "
-                  f"{sum(e['now'] == DROP for e in log)} file(s) dropped (recorded in {RELABELS})", flush=True)
-        check_class_names(src.items)
-        check_class_sets(src.items, opts.allow_missing_classes)
+        src = list_source(opts, out)
         opts = replace(opts, workers=opts.workers or reader_threads(src.items))
-        staged = out / f".{MANIFEST}.unfiltered"
-        checked, seconds = check_files(src.items, staged, out / QUARANTINE, opts)
-        check_dataset(opts, src, checked)
-        write_manifest(staged, out / MANIFEST, checked.dropped)
-        summary = summarize(opts, src.layout, checked, seconds, src.ignored)
-        (out / CLASSES).write_text(json.dumps(summary.classes, indent=1))
-        (out / INGEST_SUMMARY).write_text(json.dumps(asdict(summary), indent=1))
-        if report_html:
-            write_report(report_html, summary, checked, str(out))
-    print(f"ingest: {summary.images} images in {len(summary.classes)} classes ({src.layout}, {src.kind}); "
+        checked = _Checked()
+        with Outputs(out, checked) as written:
+            seconds = check_items(src.items, written, opts)
+            written.resolve_duplicates()
+        summary = finish(out, opts, src.layout, len(src.items), src.ignored, checked, seconds, report_html)
+    announce(summary, src.kind, checked)
+    return summary
+
+
+def list_source(opts: IngestOptions, out: Path):
+    """The source's items (a zip extracted into `out`), relabelled, and refused before any file is read
+    when its class names clash or its splits hold different classes."""
+    src = resolve(opts.data, out, base_uri=opts.data_base_uri, max_download_bytes=opts.max_download_bytes,
+                  allow_outside_paths=opts.allow_outside_paths)
+    if opts.relabel:
+        changes = read_relabel(opts.relabel)
+        items, log = apply_relabel(src.items, changes, opts.relabel, label_problem)
+        src = replace(src, items=items)
+        write_relabels(out / RELABELS, log)
+        print(f"ingest: relabel {opts.relabel}: {sum(e['now'] != DROP for e in log)} label(s) changed, "
+              f"{sum(e['now'] == DROP for e in log)} file(s) dropped (recorded in {RELABELS})", flush=True)
+    check_class_names(src.items)
+    check_class_sets(src.items, opts.allow_missing_classes)
+    return src
+
+
+def finish(out: Path, opts: IngestOptions, layout: str, files: int, ignored: dict[str, int], checked: _Checked,
+           seconds: float, report_html: str) -> IngestSummary:
+    """The whole-dataset checks, then the manifest without dropped duplicates, classes.json,
+    summary.json and the report."""
+    check_dataset(opts, layout, files, checked)
+    write_manifest(out / STAGED, out / MANIFEST, checked.dropped)
+    summary = summarize(opts, layout, checked, seconds, ignored)
+    (out / CLASSES).write_text(json.dumps(summary.classes, indent=1))
+    (out / INGEST_SUMMARY).write_text(json.dumps(asdict(summary), indent=1))
+    if report_html:
+        write_report(report_html, summary, checked, str(out))
+    return summary
+
+
+def announce(summary: IngestSummary, kind: str, checked: _Checked) -> None:
+    print(f"ingest: {summary.images} images in {len(summary.classes)} classes ({summary.layout}, {kind}); "
           f"{summary.quarantined} quarantined {dict(checked.reasons) if checked.reasons else ''}".rstrip()
           + (f"; ignored as OS or notebook litter: {describe_ignored(summary.ignored_kinds)}" if summary.ignored else ""),
           flush=True)
-    return summary
+
+
+STAGED = f".{MANIFEST}.unfiltered"
+"""Every admitted row, before duplicate resolution drops some (a hidden file of the output folder)."""
+
+
+class Outputs:
+    """The manifest (staged) and quarantine files being written, and the tallies of what went in:
+    rows in the order they are given, whether checked here or read back from shard tasks' parts."""
+
+    def __init__(self, folder: Path, checked: _Checked, staged: str = STAGED, quarantine: str = QUARANTINE):
+        self.staged, self.quarantine_csv, self.checked = folder / staged, folder / quarantine, checked
+
+    def __enter__(self):
+        self._mf = open(self.staged, "w", newline="", encoding="utf-8")
+        self._qf = open(self.quarantine_csv, "w", newline="", encoding="utf-8")
+        self._manifest = tables.Writer(self._mf, MANIFEST_FIELDS)
+        self._quarantine = tables.Writer(self._qf, QUARANTINE_FIELDS)
+        return self
+
+    def __exit__(self, *exc):
+        self._mf.close()
+        self._qf.close()
+        self.checked.first_of.clear()
+
+    def admitted(self, row: dict) -> None:
+        self._manifest.writerow(row)
+        self.checked.admit(row)
+
+    def quarantined(self, entry: dict) -> None:
+        self._quarantine.writerow(entry)
+        self.checked.quarantined(entry)
+
+    def resolve_duplicates(self) -> None:
+        """Exact duplicates among every admitted row: one kept, the others quarantined after the rest."""
+        checked = self.checked
+        if not checked.dup_groups:
+            return
+        self._mf.flush()
+        involved = {i for g in checked.dup_groups.values() for i in g}
+        with open(self.staged, newline="", encoding="utf-8") as f:
+            locations = {i: r["location"] for i, r in enumerate(tables.read_rows(f)) if i in involved}
+        checked.dropped, checked.duplicates = _resolve_duplicates(
+            list(checked.dup_groups.values()), checked.labels, checked.splits, locations)
+        for e in checked.duplicates:
+            self.quarantined(e)
 
 
 def reader_threads(items: list[Item]) -> int:
@@ -266,41 +345,20 @@ def _remote(items: list[Item]) -> bool:
 REMOTE_READERS = 16
 
 
-def check_files(items: list[Item], staged: Path, quarantine_csv: Path, opts: IngestOptions) -> tuple[_Checked, float]:
-    """Check every file (streamed: rows go to disk as they are checked), then resolve duplicates."""
-    progress = Progress("ingest", len(items), unit="files")
-    checked = _Checked()
-    with open(staged, "w", newline="", encoding="utf-8") as mf, \
-            open(quarantine_csv, "w", newline="", encoding="utf-8") as qf, \
-            _checker(items, opts) as results:
-        manifest = tables.Writer(mf, MANIFEST_FIELDS)
-        quarantine = tables.Writer(qf, QUARANTINE_FIELDS)
-
-        def quarantined(entry: dict) -> None:
-            quarantine.writerow(entry)
-            checked.reasons[entry["reason"]] += 1
-            if len(checked.examples[entry["reason"]]) < 3:
-                checked.examples[entry["reason"]].append(entry)
-
+def check_items(items: list[Item], written: Outputs, opts: IngestOptions, name: str = "ingest") -> float:
+    """Check every file, streamed: each row goes to the manifest or the quarantine as it is checked,
+    in the items' order. Returns the seconds it took."""
+    progress = Progress(name, len(items), unit="files")
+    with _checker(items, opts) as results:
         for item, (row, reason, detail) in zip(items, results):
             progress.update()
             if row is None:
-                quarantined({"location": item.location, "label": item.label, "reason": reason, "detail": detail})
+                written.quarantined({"location": item.location, "label": item.label, "reason": reason,
+                                     "detail": detail})
                 continue
-            manifest.writerow({"location": item.location, "label": item.label, "split": item.split, **row})
-            checked.admit(item, row)
-        seconds = progress.close()
-        if checked.dup_groups:
-            mf.flush()
-            involved = {i for g in checked.dup_groups.values() for i in g}
-            with open(staged, newline="", encoding="utf-8") as f:
-                locations = {i: r["location"] for i, r in enumerate(tables.read_rows(f)) if i in involved}
-            checked.dropped, checked.duplicates = _resolve_duplicates(
-                list(checked.dup_groups.values()), checked.labels, checked.splits, locations)
-            for e in checked.duplicates:
-                quarantined(e)
-    checked.first_of.clear()
-    return checked, seconds
+            written.admitted({"location": item.location, "label": item.label, "split": item.split, **row})
+            written.checked.note(item, row)
+    return progress.close()
 
 
 @contextlib.contextmanager
@@ -436,13 +494,13 @@ def _did_you_mean(label: str, names: set[str], where: str = "") -> str:
     return f" — did you mean `{where}{folded[close[0]]}`?" if close else ""
 
 
-def check_dataset(opts: IngestOptions, src, checked: _Checked) -> None:
+def check_dataset(opts: IngestOptions, layout: str, files: int, checked: _Checked) -> None:
     """Whole-dataset problems fail the step with one message naming the classes and numbers."""
     per_class, per_split = checked.counts()
-    # Ignored litter is not among src.items: it counts neither as a file nor as quarantined.
-    problems = _dataset_checks(opts.data, per_class, len(src.items), sum(checked.reasons.values()),
+    # Ignored litter is not among the files: it counts neither as a file nor as quarantined.
+    problems = _dataset_checks(opts.data, per_class, files, sum(checked.reasons.values()),
                                opts.min_images_per_class, opts.max_imbalance, opts.max_quarantined_share)
-    if src.layout == "pre-split" and per_class and "train" not in per_split:
+    if layout == "pre-split" and per_class and "train" not in per_split:
         problems.append(f"{opts.data}: pre-split layout but no usable training images")
     if problems:
         # One line: the run's final error line is the exception's line, and it must carry the reasons.

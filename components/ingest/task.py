@@ -5,10 +5,24 @@ class. Runs in the task's process (the container, or this virtualenv under kfp.l
 from __future__ import annotations
 
 
-def ingest(dataset, metrics, report, **options):
-    from imgclf.components.ingest.step import ingest as run
+def ingest_plan(plan, **options) -> list:
+    from imgclf.components.ingest.shards import plan as run
 
-    s = run(output_dir=dataset.path, report_html=report.path, **options)
+    return run(plan_dir=plan.path, **options)
+
+
+def ingest_shard(plan, part, shard: int, **options):
+    from imgclf.components.ingest.shards import write_part
+
+    p = write_part(plan_dir=plan.path, shard=shard, part_dir=part.path, **options)
+    part.metadata.update({"shard": shard, "files": p["files"], "admitted": p["admitted"]})
+
+
+def ingest(plan, parts, dataset, metrics, report, **options):
+    from imgclf.components.ingest.shards import merge
+
+    s = merge(plan_dir=plan.path, part_dirs=[p.path for p in parts], output_dir=dataset.path,
+              report_html=report.path, **options)
     dataset.metadata.update({"classes": s.classes, "images": s.images, "layout": s.layout})
     metrics.log_metric("images", s.images)
     metrics.log_metric("classes", len(s.classes))

@@ -101,8 +101,21 @@ MODEL = Artifact("model", "Input[Model]", "train's Keras model, history and trai
 PREDICTIONS = Artifact("predictions", "Input[Dataset]", "evaluate's predictions.csv and metrics.json")
 
 SPECS = [
-    ComponentSpec("ingest", "List and decode-check every image of a labelled folder, bucket, archive or table; "
-                            "write the manifest and the quarantine.", (
+    ComponentSpec("ingest_plan", "List a labelled folder, bucket, archive or table (refusing clashing class names "
+                                 "and splits that hold different classes before a byte is read) and deal the "
+                                 "listing out to the shard tasks.", (
+        Artifact("plan", "Output[Dataset]", "plan.json and each shard task's run of the listing (a zip extracted)"),),
+        ("ingest",), returns="List[int]", returns_help="the shard task indices"),
+    ComponentSpec("ingest_shard", "One shard task: decode-check its consecutive run of the listed files into a "
+                                  "manifest part and a quarantine part.", (
+        Artifact("plan", "Input[Dataset]", "the plan"),
+        Artifact("part", "Output[Dataset]", "this task's manifest and quarantine rows, part.json")), ("ingest",),
+        wired=(Wired("shard", int, "this task's index"),)),
+    ComponentSpec("ingest", "Merge the shard tasks' parts as one ingest task would write them: exact duplicates "
+                            "and label conflicts across all of them, the whole-dataset checks, the manifest and "
+                            "the quarantine.", (
+        Artifact("plan", "Input[Dataset]", "the plan"),
+        Artifact("parts", "Input[List[Dataset]]", "every shard task's part (dsl.Collected)"),
         Artifact("dataset", "Output[Dataset]", "manifest.csv, classes.json, quarantine.csv, summary.json"),
         Artifact("metrics", "Output[Metrics]", "images, classes and quarantined files by reason"),
         Artifact("report", "Output[HTML]", "the ingest report")), ("ingest",)),
@@ -203,7 +216,7 @@ SPECS = [
 
 
 FACES = {
-    "ingest": ("ingest",),
+    "ingest": ("ingest_plan", "ingest_shard", "ingest"),
     "preprocess": ("preprocess_plan", "preprocess_shard", "preprocess_merge"),
     "train": ("train", "trial"),
     "sweep": ("select",),

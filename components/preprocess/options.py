@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 from imgclf.components.lib.images import COLOR_MODES
 from imgclf.components.lib.options import Seeded, option
+from imgclf.components.lib.sharding import MAX_TASKS
 
-MAX_SHARDS = 256
+MAX_SHARDS = MAX_TASKS
 MAX_FOLDS = 20
 LAYOUT_ONLY = ("shard_tasks",)
 """Options that change how the work is spread, never the records: left out of the records' fingerprint."""

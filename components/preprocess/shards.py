@@ -9,7 +9,6 @@ never the other tasks' images, so each pod handles 1/N of the images.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from collections import Counter
@@ -17,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imgclf.components.contracts import DatasetError, ingest_source, load_manifest
-from imgclf.components.lib import storage
+from imgclf.components.lib import sharding, storage
 from imgclf.components.lib.options import takes
 from imgclf.components.lib.progress import Progress
-from imgclf.components.preprocess.options import MAX_SHARDS, PreprocessOptions
+from imgclf.components.preprocess.options import PreprocessOptions
 from imgclf.components.preprocess.step import (
     PreprocessSummary,
     image_loader,
@@ -37,17 +36,10 @@ IMAGES_PER_TASK = 10_000
 AUTO_MAX = 32
 
 
-IN_SERIES_ENV = "IMGCLF_TASKS_IN_SERIES"
-"""Set (to "1") in the tasks of a runner that runs a ParallelFor's iterations one after another, as
-`imgclf run`'s preloaded tasks do: there the automatic count is one task, since more only repeat each
-task's start-up (benchmarks/preprocess_shards.py; see docs/performance.md)."""
-
-
 def task_count(images: int, files: int, requested: int, in_series: bool = False) -> int:
     """`requested` tasks (0: one per 10,000 images, at most 32; one when tasks run in series), never
     more than there are files."""
-    wanted = requested or (1 if in_series else min(AUTO_MAX, math.ceil(images / IMAGES_PER_TASK)))
-    return max(1, min(wanted, files, MAX_SHARDS))
+    return sharding.task_count(images, files, requested, IMAGES_PER_TASK, AUTO_MAX, in_series)
 
 
 @takes(PreprocessOptions)
@@ -57,7 +49,7 @@ def plan(dataset_dir: str, plan_dir: str, opts: PreprocessOptions) -> list[int]:
     rows, _ = load_manifest(dataset_dir)
     splits, near = plan_splits(rows, opts)
     files = record_files(splits, opts.images_per_shard)
-    in_series = os.environ.get(IN_SERIES_ENV) == "1"
+    in_series = sharding.in_series()
     n = task_count(len(rows), len(files), opts.shard_tasks, in_series)
     with storage.atomic_dir(plan_dir) as out:
         (out / PLAN_FILE).write_text(json.dumps({"splits": splits, "near_duplicates": near, "tasks": n}))

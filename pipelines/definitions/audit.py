@@ -14,7 +14,7 @@ from imgclf.pipelines import kfp_seams
 from imgclf.pipelines.definitions import audit_face as face
 from imgclf.pipelines.definitions.declare import for_step, pipeline
 from imgclf.pipelines.definitions.platform import LOCAL, Platform
-from imgclf.pipelines.definitions.training import sharded_preprocess
+from imgclf.pipelines.definitions.training import sharded_ingest, sharded_preprocess
 
 PIPELINE_NAME = "imgclf-audit"
 STEPS = face.STEPS
@@ -26,8 +26,7 @@ def build_audit_pipeline(platform: Platform = LOCAL, folds: int = DEFAULT_FOLDS)
     `audit_folds`, and the audit task checks that it received that many folds' predictions."""
     def graph(p: dict):
         check = face.validate(pipeline_steps=",".join(STEPS), **p)
-        ingest = steps.ingest(**for_step("ingest", p)).after(check)
-        ingest.set_caching_options(platform.target == "local")
+        ingest = sharded_ingest(for_step("ingest", p), platform, after=check)
         merged = fold_audit(ingest.outputs["dataset"], p, folds, platform)
         platform.apply(*kfp_seams.pipeline_tasks())
         return merged.outputs["suspects"]

@@ -77,7 +77,9 @@ def memory_quantity(text: str) -> float:
 LIGHT = Resources("500m", "1", "1Gi", "2Gi")
 TF_STEP = Resources("1", "2", "4Gi", "8Gi")
 TRAIN = Resources("4", "8", "16Gi", "32Gi")
-DEFAULT_RESOURCES = {"validate": LIGHT, "ingest": Resources("1", "4", "4Gi", "8Gi"),
+LISTING = Resources("1", "2", "2Gi", "8Gi")  # ingest's plan and merge: a whole listing's metadata, no images
+DEFAULT_RESOURCES = {"validate": LIGHT, "ingest-plan": LISTING, "ingest-shard": Resources("1", "4", "4Gi", "8Gi"),
+                     "ingest": LISTING,
                      "preprocess-plan": LIGHT, "preprocess-shard": Resources("2", "4", "4Gi", "8Gi"),
                      "preprocess-merge": LIGHT, "champion": TF_STEP, "train": TRAIN, "trial": TRAIN,
                      "select": LIGHT, "evaluate": TF_STEP, "export": TF_STEP, "gate": TF_STEP, "publish": LIGHT,
@@ -124,6 +126,11 @@ class Platform:
     """The train task's image when it requests GPUs ("" means IMGCLF_GPU_IMAGE)."""
     resources: dict = field(default_factory=dict)
     """Task name -> Resources; tasks not named get none (kfp.local ignores them anyway)."""
+    train_machine_type: str = ""
+    """Vertex: each training worker's machine type when train_workers > 1 ("" : the smallest that fits the
+    train task's limits and GPUs, components/train/cluster_jobs.py)."""
+    trainer_runtime: str = "imgclf-workers"
+    """KFP: the Kubeflow Trainer ClusterTrainingRuntime a multi-worker train task's TrainJob names."""
 
     def __post_init__(self):
         if self.target not in (*TARGETS, "local"):
@@ -188,7 +195,9 @@ class Platform:
 
     def apply_gpu(self, task) -> None:
         """Request GPUs for a task (train): the accelerator, the GPU image, and on KFP the toleration
-        GPU node pools carry plus an optional node selector."""
+        GPU node pools carry plus an optional node selector. Also, on a cluster, the settings its workers
+        get when it runs with train_workers > 1 (apply_workers)."""
+        self.apply_workers(task)
         if not self.gpus or self.target == "local":
             return
         task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpus)
@@ -199,6 +208,41 @@ class Platform:
             kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
             if self.gpu_node_selector:
                 kubernetes.add_node_selector(task, *self.gpu_node_selector)
+
+
+    def worker_settings(self, task_name: str):
+        """What each worker of a multi-worker train task runs on (cluster_jobs.ClusterSettings): the task's
+        own image, CPU/memory, GPUs and node selector per worker, the S3 secret by name; on Vertex a
+        machine type for them (None on kfp.local, where the train step starts its workers itself)."""
+        from imgclf.components.train import cluster_jobs
+
+        if self.target == "local":
+            return None
+        r = self.resources.get(task_name)
+        image = (self.gpu_image or gpu_image()) if self.gpus else (self.image or cpu_image())
+        machine = self.train_machine_type
+        if self.target == "vertex" and not machine:
+            try:
+                machine = cluster_jobs.vertex_machine_type(r.cpu_limit if r else "", r.memory_limit if r else "",
+                                                           self.accelerator if self.gpus else "", self.gpus)
+            except ValueError:
+                machine = ""  # told at run time, and only to a run that asks for several workers
+        return cluster_jobs.ClusterSettings(
+            target=self.target, image=image, cpu_request=r.cpu_request if r else "",
+            cpu_limit=r.cpu_limit if r else "", memory_request=r.memory_request if r else "",
+            memory_limit=r.memory_limit if r else "", gpus=self.gpus, accelerator=self.accelerator if self.gpus else "",
+            node_selector=tuple(self.gpu_node_selector) if self.gpus else (), s3_secret=self.s3_secret,
+            s3_secret_keys=tuple(self.s3_secret_keys), runtime=self.trainer_runtime, machine_type=machine)
+
+    def apply_workers(self, task) -> None:
+        """The train task's worker settings as one environment variable (IMGCLF_TRAIN_CLUSTER, JSON; names
+        of secrets only). Unused unless the run asks for train_workers > 1."""
+        from imgclf.components.train.cluster_jobs import SETTINGS_ENV
+
+        name = task.name if task.name in self.resources else task.name.rsplit("-", 1)[0]
+        settings = self.worker_settings(name)
+        if settings is not None:
+            task.set_env_variable(SETTINGS_ENV, settings.to_env())
 
 
 LOCAL = Platform()

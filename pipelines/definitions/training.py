@@ -1,4 +1,4 @@
-"""The training pipeline: validate -> ingest -> preprocess (plan -> shard tasks -> merge) -> champion lookup
+"""The training pipeline: validate -> ingest (plan -> shard tasks -> merge) -> preprocess (likewise) -> champion lookup
 -> [train (or a sweep's trials -> select) -> evaluate -> export -> gate -> [publish -> deploy]].
 
 Two `dsl.If` branches, so the UI shows what did not run and why: training runs unless the data is
@@ -35,12 +35,7 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
 
     def graph(p: dict) -> Outputs:
         check = face.validate(pipeline_steps=",".join(STEPS), **p)
-        ingest = steps.ingest(**for_step("ingest", p)).after(check)
-        # The source is named by a URI whose contents change between runs (scheduled retraining):
-        # never let a cluster's cache answer for it. Later steps are keyed on ingest's outputs and stay
-        # cacheable. Locally only `imgclf run --cache` caches, keyed on the data folder's listing
-        # (pipelines/local/cache.py), and never for a remote URI.
-        ingest.set_caching_options(platform.target == "local")
+        ingest = sharded_ingest(for_step("ingest", p), platform, after=check)
         records = sharded_preprocess(ingest.outputs["dataset"], for_step("preprocess", p))
         look = steps.champion(records=records, **for_step("champion", p), **for_step("train", p))
         look.set_caching_options(False)  # reads the registry, which other runs change
@@ -85,6 +80,23 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
         description += (f" Sweep: {len(sweep.trials)} trials over {', '.join(sweep.swept)}, {sweep.parallelism} at "
                         f"a time, selected on {sweep.metric} (validation split).")
     return pipeline(PIPELINE_NAME, description, face, graph)
+
+
+def sharded_ingest(options: dict, platform: Platform, after):
+    """Ingest as plan -> a ParallelFor of shard tasks (each decode-checks a consecutive 1/N of the listed
+    files) -> merge, N being the `ingest_tasks` option (0: from the file count); the merge task, named
+    `ingest`, writes the manifest one task writes and holds the dataset and report outputs."""
+    plan = steps.ingest_plan(**options).after(after)
+    with dsl.ParallelFor(plan.outputs["Output"], name="ingest-shards") as shard:
+        part = steps.ingest_shard(plan=plan.outputs["plan"], shard=shard, **options)
+    merge = steps.ingest(plan=plan.outputs["plan"], parts=dsl.Collected(part.outputs["part"]), **options)
+    # The source is named by a URI whose contents change between runs (scheduled retraining): never let
+    # a cluster's cache answer for any task that reads it. Later steps are keyed on ingest's outputs and
+    # stay cacheable. Locally only `imgclf run --cache` caches, keyed on the data folder's listing
+    # (pipelines/local/cache.py), and never for a remote URI.
+    for task in (plan, part, merge):
+        task.set_caching_options(platform.target == "local")
+    return merge
 
 
 def sharded_preprocess(dataset, options: dict):

@@ -26,6 +26,7 @@ def validate(
         min_images_per_class: int = 10,
         max_imbalance: float = 100.0,
         max_quarantined_share: float = 0.5,
+        ingest_tasks: int = 0,
         seed: int = 42,
         image_size: int = 160,
         color_mode: str = 'rgb',
@@ -59,6 +60,7 @@ def validate(
         precision: str = 'auto',
         distribute: str = 'auto',
         jit_compile: str = 'auto',
+        train_workers: int = 1,
         tensorboard_uri: str = '',
         abstain_precision: float = 0.0,
         export_to: str = '',
@@ -102,6 +104,7 @@ def validate(
         min_images_per_class: ingest fails if a class has fewer usable images. Allowed: an integer >= 1.
         max_imbalance: ingest fails if the largest class has more than this many times the images of the smallest. Allowed: a finite number >= 1.
         max_quarantined_share: ingest fails if more than this share of the files is quarantined (a wrong source, most likely). Allowed: a finite number >= 0 and <= 1.
+        ingest_tasks: tasks the listing is dealt over in the pipelines, each decode-checking a consecutive run of the files (the manifest is the same whatever the count); 0: automatic, one per 25,000 files up to 32 (one under imgclf run, whose tasks take turns). Allowed: an integer >= 0 and <= 256.
         seed: seed for the split, shuffling, initialisation and augmentation. Allowed: an integer >= 0 and <= 2_147_483_647.
         image_size: images are resized to image_size x image_size pixels. Allowed: an integer >= 8 and <= 1_024.
         color_mode: colour channels the model sees. Allowed: one of rgb, grayscale.
@@ -135,6 +138,7 @@ def validate(
         precision: auto (mixed_float16 on NVIDIA GPUs; mixed_bfloat16 on CPUs with native bfloat16 under TensorFlow; else float32) or a Keras dtype policy; the saved model is float32 either way. Allowed: one of auto, float32, mixed_float16, mixed_bfloat16.
         distribute: auto (replicate over all GPUs when there are 2 or more), mirrored (every device of the main kind), none. Allowed: one of auto, none, mirrored.
         jit_compile: XLA compilation: Keras' auto, true or false. Allowed: one of auto, true, false.
+        train_workers: worker processes (nodes) training data-parallel; 1: one process. Allowed: an integer >= 1 and <= 256.
         tensorboard_uri: also mirror the TensorBoard logs here after every epoch (folder or bucket), to watch a run live.
         abstain_precision: 0: every answer stands; > 0: the calibrated confidence below which an answer is marked uncertain is chosen on the validation split so the answers kept are right this often (0.95 = 95 %), exported with the model for predict. Allowed: a finite number >= 0 and <= 1.
         export_to: also publish the checked SavedModel to this folder or bucket URI.
@@ -186,6 +190,7 @@ def face(graph):
             min_images_per_class: int = 10,
             max_imbalance: float = 100.0,
             max_quarantined_share: float = 0.5,
+            ingest_tasks: int = 0,
             seed: int = 42,
             image_size: int = 160,
             color_mode: str = 'rgb',
@@ -219,6 +224,7 @@ def face(graph):
             precision: str = 'auto',
             distribute: str = 'auto',
             jit_compile: str = 'auto',
+            train_workers: int = 1,
             tensorboard_uri: str = '',
             abstain_precision: float = 0.0,
             export_to: str = '',
@@ -261,6 +267,7 @@ def face(graph):
             min_images_per_class: ingest fails if a class has fewer usable images. Allowed: an integer >= 1.
             max_imbalance: ingest fails if the largest class has more than this many times the images of the smallest. Allowed: a finite number >= 1.
             max_quarantined_share: ingest fails if more than this share of the files is quarantined (a wrong source, most likely). Allowed: a finite number >= 0 and <= 1.
+            ingest_tasks: tasks the listing is dealt over in the pipelines, each decode-checking a consecutive run of the files (the manifest is the same whatever the count); 0: automatic, one per 25,000 files up to 32 (one under imgclf run, whose tasks take turns). Allowed: an integer >= 0 and <= 256.
             seed: seed for the split, shuffling, initialisation and augmentation. Allowed: an integer >= 0 and <= 2_147_483_647.
             image_size: images are resized to image_size x image_size pixels. Allowed: an integer >= 8 and <= 1_024.
             color_mode: colour channels the model sees. Allowed: one of rgb, grayscale.
@@ -294,6 +301,7 @@ def face(graph):
             precision: auto (mixed_float16 on NVIDIA GPUs; mixed_bfloat16 on CPUs with native bfloat16 under TensorFlow; else float32) or a Keras dtype policy; the saved model is float32 either way. Allowed: one of auto, float32, mixed_float16, mixed_bfloat16.
             distribute: auto (replicate over all GPUs when there are 2 or more), mirrored (every device of the main kind), none. Allowed: one of auto, none, mirrored.
             jit_compile: XLA compilation: Keras' auto, true or false. Allowed: one of auto, true, false.
+            train_workers: worker processes (nodes) training data-parallel; 1: one process. Allowed: an integer >= 1 and <= 256.
             tensorboard_uri: also mirror the TensorBoard logs here after every epoch (folder or bucket), to watch a run live.
             abstain_precision: 0: every answer stands; > 0: the calibrated confidence below which an answer is marked uncertain is chosen on the validation split so the answers kept are right this often (0.95 = 95 %), exported with the model for predict. Allowed: a finite number >= 0 and <= 1.
             export_to: also publish the checked SavedModel to this folder or bucket URI.
@@ -334,6 +342,7 @@ def face(graph):
             'min_images_per_class': min_images_per_class,
             'max_imbalance': max_imbalance,
             'max_quarantined_share': max_quarantined_share,
+            'ingest_tasks': ingest_tasks,
             'seed': seed,
             'image_size': image_size,
             'color_mode': color_mode,
@@ -367,6 +376,7 @@ def face(graph):
             'precision': precision,
             'distribute': distribute,
             'jit_compile': jit_compile,
+            'train_workers': train_workers,
             'tensorboard_uri': tensorboard_uri,
             'abstain_precision': abstain_precision,
             'export_to': export_to,

@@ -224,7 +224,7 @@ def preloaded_tasks():
         yield None
         return
     # Every task the zygote runs is told that tasks run one at a time (preprocess then plans one shard task).
-    from imgclf.components.preprocess.shards import IN_SERIES_ENV
+    from imgclf.components.lib.sharding import IN_SERIES_ENV
 
     zygote, _started = _started or Zygote(), None
 

@@ -24,12 +24,21 @@ class PipelineFailed(RuntimeError):
     """A task failed: names the step (not the KFP group around it) and its own error line."""
 
     def __init__(self, kfp_message: str, log_tail: list[str] | None = None):
-        self.step = kfp_seams.failed_task(kfp_message) or "?"
+        self.step = step_of(kfp_seams.failed_task(kfp_message)) or "?"
         lines = [kfp_seams.plain(x) for x in (log_tail or [])]
         at = next((i for i in range(len(lines) - 1, -1, -1) if _ERROR_LINE.match(lines[i])), None)
         self.cause = "" if at is None else _with_continuation(lines, at)
         super().__init__(f"the pipeline failed in step '{self.step}'"
                          + (f": {self.cause}" if self.cause else "; its log above shows the cause"))
+
+
+def step_of(task: str) -> str:
+    """The step a task does a part of: `ingest-plan`, `ingest-shard` -> ingest (a step spread over tasks
+    is still the step the user knows and whose options fix it); any other task is its own step."""
+    from imgclf.components.steps import STEPS
+
+    spread = re.fullmatch(r"(.+)-(plan|shard|merge)", task)
+    return spread.group(1) if spread and spread.group(1) in STEPS else task
 
 
 def _with_continuation(lines: list[str], at: int) -> str:
