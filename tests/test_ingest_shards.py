@@ -209,3 +209,28 @@ def test_a_bucket_source(tmp_path, bucket):
     for tasks in (2, 3):
         sharded(uri, tmp_path / f"t{tasks}", tasks, **opts)
         assert_same(tmp_path / "one", tmp_path / f"t{tasks}" / "ds")
+
+
+@pytest.mark.slow
+def test_a_3_shard_ingest_through_kfp_local_equals_one_task(tmp_path):
+    """The pipelines' form, run by kfp.local: plan, a ParallelFor of 3 shard tasks, the merge."""
+    from kfp import dsl
+
+    from imgclf.pipelines.definitions.platform import LOCAL
+    from imgclf.pipelines.definitions.training import sharded_ingest
+    from imgclf.pipelines.local.run import run_pipeline
+
+    src = generated_folder(tmp_path / "src", random.Random(5))
+    opts = {"min_images_per_class": 1, "max_quarantined_share": 1.0}
+    ingest(str(src), str(tmp_path / "one"), **opts)
+
+    def ingest_pipeline() -> dsl.Dataset:
+        return sharded_ingest({**opts, "data": str(src), "ingest_tasks": 3}, LOCAL).outputs["dataset"]
+
+    ingest_pipeline.__annotations__["return"] = dsl.Dataset
+    task, timings, _ = run_pipeline(dsl.pipeline(name="imgclf-ingest-shards")(ingest_pipeline), {}, str(tmp_path / "runs"))
+    assert_same(tmp_path / "one", Path(task.output.path))
+    run_dir = next((tmp_path / "runs").iterdir())
+    parts = sorted(run_dir.glob("*-iteration-*/ingest-shard/part/part.json"))
+    assert sorted(json.loads(p.read_text())["shard"] for p in parts) == [0, 1, 2]
+    assert {"ingest-plan", "ingest-shard", "ingest"} <= set(timings)

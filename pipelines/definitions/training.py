@@ -82,11 +82,13 @@ def build_training_pipeline(platform: Platform = LOCAL, sweep: Sweep | None = No
     return pipeline(PIPELINE_NAME, description, face, graph)
 
 
-def sharded_ingest(options: dict, platform: Platform, after):
+def sharded_ingest(options: dict, platform: Platform, after=None):
     """Ingest as plan -> a ParallelFor of shard tasks (each decode-checks a consecutive 1/N of the listed
     files) -> merge, N being the `ingest_tasks` option (0: from the file count); the merge task, named
     `ingest`, writes the manifest one task writes and holds the dataset and report outputs."""
-    plan = steps.ingest_plan(**options).after(after)
+    plan = steps.ingest_plan(**options)
+    if after is not None:
+        plan.after(after)
     with dsl.ParallelFor(plan.outputs["Output"], name="ingest-shards") as shard:
         part = steps.ingest_shard(plan=plan.outputs["plan"], shard=shard, **options)
     merge = steps.ingest(plan=plan.outputs["plan"], parts=dsl.Collected(part.outputs["part"]), **options)
