@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -162,8 +163,8 @@ def test_pipeline_end_to_end_under_docker_runner(image, stores, bucket, tmp_path
     result = run_local(params, pipeline_root=str(tmp_path / "root"), runner=runner)
 
     # One container per task that ran: validate, the steps, the champion lookup, the gate, publish and deploy.
-    assert set(result.step_seconds) == {"validate", "ingest", "preprocess-plan", "preprocess-shard",
-                                        "preprocess-merge", "champion", "train", "evaluate", "export", "gate",
+    assert set(result.step_seconds) == {"validate", "ingest-plan", "ingest-shard", "ingest", "preprocess-plan",
+                                        "preprocess-shard", "preprocess-merge", "champion", "train", "evaluate", "export", "gate",
                                         "publish", "deploy"}   # deploy: the default deploy=none says so and ends
     assert result.decision == "publish"
     assert registry.versions(str(tmp_path / "registry"), "fm") == [1]
@@ -192,19 +193,75 @@ def test_a_failing_task_fails_imgclf_run_in_docker(image, tmp_path, capsys):
     assert "the pipeline failed in step 'ingest'" in capsys.readouterr().err
 
 
-def test_gpu_dockerfile_builds_on_a_base_with_tensorflow(image):
-    """No CUDA base image can be pulled here: build Dockerfile.gpu on our CPU image instead, which
-    checks its steps (requirements without tensorflow-cpu, the base's TensorFlow kept, the package,
-    the user and the entry point), not CUDA."""
-    tag = "imgclf-gpu-check:latest"
-    built = subprocess.run([str(SCRIPT), "build", "gpu", tag], capture_output=True, text=True, timeout=900,
-                           env={**os.environ, "GPU_BASE_IMAGE": image})
-    assert built.returncode == 0, built.stderr[-5000:]
-    facts = json.loads(docker_run(tag, "python3", "-c", (
-        "import json, os, imgclf.components, tensorflow; print(json.dumps({'uid': os.getuid(), "
-        "'tf': tensorflow.__version__, 'env': os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}))")))
-    assert facts == {"uid": 1000, "tf": "2.21.0", "env": "true"}
-    assert "train" in docker_run(tag, "--help")
+@pytest.fixture(scope="module")
+def gpu_image() -> str:
+    """Our GPU image, built from this tree as `make images` builds it: the local Debian base and the
+    registry's CUDA wheels (downloaded once per machine: about 3 GB; then cached in the engine's layers);
+    its build ran imgclf-cuda-check, so a build that passed already proved the CUDA layer."""
+    from imgclf.pipelines.definitions.platform import gpu_image as name
+
+    up = script("up")
+    if up.returncode:
+        pytest.fail(f"no Docker engine could be started here:\n{up.stderr[-3000:]}")
+    try:
+        built = script("build", "gpu", name(), timeout=1500)
+        if built.returncode:
+            pytest.fail(f"the GPU image did not build:\n{built.stderr[-5000:]}")
+        print(built.stderr.splitlines()[-1])
+        yield name()
+    finally:
+        script("down")
+
+
+def _gpu_check_fails(image: str, damage: str) -> str:
+    """imgclf-cuda-check's exit status and message after `damage` (a shell command run as root) in a
+    throwaway container: the check must be able to fail, or the build's passing it proves nothing."""
+    done = subprocess.run(["docker", "run", "--rm", "--network=none", "--user", "0", "--entrypoint", "sh", image,
+                           "-c", f"{damage} && imgclf-cuda-check"], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, f"imgclf-cuda-check passed after {damage!r}:\n{done.stdout[-2000:]}"
+    return done.stderr
+
+
+@pytest.mark.timeout(2700)  # a cold build downloads ~3 GB and installs ~6 GB: the module's 1800 s may not do
+def test_gpu_image_has_a_cuda_tensorflow_whose_libraries_load(gpu_image):
+    """Built here with no GPU and no driver: TensorFlow is the CUDA build and the only TensorFlow, the CUDA
+    and cuDNN libraries TensorFlow was built for load from the wheels, and the package runs as in the CPU
+    image (same user, entry point, Keras backend). What needs a GPU (--require-gpu) is checked to fail."""
+    import imgclf.components
+
+    facts = json.loads(docker_run(gpu_image, "imgclf-cuda-check").strip().splitlines()[-1])
+    assert facts["tensorflow"] == "2.21.0" and facts["gpus"] == []
+    cuda, cudnn = str(facts["cuda"]).split(".")[0], str(facts["cudnn"]).split(".")[0]
+    assert {f"libcudart.so.{cuda}", f"libcudnn.so.{cudnn}", f"libcublas.so.{cuda}", "libnccl.so.2"} <= set(facts["loaded"])
+    pinned = dict(re.findall(r"^(nvidia-[\w-]+)==(\S+)$", (REPO / "containers" / "constraints.txt").read_text(), re.M))
+    assert {name.lower(): version for name, version in facts["wheels"].items()} == pinned
+
+    inside = json.loads(docker_run(gpu_image, "python3", "-c", (
+        "import json, os, importlib.metadata as md, keras, tensorflow as tf, imgclf.components\n"
+        "dists = sorted(d.metadata['Name'].lower().replace('_', '-') for d in md.distributions()\n"
+        "               if d.metadata['Name'].lower().startswith('tensorflow'))\n"
+        "print(json.dumps({'uid': os.getuid(), 'cuda': tf.test.is_built_with_cuda(), 'backend': keras.backend.backend(),"
+        " 'imgclf': imgclf.components.__version__, 'grow': os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH'),"
+        " 'tensorflows': dists}))")))
+    assert inside == {"uid": 1000, "cuda": True, "backend": "tensorflow", "imgclf": imgclf.components.__version__,
+                      "grow": "true", "tensorflows": ["tensorflow", "tensorflow-serving-api"]}
+    version = docker_run(gpu_image, "imgclf", "--version")
+    assert version.startswith(f"imgclf {imgclf.components.__version__} (") and "tensorflow 2.21.0" in version
+    assert "--epochs" in docker_run(gpu_image, "train", "--help")
+
+    # The check fails where it should: no GPU here, a CUDA library broken or missing, a CPU TensorFlow beside.
+    no_gpu = subprocess.run(["docker", "run", "--rm", "--network=none", gpu_image, "imgclf-cuda-check",
+                             "--require-gpu"], capture_output=True, text=True, timeout=600)
+    assert no_gpu.returncode != 0 and "TensorFlow sees no GPU" in no_gpu.stderr
+    site = """SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"""
+    broken = _gpu_check_fails(gpu_image, f"{site} && echo broken > $SP/nvidia/cudnn/lib/libcudnn.so.{cudnn}")
+    assert f"libcudnn.so.{cudnn} does not load" in broken
+    missing = _gpu_check_fails(gpu_image, f"{site} && rm $SP/nvidia/cublas/lib/libcublas.so.{cuda}")
+    assert f"no libcublas.so.{cuda} in the CUDA wheels" in missing
+    dist_info = "$SP/tensorflow_cpu-2.21.0.dist-info"
+    beside = (f"{site} && mkdir {dist_info} && printf 'Metadata-Version: 2.1\\nName: tensorflow-cpu\\n"
+              f"Version: 2.21.0\\n' > {dist_info}/METADATA")
+    assert "found ['tensorflow', 'tensorflow-cpu']" in _gpu_check_fails(gpu_image, beside)
 
 
 def test_instant_non_zero_exits_keep_their_code(image):

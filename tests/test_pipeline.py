@@ -12,7 +12,8 @@ from kfp import components
 from imgclf.pipelines.cli.main import main
 from tests.conftest import TEN, make_folder
 
-STEPS = ["ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train", "evaluate", "export"]
+STEPS = ["ingest-plan", "ingest-shard", "ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train",
+         "evaluate", "export"]
 
 
 def test_compiled_yaml_loads_back(tmp_path):
@@ -26,14 +27,18 @@ def test_compiled_yaml_loads_back(tmp_path):
         assert name in params, name
     spec, _platform = yaml.safe_load_all(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"validate", "ingest", "preprocess-plan", "for-loop-1", "preprocess-merge", "champion",
-                          "condition-branches-2"}
-    assert tasks["ingest"]["dependentTasks"] == ["validate"]  # every parameter checked before any work
-    # Preprocess fans out over the shard tasks the plan chose (a parameter, 0: from the image count).
-    assert tasks["for-loop-1"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--preprocess-plan-Output"}
-    assert tasks["preprocess-merge"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert set(tasks) == {"validate", "ingest-plan", "for-loop-1", "ingest", "preprocess-plan", "for-loop-2",
+                          "preprocess-merge", "champion", "condition-branches-3"}
+    assert tasks["ingest-plan"]["dependentTasks"] == ["validate"]  # every parameter checked before any work
+    # Ingest and preprocess fan out over the shard tasks their plans chose (parameters, 0: automatic).
+    assert tasks["for-loop-1"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--ingest-plan-Output"}
+    assert tasks["ingest"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert tasks["for-loop-2"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--preprocess-plan-Output"}
+    assert tasks["preprocess-merge"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
     assert loaded.component_spec.inputs["shard_tasks"].default == 0
-    assert tasks["ingest"]["cachingOptions"] == {}  # caching off: the source may change between runs
+    assert loaded.component_spec.inputs["ingest_tasks"].default == 0
+    # caching off for every task that reads the source: it may change between runs
+    assert tasks["ingest-plan"]["cachingOptions"] == tasks["ingest"]["cachingOptions"] == {}
     assert tasks["champion"]["cachingOptions"] == {}  # reads the registry
     # dsl.If/dsl.Else: train only on new data; inside, publish only if the gate passed.
     comps = spec["components"]
@@ -122,8 +127,8 @@ def test_quiet_cached_reruns_reuse_unchanged_tasks_and_rerun_after_a_data_change
     first, cached, _ = run()
     assert cached == [] and len(first.splitlines()) < 120
     second, cached, report = run()
-    assert set(cached) == {"validate", "ingest", "preprocess-plan", "preprocess-shard", "preprocess-merge", "train",
-                           "evaluate", "export", "not-published"}
+    assert set(cached) == {"validate", "ingest-plan", "ingest-shard", "ingest", "preprocess-plan",
+                           "preprocess-shard", "preprocess-merge", "train", "evaluate", "export", "not-published"}
     assert "champion lookup" in second and "gate: NO-REGISTRY" in second            # always run
     run_dir = Path(report).parent
     assert (run_dir / "export" / "saved_model" / "saved_model.pb").is_file() and Path(report).stat().st_size > 1000
