@@ -8,14 +8,15 @@
 #   containers/docker-env.sh with CMD ...    up, run CMD, then down again if this call started dockerd
 #   containers/docker-env.sh base cpu|gpu    print the BASE_IMAGE to build on (see below)
 #   containers/docker-env.sh build cpu|gpu [TAG]   build an image: base, CA certificates, index URLs
-#   containers/docker-env.sh images          build both; the GPU one only where its base can be had
+#   containers/docker-env.sh images          build both (the GPU one downloads ~3 GB of CUDA wheels once)
 #   containers/docker-env.sh push REGISTRY   tag both images as REGISTRY/NAME:VERSION and push them
-#   containers/docker-env.sh lock            rewrite containers/constraints.txt from the tested .venv
+#   containers/docker-env.sh lock            rewrite containers/constraints.txt from the tested .venv (+ GPU wheels)
 #   containers/docker-env.sh version         print the version the image tags carry (no Docker needed)
 #
-# The base image: $BASE_IMAGE (cpu) or $GPU_BASE_IMAGE (gpu) if set; else the Dockerfile's default if
-# the engine has it or can pull it; else, for cpu only, a local Debian image made with mmdebstrap
+# The base image, the same for both: $BASE_IMAGE (cpu) or $GPU_BASE_IMAGE (gpu) if set; else the
+# Dockerfile's default if the engine has it or can pull it; else a local Debian image made with mmdebstrap
 # (python3, python3-venv, ca-certificates), cached as a tarball under $IMGCLF_CACHE and in the engine.
+# The GPU image needs no CUDA base: its CUDA libraries are TensorFlow's and-cuda wheels from PyPI.
 #
 # Settings (environment): IMGCLF_CACHE (default ~/.cache/imgclf: dockerd log, base tarball),
 # IMGCLF_DOCKER_DATA_ROOT (default /var/lib/docker, kept between runs so images stay cached),
@@ -144,10 +145,6 @@ cmd_base() {
     fi
     default=$(sed -n 's/^ARG BASE_IMAGE=//p' "$REPO/$(dockerfile "$kind")")
     if have_or_pull "$default"; then echo "$default"; return; fi
-    if [ "$kind" = gpu ]; then
-        say "the GPU base image $default cannot be pulled here (no registry?); set GPU_BASE_IMAGE"
-        return 3
-    fi
     say "$default cannot be pulled here (no registry?): using a local Debian base instead"
     local_base
 }
@@ -161,7 +158,7 @@ pip_setting() {  # the host's pip setting $1 (env first, then pip config), for t
 cmd_build() {
     local kind=$1 tag=${2:-} base start=$SECONDS
     [ -n "$tag" ] || tag=$(default_tag "$kind")
-    # Explicit checks here: callers such as `images` run this under ||, where set -e is off.
+    # Explicit checks here: a caller may run this under ||, where set -e is off.
     base=$(cmd_base "$kind") || return $?
     # Extra CA certificates: the named file, else the bundle the host's pip trusts (a TLS proxy's).
     local ca=${IMGCLF_EXTRA_CA_CERTS:-$(pip_setting cert)}
@@ -191,13 +188,7 @@ default_tag() {  # the names the pipelines use (IMGCLF_IMAGE: components/__init_
 
 cmd_images() {
     cmd_build cpu
-    local rc=0
-    cmd_build gpu || rc=$?
-    if [ $rc = 3 ] && [ -z "${GPU_BASE_IMAGE:-}" ]; then
-        say "GPU image skipped: no CUDA base image here (give one with GPU_BASE_IMAGE=...)"
-        return 0
-    fi
-    return $rc
+    cmd_build gpu
 }
 
 cmd_push() {
@@ -215,12 +206,34 @@ cmd_push() {
     say "compile against them with IMGCLF_IMAGE=$registry/$(default_tag cpu | sed 's|.*/||') IMGCLF_GPU_IMAGE=$registry/$(default_tag gpu | sed 's|.*/||')"
 }
 
+# The CUDA wheels (nvidia-*, jax-cuda*) are in no .venv (that has the CPU builds): their pins come from the
+# local GPU image if there is one (what its build resolved), the rest are kept from the current file.
+GPU_ONLY='^(nvidia-|jax-cuda)'
+gpu_pins() {
+    local out=$REPO/containers/constraints.txt gpu
+    gpu=$(default_tag gpu)
+    {
+        if engine_answers && docker image inspect "$gpu" >/dev/null 2>&1; then
+            docker run --rm --network none --entrypoint /opt/venv/bin/pip "$gpu" freeze | grep -i -E "$GPU_ONLY" \
+                || die "no nvidia-* packages in $gpu"
+        fi
+        if [ -f "$out" ]; then grep -i -E "$GPU_ONLY" "$out" || true; fi
+    } | awk -F'==' '!seen[tolower($1)]++' | sort -f
+}
+
 cmd_lock() {
-    local venv=${VENV:-$REPO/.venv}
+    local venv=${VENV:-$REPO/.venv} gpu
+    gpu=$(gpu_pins)
     { echo "# Exact versions for the images, taken from the tested .venv by 'containers/docker-env.sh lock'."
       echo "# Used as pip constraints: only the packages the image needs are installed, at these versions."
-      "$venv/bin/pip" freeze --exclude-editable 2>/dev/null | grep -v -i '^imgclf'
-    } >"$REPO/containers/constraints.txt"
+      "$venv/bin/pip" freeze --exclude-editable 2>/dev/null | grep -v -i '^imgclf' | { grep -v -i -E "$GPU_ONLY" || true; }
+      if [ -n "$gpu" ]; then
+          echo "# GPU image only: the CUDA wheels of tensorflow[and-cuda] and jax[cuda12] (not in the CPU .venv). 'lock' keeps"
+          echo "# these lines, or takes them from a local GPU image: delete them, \`make images\`, then \`lock\` to move them."
+          echo "$gpu"
+      fi
+    } >"$REPO/containers/constraints.txt.new"
+    mv "$REPO/containers/constraints.txt.new" "$REPO/containers/constraints.txt"
     say "wrote containers/constraints.txt"
 }
 
@@ -234,5 +247,5 @@ case "${1:-}" in
     push) cmd_push "${2:?usage: push REGISTRY (e.g. us-docker.pkg.dev/PROJECT/REPO or ghcr.io/OWNER)}" ;;
     lock) cmd_lock ;;
     version) echo "$VERSION" ;;
-    *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
-"""The CPU image and the pipeline in real containers on a real Docker engine.
+"""The CPU image and the pipeline, and the GPU image, in real containers on a real Docker engine.
 
 containers/docker-env.sh installs and starts dockerd when none answers (and stops it afterwards),
-makes a local Debian base image (no registry here) and builds the image from this tree. A machine
+makes a local Debian base image (no registry here) and builds the images from this tree. A machine
 where that cannot work fails these tests with the reason; it does not skip them.
 """
 from __future__ import annotations
@@ -234,15 +234,18 @@ def test_gpu_image_has_a_cuda_tensorflow_whose_libraries_load(gpu_image):
     cuda, cudnn = str(facts["cuda"]).split(".")[0], str(facts["cudnn"]).split(".")[0]
     assert {f"libcudart.so.{cuda}", f"libcudnn.so.{cudnn}", f"libcublas.so.{cuda}", "libnccl.so.2"} <= set(facts["loaded"])
     pinned = dict(re.findall(r"^(nvidia-[\w-]+)==(\S+)$", (REPO / "containers" / "constraints.txt").read_text(), re.M))
-    assert {name.lower(): version for name, version in facts["wheels"].items()} == pinned
+    assert {name.lower(): pinned.get(name.lower()) for name in facts["wheels"]} == facts["wheels"]
 
     inside = json.loads(docker_run(gpu_image, "python3", "-c", (
         "import json, os, importlib.metadata as md, keras, tensorflow as tf, imgclf.components\n"
         "dists = sorted(d.metadata['Name'].lower().replace('_', '-') for d in md.distributions()\n"
         "               if d.metadata['Name'].lower().startswith('tensorflow'))\n"
+        "extra = sorted(r.split('<')[0].split('>')[0].split('=')[0].strip() for r in md.requires('tensorflow')\n"
+        "               if 'and-cuda' in r)\n"
         "print(json.dumps({'uid': os.getuid(), 'cuda': tf.test.is_built_with_cuda(), 'backend': keras.backend.backend(),"
         " 'imgclf': imgclf.components.__version__, 'grow': os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH'),"
-        " 'tensorflows': dists}))")))
+        " 'tensorflows': dists, 'and_cuda': extra}))")))
+    assert set(inside.pop("and_cuda")) <= set(facts["wheels"])  # every wheel TensorFlow's extra names is there
     assert inside == {"uid": 1000, "cuda": True, "backend": "tensorflow", "imgclf": imgclf.components.__version__,
                       "grow": "true", "tensorflows": ["tensorflow", "tensorflow-serving-api"]}
     version = docker_run(gpu_image, "imgclf", "--version")
@@ -262,6 +265,10 @@ def test_gpu_image_has_a_cuda_tensorflow_whose_libraries_load(gpu_image):
     beside = (f"{site} && mkdir {dist_info} && printf 'Metadata-Version: 2.1\\nName: tensorflow-cpu\\n"
               f"Version: 2.21.0\\n' > {dist_info}/METADATA")
     assert "found ['tensorflow', 'tensorflow-cpu']" in _gpu_check_fails(gpu_image, beside)
+    if "jax" not in facts:  # JAX without its CUDA plugin (multi-worker training would run on the CPU)
+        jax = (f"{site} && mkdir $SP/jax-0.10.2.dist-info && printf 'Metadata-Version: 2.1\\nName: jax\\n"
+               "Version: 0.10.2\\n' > $SP/jax-0.10.2.dist-info/METADATA")
+        assert f"jax 0.10.2 needs its CUDA {cuda} plugins at the same version" in _gpu_check_fails(gpu_image, jax)
 
 
 def test_instant_non_zero_exits_keep_their_code(image):
