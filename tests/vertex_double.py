@@ -11,7 +11,13 @@ import json
 import re
 from urllib.parse import parse_qs, urlparse
 
-from google.cloud.aiplatform_v1.types import CancelPipelineJobRequest, PipelineJob, Schedule
+from google.cloud.aiplatform_v1.types import (
+    CancelCustomJobRequest,
+    CancelPipelineJobRequest,
+    CustomJob,
+    PipelineJob,
+    Schedule,
+)
 from google.protobuf import json_format
 
 from tests.http_double import JsonHandler, Served
@@ -119,3 +125,69 @@ class VertexDouble(Served):
             return 200, {"name": f"{parent}/operations/{next(self._ids)}", "done": True,
                          "response": {"@type": "type.googleapis.com/google.protobuf.Empty"}}
         return 200, self.schedules[name]
+
+
+_LABEL_FILTER = re.compile(r'labels\.([a-z][-_a-z0-9]*)="([-_a-z0-9]*)"')
+
+
+class VertexCustomJobsDouble(VertexDouble):
+    """Vertex AI's CustomJob routes (create, list by label, get, cancel) with VertexDouble's checks: bodies parsed into the
+    real aiplatform_v1 CustomJob message with unknown fields refused. It also refuses what Vertex refuses of
+    a worker pool layout (the first pool is the one primary replica; every pool has a machine type and a
+    container image; accelerators only with a count). No scheduler runs: `states[job id]` says what each
+    GET after creation shows (the last entry stays), as `statuses` does in tests/trainer_double.py."""
+    routes = [
+        ("POST", re.compile(LOC + r"/customJobs$"), CustomJob, set()),
+        ("GET", re.compile(LOC + r"/customJobs$"), None, {"filter", "pageSize", "pageToken", "readMask"}),
+        ("GET", re.compile(LOC + r"/customJobs/(?P<id>[^/:]+)$"), None, set()),
+        ("POST", re.compile(LOC + r"/customJobs/(?P<id>[^/:]+):cancel$"), CancelCustomJobRequest, set()),
+    ]
+
+    def __init__(self):
+        self.custom_jobs: dict[str, dict] = {}
+        self.states: dict[str, list[tuple[str, str]]] = {}
+        self.cancelled: list[str] = []
+        super().__init__()
+
+    def check(self, method, path, query, body):
+        route, match = super().check(method, path, query, body)
+        if "filter" in query and not _LABEL_FILTER.fullmatch(query["filter"]):
+            raise ValueError(f"{method} {path}: this double answers only labels.KEY=\"VALUE\" filters")
+        if method == "POST" and route[1].endswith("/customJobs$"):
+            pools = (body.get("jobSpec") or {}).get("workerPoolSpecs") or []
+            if not pools or int(pools[0].get("replicaCount", 0)) != 1:
+                raise ValueError(f"POST {path}: the first worker pool must be the one primary replica")
+            for i, pool in enumerate(pools):
+                machine = pool.get("machineSpec") or {}
+                if not machine.get("machineType") or not (pool.get("containerSpec") or {}).get("imageUri"):
+                    raise ValueError(f"POST {path}: worker pool {i} needs a machine type and a container image")
+                if bool(machine.get("acceleratorType")) != bool(machine.get("acceleratorCount")):
+                    raise ValueError(f"POST {path}: worker pool {i}: an accelerator type goes with a count")
+        return route, match
+
+    def respond(self, method, route, match, query, body):
+        parent = f"projects/{match['project']}/locations/{match['location']}"
+        if method == "POST" and route[1].endswith("/customJobs$"):
+            job_id = str(next(self._ids))
+            job = {**body, "name": f"{parent}/customJobs/{job_id}", "state": "JOB_STATE_PENDING",
+                   "createTime": "2026-12-02T00:00:00Z"}
+            self.custom_jobs[job_id] = job
+            return 200, job
+        if route[1].endswith("/customJobs$"):  # list, with the label filter
+            key, value = _LABEL_FILTER.fullmatch(query.get("filter", 'labels.x="*"')).groups()
+            found = [j for j in self.custom_jobs.values() if (j.get("labels") or {}).get(key) == value]
+            return 200, {"customJobs": found}
+        job = self.custom_jobs.get(match["id"])
+        if job is None:
+            return 404, {"error": {"code": 404, "message": f"customJob {match['id']} not found", "status": "NOT_FOUND"}}
+        if route[1].endswith(":cancel$"):
+            self.cancelled.append(job["name"])
+            job["state"] = "JOB_STATE_CANCELLING"
+            return 200, {}
+        plan = self.states.get(match["id"])
+        if plan and job["state"] != "JOB_STATE_CANCELLING":
+            state, error = plan.pop(0) if len(plan) > 1 else plan[0]
+            job["state"] = state
+            if error:
+                job["error"] = {"code": 3, "message": error}
+        return 200, job

@@ -29,7 +29,7 @@ import os
 import yaml
 
 from imgclf.components.deploy.options import DeployOptions, dns_label_problem
-from imgclf.components.lib import registry, storage
+from imgclf.components.lib import kube, registry, storage
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 STORAGE_SCHEMES = ("gs://", "s3://", "pvc://")
@@ -98,20 +98,8 @@ def cluster_configured() -> bool:
 
 
 def _client():
-    """CustomObjectsApi and the namespace the configuration names (in-cluster first, then kubeconfig)."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
-            namespace = f.read().strip()
-    except (config.ConfigException, OSError):
-        # Read KUBECONFIG now: the client's default is the value it had when kubernetes was imported.
-        files = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        config.load_kube_config(config_file=files)
-        _, active = config.list_kube_config_contexts(config_file=files)
-        namespace = (active or {}).get("context", {}).get("namespace", "")
-    return client.CustomObjectsApi(), namespace or "default"
+    """CustomObjectsApi and the namespace the configuration names (components/lib/kube.py)."""
+    return kube.custom_objects()
 
 
 def apply(doc: dict) -> tuple[str, str]:

@@ -31,9 +31,14 @@ STATE, BEST = "state.json", "best.weights.npz"
 class Backup:
     """Local working copy of the state, mirrored to `uri` (local path or bucket) when one is given."""
 
-    def __init__(self, uri: str = "", every_seconds: float = 0.0):
+    def __init__(self, uri: str = "", every_seconds: float = 0.0, writes: bool = True, agree=None):
         self.uri = uri.rstrip("/")
         self.every_seconds = every_seconds
+        # The workers of a multi-worker run (see distributed.py) all restore from the chief's backup and all
+        # save a checkpoint at the same epochs (saving gathers the variables across the workers, so it is
+        # a collective step), but only the chief (writes=True) copies it to `uri`: two writers would race.
+        # `agree(due) -> due` makes the chief's clock decide for all of them.
+        self.writes, self.agree = writes, agree
         self.local = Path(tempfile.mkdtemp(prefix="imgclf-backup-"))
         self.state: dict | None = None
         self.best: list[np.ndarray] | None = None
@@ -72,7 +77,8 @@ class Backup:
         if improved:
             # Copied: on the torch backend get_weights() can share memory with the parameters.
             self.best = [np.array(w, copy=True) for w in (best or model).get_weights()]
-        if time.monotonic() - self.last_backup < self.every_seconds:
+        due = time.monotonic() - self.last_backup >= self.every_seconds
+        if not (self.agree(due) if self.agree else due):
             return False
         self.save(model, state)
         self.last_backup = time.monotonic()
@@ -84,7 +90,7 @@ class Backup:
         if self.best is not None:
             np.savez(self.local / BEST, *self.best)
         state = {**state, "checkpoint": name, "has_best": self.best is not None}
-        if self.uri:
+        if self.uri and self.writes:
             storage.copy_file(str(self.local / name), storage.join(self.uri, name))
             if self.best is not None:
                 storage.copy_file(str(self.local / BEST), storage.join(self.uri, BEST))
@@ -93,12 +99,12 @@ class Backup:
         self.state = state
         if old and old != name:
             (self.local / old).unlink(missing_ok=True)
-            if self.uri:
+            if self.uri and self.writes:
                 storage.remove(storage.join(self.uri, old))
 
     def clear(self) -> None:
         """After success: a later attempt must train afresh, not resume a finished run."""
-        if self.uri:
+        if self.uri and self.writes:
             storage.remove(self.uri, recursive=True)
         shutil.rmtree(self.local, ignore_errors=True)
 

@@ -35,6 +35,7 @@ def train(
         precision: str = 'auto',
         distribute: str = 'auto',
         jit_compile: str = 'auto',
+        train_workers: int = 1,
         tensorboard_uri: str = '',
         warm_start_from: str = '',
     ):
@@ -67,6 +68,7 @@ def train(
         precision: auto (mixed_float16 on NVIDIA GPUs; mixed_bfloat16 on CPUs with native bfloat16 under TensorFlow; else float32) or a Keras dtype policy; the saved model is float32 either way. Allowed: one of auto, float32, mixed_float16, mixed_bfloat16.
         distribute: auto (replicate over all GPUs when there are 2 or more), mirrored (every device of the main kind), none. Allowed: one of auto, none, mirrored.
         jit_compile: XLA compilation: Keras' auto, true or false. Allowed: one of auto, true, false.
+        train_workers: worker processes (nodes) training data-parallel; 1: one process. Allowed: an integer >= 1 and <= 256.
         tensorboard_uri: also mirror the TensorBoard logs here after every epoch (folder or bucket), to watch a run live.
         warm_start_from: start from this earlier model's weights (a model folder or .keras file): every layer whose role and shapes match, all but the head when the classes differ.
     """
@@ -104,6 +106,7 @@ def trial(
         precision: str = 'auto',
         distribute: str = 'auto',
         jit_compile: str = 'auto',
+        train_workers: int = 1,
         tensorboard_uri: str = '',
         warm_start_from: str = '',
     ) -> str:
@@ -137,6 +140,7 @@ def trial(
         precision: auto (mixed_float16 on NVIDIA GPUs; mixed_bfloat16 on CPUs with native bfloat16 under TensorFlow; else float32) or a Keras dtype policy; the saved model is float32 either way. Allowed: one of auto, float32, mixed_float16, mixed_bfloat16.
         distribute: auto (replicate over all GPUs when there are 2 or more), mirrored (every device of the main kind), none. Allowed: one of auto, none, mirrored.
         jit_compile: XLA compilation: Keras' auto, true or false. Allowed: one of auto, true, false.
+        train_workers: worker processes (nodes) training data-parallel; 1: one process. Allowed: an integer >= 1 and <= 256.
         tensorboard_uri: also mirror the TensorBoard logs here after every epoch (folder or bucket), to watch a run live.
         warm_start_from: start from this earlier model's weights (a model folder or .keras file): every layer whose role and shapes match, all but the head when the classes differ.
 

@@ -73,6 +73,8 @@ class TrainOptions(Seeded):
     distribute: str = option("auto", "auto (replicate over all GPUs when there are 2 or more), mirrored "
                                      "(every device of the main kind), none", choices=DISTRIBUTE)
     jit_compile: str = option("auto", "XLA compilation: Keras' auto, true or false", choices=JIT_COMPILE)
+    train_workers: int = option(1, "worker processes (nodes) training data-parallel; 1: one process",
+                                min=1, max=256)
     tensorboard_uri: str = option("", "also mirror the TensorBoard logs here after every epoch (folder or "
                                       "bucket), to watch a run live", path="write", identity=False)
     warm_start_from: str = option("", "start from this earlier model's weights (a model folder or .keras "

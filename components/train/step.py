@@ -169,24 +169,47 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
 
     `backup_uri` receives the training state every `backup_seconds` (a retried task resumes from it);
     `curves_html`, if given, receives a learning-curve page (the KFP HTML artifact).
+
+    With `train_workers` > 1 this process is one worker of a cluster its environment describes, or, with
+    none there, starts the workers itself on this machine (see distributed.py); only the chief writes.
     """
+    from imgclf.components.train import distributed
+
+    # Before Keras and JAX compute anything: a worker joins its cluster first.
+    cluster = distributed.cluster_from_environment()
+    if cluster is None and opts.train_workers > 1:
+        return distributed.launch_local(opts.train_workers, dataset_dir, model_dir, opts, backup_uri, curves_html)
+    distributed.start(cluster, opts.train_workers)
+    if cluster is not None and not all(storage.is_local(p) for p in (dataset_dir, model_dir, curves_html) if p):
+        from imgclf.components.train import cluster_jobs
+
+        # A worker of a cluster job gets store URIs: trains on local copies, the chief's outputs uploaded.
+        with cluster_jobs.staged(dataset_dir, model_dir, curves_html) as (dataset_dir, model_dir, curves_html):
+            return train(dataset_dir, model_dir, opts=opts, backup_uri=backup_uri, curves_html=curves_html)
+
     import keras
 
-    from imgclf.components.train import accelerate, checkpoint, features, models, throughput
+    from imgclf.components.train import checkpoint, features, models, throughput
 
     throughput.watch_seconds()  # a bad IMGCLF_FIT_WATCH_SECONDS is refused before any work
     meta = RecordsMetadata.load(dataset_dir)
     keras.utils.set_random_seed(opts.seed)
     tmp = tempfile.mkdtemp(prefix="imgclf-train-")
-    backup = checkpoint.Backup(backup_uri, opts.backup_seconds)
+    model_dir, curves_html, opts = distributed.chief_outputs(model_dir, curves_html, opts, tmp)
+    # Every worker resumes from the chief's backup and saves at the chief's times; only the chief uploads.
+    backup = checkpoint.Backup(backup_uri, opts.backup_seconds, writes=distributed.is_chief(),
+                               agree=distributed.agree)
     resume = backup.restore()
     weights = opts.weights if opts.weights != "auto" else "imagenet" if models.is_transfer(opts.architecture) else "none"
     weights_arg = None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
     cw = class_weights(opts.class_weight, meta.classes, meta.splits["train"].per_class)
 
     cached = features.wanted(opts.cache_features, opts.architecture, weights_arg is not None, opts.augment)
+    if cached and distributed.active():
+        print("train: no bottleneck-feature cache with several workers: the head trains on images", flush=True)
+        cached = False
 
-    with accelerate.setup(opts.precision, opts.distribute, opts.jit_compile) as hw:
+    with distributed.setup(opts.precision, opts.distribute, opts.jit_compile) as hw:
         run = make_session(dataset_dir, meta, opts, hw, backup, resume, Path(tmp) / TENSORBOARD_DIR)
         # A head-phase checkpoint holds the head alone: the whole model is rebuilt around it.
         head_checkpoint = bool(resume and resume.get("features") and resume["phase"] == 1)
@@ -238,15 +261,19 @@ def _trainable(net) -> int:
 def make_session(dataset_dir: str, meta: RecordsMetadata, opts: TrainOptions, hw, backup, resume,
                  tb_local: Path) -> _Session:
     """The input pipelines (one endless, reshuffled training iterator) and the state to continue."""
-    from imgclf.components.train import throughput
+    from imgclf.components.train import distributed, throughput
 
     global_batch = opts.batch_size * hw.replicas
     stamps = throughput.InputStamps()
-    train_ds = _input(records.make_dataset(dataset_dir, meta, "train", global_batch, shuffle=True, seed=opts.seed,
-                                           prefetch=False, repeat=True), len(meta.classes), stamps)
+    train_ds = _input(distributed.whole_batches(
+        records.make_dataset(dataset_dir, meta, "train", global_batch, shuffle=True, seed=opts.seed, prefetch=False,
+                             repeat=True), meta.count("train"), global_batch, "train", endless=True),
+        len(meta.classes), stamps)
     has_val = meta.count("validation") > 0
-    val_ds = _input(records.make_dataset(dataset_dir, meta, "validation", global_batch, prefetch=False),
-                    len(meta.classes)) if has_val else None
+    val_batch = distributed.validation_batch(meta.count("validation"), opts.batch_size, hw.replicas)
+    val_ds = _input(distributed.whole_batches(
+        records.make_dataset(dataset_dir, meta, "validation", val_batch, prefetch=False),
+        meta.count("validation"), val_batch, "validation"), len(meta.classes)) if has_val else None
     monitor = "val_loss" if has_val else "loss"
     state = resume or {"phase": 1, "epoch": 0, "history": {}, "best": None, "wait": 0, "best_epoch": 0,
                        "phase1_epochs": None}
@@ -293,7 +320,7 @@ def resume_model(run: _Session):
 def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight,
         whole=None) -> None:
     """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup."""
-    from imgclf.components.train import checkpoint, throughput
+    from imgclf.components.train import checkpoint, distributed, throughput
 
     stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
     extra_state = {"phase1_epochs": run.state.get("phase1_epochs"), "features": whole is not None}
@@ -305,7 +332,7 @@ def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resume
     try:
         run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
                     steps_per_epoch=run.steps, class_weight=class_weight, callbacks=callbacks, verbose=2,
-                    shuffle=False)
+                    shuffle=False, **distributed.validation_steps(run.val_ds))
     finally:
         throughput.end_gap()
     run.state["best"] = saver.best

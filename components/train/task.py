@@ -8,14 +8,22 @@ import dataclasses
 
 
 def train(records, model, metrics, curves, **options):
-    from imgclf.components.contracts import load_history
+    from imgclf.components.contracts import TrainedModel, load_history
+    from imgclf.components.train import cluster_jobs
     from imgclf.components.train.step import train as run
 
     # Next to the output in the artifact store (not the local output folder, which KFP uploads only on
     # success): a retried attempt has the same output URI and finds the state there.
     backup = model.uri.rstrip("/") + ".backup"
-    r = run(records.path, model.path, backup_uri=backup, curves_html=curves.path, **options)
-    result = dataclasses.asdict(r)
+    if int(options.get("train_workers", 1)) > 1 and cluster_jobs.ClusterSettings.from_env() is not None:
+        # A pipeline compiled for KFP or Vertex: the workers run as a cluster job, the chief's model comes
+        # back as this task's output. Elsewhere (kfp.local) the step starts its workers on this machine.
+        cluster_jobs.train_on_cluster(options, records_uri=records.uri, model_uri=model.uri, backup_uri=backup,
+                                      model_path=model.path, curves_path=curves.path)
+        result = TrainedModel.load(model.path).result
+    else:
+        result = dataclasses.asdict(run(records.path, model.path, backup_uri=backup, curves_html=curves.path,
+                                        **options))
     model.metadata.update({"framework": "keras", "architecture": options.get("architecture", ""), **result})
     for k, v in result.items():
         metrics.log_metric(k, v)

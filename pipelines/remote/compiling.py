@@ -44,7 +44,9 @@ def compile_package(args: argparse.Namespace, target: str, out: Path) -> Path:
                         http_auth_hosts=args.http_auth_hosts,
                         s3_endpoint=args.s3_endpoint, gpus=args.gpus,
                         gpu_type=args.gpu_type, gpu_node_selector=selector, image=args.image,
-                        gpu_image=args.gpu_image, resources=resources_with(changes))
+                        gpu_image=args.gpu_image, resources=resources_with(changes),
+                        train_machine_type=getattr(args, "train_machine_type", ""),
+                        trainer_runtime=getattr(args, "trainer_runtime", "") or "imgclf-workers")
     audit_folds = getattr(args, "audit_folds", 0)
     if audit_folds and args.pipeline == "predict":
         raise ValueError("--audit-folds is for the training pipeline (an audit beside it) or the audit pipeline")
@@ -112,6 +114,12 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
                         "(default NVIDIA_TESLA_T4; e.g. NVIDIA_L4)")
     p.add_argument("--gpu-node-selector", default="", metavar="LABEL=VALUE",
                    help="KFP: schedule the train task on nodes with this label")
+    p.add_argument("--train-machine-type", default="", metavar="TYPE",
+                   help="Vertex: each training worker's machine type when a run sets train_workers > 1 (default: "
+                        "the smallest that fits the train task's CPU and memory limits and GPUs)")
+    p.add_argument("--trainer-runtime", default="imgclf-workers", metavar="NAME",
+                   help="KFP: the Kubeflow Trainer ClusterTrainingRuntime for train_workers > 1 (default: the one "
+                        "in containers/trainer-runtime.yaml)")
 
 
 def add_sweep_argument(p: argparse.ArgumentParser) -> None:
