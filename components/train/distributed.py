@@ -203,6 +203,17 @@ def agree(value: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
+def chief_number(value: int) -> int:
+    """The chief's integer on every worker (alone: `value`): a plan made from a worker's own clock (the
+    time budget's epochs) must be the same everywhere."""
+    if _active is None:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def chief_outputs(model_dir: str, curves_html: str, opts, tmp: str):
     """(model_dir, curves_html, opts) this worker writes to: the given ones on the chief; on the others a
     folder under `tmp` (deleted with it), no page and no TensorBoard mirror, so that nothing but the

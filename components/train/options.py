@@ -34,6 +34,12 @@ def class_weight_problem(spec: str) -> str:
     return ""
 
 
+def budget_problem(text: str) -> str:
+    from imgclf.components.train.budget import duration_problem
+
+    return duration_problem(text)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions(Seeded):
     architecture: str = option("baseline", "the network: the tutorials' small CNN or a keras.applications "
@@ -55,6 +61,10 @@ class TrainOptions(Seeded):
     cache_features: str = option("auto", "head phase on bottleneck features computed once per split: auto (when "
                                          "the backbone is frozen and augment is off), on (also with augment: the "
                                          "head then sees unaugmented images), off", choices=CACHE_FEATURES)
+    time_budget: str = option("", "finish training within this wall time (90s, 5m, 1h30m): after its first "
+                                  "epochs the number of epochs (at most `epochs`) and the learning-rate "
+                                  "schedule are planned to end on time, and EarlyStopping does not cut the "
+                                  "plan short; empty: no budget", check=budget_problem)
     patience: int = option(5, "EarlyStopping patience in epochs", min=1)
     backup_seconds: float = option(30.0, "back up the training state (what a retried or preempted task resumes "
                                          "from) after the first epoch ending at least this long after the last "

@@ -54,6 +54,9 @@ class TrainResult:
     input_wait_share: float
     replicas: int
     resumed_from_epoch: int
+    time_budget_seconds: float = 0.0
+    """The `time_budget` in seconds (0: none); `budget_held` says whether training ended within it."""
+    budget_held: bool | None = None
 
 
 def class_weights(spec: str, classes: list[str], counts: dict[str, int]) -> dict[int, float] | None:
@@ -156,6 +159,8 @@ class _Session:
     state: dict
     extra_callbacks: list
     net: object = None
+    planner: object = None
+    """budget.Planner when a `time_budget` plans the epochs, else None."""
 
     @property
     def history(self) -> dict:
@@ -220,6 +225,8 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
               f"global batch {opts.batch_size * hw.replicas}", flush=True)
         fit_cw = cw if cw and len(set(cw.values())) > 1 else None  # all equal: skip the per-batch lookup
         start = time.perf_counter()
+        run.planner = plan_budget(opts, fine_tuning=models.is_transfer(opts.architecture)
+                                  and weights_arg is not None and opts.fine_tune_layers > 0)
         if run.state["phase"] == 1:
             if cached:
                 fit_head_on_features(run, dataset_dir, tmp, fit_cw)
@@ -248,8 +255,18 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
           f"before or between them, {max(0.0, after):.1f}s after the last); steady {result.images_per_second:.0f} "
           f"images/s (first epoch {result.first_epoch_images_per_second:.0f}), input wait "
           f"{result.input_wait_share:.1%} of step time; best epoch {result.best_epoch}: "
-          f"val_accuracy {result.best_val_accuracy:.4f}", flush=True)
+          f"val_accuracy {result.best_val_accuracy:.4f}" + _budget_words(result), flush=True)
     return result
+
+
+def _budget_words(result: TrainResult) -> str:
+    from imgclf.components.train import budget
+
+    if not result.time_budget_seconds:
+        return ""
+    over = result.seconds - result.time_budget_seconds
+    return (f"; time budget {budget.words(result.time_budget_seconds)} "
+            + ("held" if result.budget_held else f"exceeded by {budget.words(over)}"))
 
 
 def _trainable(net) -> int:
@@ -317,17 +334,40 @@ def resume_model(run: _Session):
     return keras.saving.load_model(run.backup.checkpoint_file)
 
 
+def plan_budget(opts: TrainOptions, fine_tuning: bool):
+    """The time budget's planner (None without a budget): phase 1 and fine-tuning share it in proportion
+    to their maximum epochs."""
+    from imgclf.components.train import budget
+
+    seconds = budget.parse_duration(opts.time_budget)
+    if not seconds:
+        return None
+    phases = [opts.epochs] + ([opts.fine_tune_epochs] if fine_tuning else [])
+    print(f"train: time budget {budget.words(seconds)}: the epochs (at most {' + '.join(map(str, phases))}) and "
+          f"the schedule are planned from the first epochs' time; EarlyStopping does not cut the plan short",
+          flush=True)
+    return budget.Planner(seconds, phases)
+
+
 def fit(run: _Session, phase: int, total_epochs: int, initial_epoch: int, resumed: dict | None, class_weight,
         whole=None) -> None:
-    """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup."""
-    from imgclf.components.train import checkpoint, distributed, throughput
+    """One phase's plain `fit`, with throughput, resumable EarlyStopping and the per-epoch backup (and,
+    with a time budget, the planned epochs and schedule: budget.py)."""
+    from imgclf.components.train import budget, checkpoint, distributed, throughput
 
-    stopper = checkpoint.ResumableEarlyStopping(run.monitor, run.opts.patience, resumed)
-    extra_state = {"phase1_epochs": run.state.get("phase1_epochs"), "features": whole is not None}
+    # A planned schedule runs to its end (the best epoch's weights are kept either way): no early stop.
+    patience = run.opts.patience if run.planner is None else total_epochs + 1
+    stopper = checkpoint.ResumableEarlyStopping(run.monitor, patience, resumed)
+    extra_state = {"phase1_epochs": run.state.get("phase1_epochs"), "features": whole is not None,
+                   "planned_epochs": (resumed or {}).get("planned_epochs")}
     saver = checkpoint.Checkpoint(run.backup, phase, run.history, run.monitor, run.state["best"], stopper,
                                   extra_state, whole)
-    callbacks = [_finite_loss_guard(), throughput.Throughput(run.stamps, run.meta.count("train")), stopper, saver,
-                 *run.extra_callbacks]
+    timer = [] if run.planner is None else [budget.callback(
+        run.planner, phase, 0 if phase == 1 else run.state["phase1_epochs"], total_epochs, run.steps, extra_state,
+        agree=distributed.chief_number if distributed.active() else None)]
+    # The budget's callback first: the saver then backs up the plan it just made.
+    callbacks = [_finite_loss_guard(), throughput.Throughput(run.stamps, run.meta.count("train")), *timer, stopper,
+                 saver, *run.extra_callbacks]
     # shuffle=False: the tf.data pipeline already reshuffles every epoch.
     try:
         run.net.fit(run.train_ds, validation_data=run.val_ds, epochs=total_epochs, initial_epoch=initial_epoch,
@@ -402,7 +442,9 @@ def summarize(run: _Session, seconds: float) -> TrainResult:
         images_per_second=speed["images_per_second"],
         first_epoch_images_per_second=speed["first_epoch_images_per_second"],
         epoch_seconds=speed["epoch_seconds"], input_wait_share=speed["input_wait_share"],
-        replicas=run.hw.replicas, resumed_from_epoch=run.resume["epoch"] if run.resume else 0)
+        replicas=run.hw.replicas, resumed_from_epoch=run.resume["epoch"] if run.resume else 0,
+        time_budget_seconds=run.planner.budget_s if run.planner else 0.0,
+        budget_held=run.planner.held() if run.planner else None)
 
 
 def save_model(model_dir: str, run: _Session, weights: str, cw, result: TrainResult, tb_local: Path) -> None:

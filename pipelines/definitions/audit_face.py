@@ -43,6 +43,7 @@ def validate(
         dropout: float = 0.3,
         augment: bool = True,
         cache_features: str = 'auto',
+        time_budget: str = '',
         patience: int = 5,
         backup_seconds: float = 30.0,
         fine_tune_layers: int = 0,
@@ -93,6 +94,7 @@ def validate(
         dropout: dropout before the classification head. Allowed: a finite number >= 0 and <= 0.95.
         augment: random horizontal flip inside the model, training only (transfer families also rotate by up to 7 degrees and zoom by up to 5 %). Allowed: true or false.
         cache_features: head phase on bottleneck features computed once per split: auto (when the backbone is frozen and augment is off), on (also with augment: the head then sees unaugmented images), off. Allowed: one of auto, on, off.
+        time_budget: finish training within this wall time (90s, 5m, 1h30m): after its first epochs the number of epochs (at most `epochs`) and the learning-rate schedule are planned to end on time, and EarlyStopping does not cut the plan short; empty: no budget.
         patience: EarlyStopping patience in epochs. Allowed: an integer >= 1.
         backup_seconds: back up the training state (what a retried or preempted task resumes from) after the first epoch ending at least this long after the last backup; 0: after every epoch. Allowed: a finite number >= 0 and <= 86_400.
         fine_tune_layers: after the frozen-backbone phase, fine-tune the backbone's top N layers (BatchNormalization stays frozen); 0: no fine-tuning. Allowed: an integer >= 0.
@@ -151,6 +153,7 @@ def face(graph):
             dropout: float = 0.3,
             augment: bool = True,
             cache_features: str = 'auto',
+            time_budget: str = '',
             patience: int = 5,
             backup_seconds: float = 30.0,
             fine_tune_layers: int = 0,
@@ -200,6 +203,7 @@ def face(graph):
             dropout: dropout before the classification head. Allowed: a finite number >= 0 and <= 0.95.
             augment: random horizontal flip inside the model, training only (transfer families also rotate by up to 7 degrees and zoom by up to 5 %). Allowed: true or false.
             cache_features: head phase on bottleneck features computed once per split: auto (when the backbone is frozen and augment is off), on (also with augment: the head then sees unaugmented images), off. Allowed: one of auto, on, off.
+            time_budget: finish training within this wall time (90s, 5m, 1h30m): after its first epochs the number of epochs (at most `epochs`) and the learning-rate schedule are planned to end on time, and EarlyStopping does not cut the plan short; empty: no budget.
             patience: EarlyStopping patience in epochs. Allowed: an integer >= 1.
             backup_seconds: back up the training state (what a retried or preempted task resumes from) after the first epoch ending at least this long after the last backup; 0: after every epoch. Allowed: a finite number >= 0 and <= 86_400.
             fine_tune_layers: after the frozen-backbone phase, fine-tune the backbone's top N layers (BatchNormalization stays frozen); 0: no fine-tuning. Allowed: an integer >= 0.
@@ -247,6 +251,7 @@ def face(graph):
             'dropout': dropout,
             'augment': augment,
             'cache_features': cache_features,
+            'time_budget': time_budget,
             'patience': patience,
             'backup_seconds': backup_seconds,
             'fine_tune_layers': fine_tune_layers,
