@@ -17,9 +17,11 @@ DOCKER_ENV := containers/docker-env.sh
 REGISTRY ?=
 # `make bench BENCH_ARGS=--quick` checks the scripts in a few minutes (figures meaningless).
 BENCH_ARGS ?=
+# `make bench-scale SCALE_SIZES=10k,100k` leaves out the 1M step (empty: 10k,100k,1M; 200,400,800 with --quick).
+SCALE_SIZES ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-packages run run-docker images push compile test test-fast test-unit lint docs docs-site bench bench-gpu sample-data fashion-mnist-full clean
+.PHONY: help install system-packages run run-docker images push compile test test-fast test-unit lint docs docs-site bench bench-scale bench-gpu sample-data fashion-mnist-full clean
 
 help: ## list every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,7 +45,7 @@ $(SERVING_STAMP): $(STAMP)
 run: install ## run ingest -> preprocess -> train -> evaluate -> export locally on the embedded sample
 	$(BIN)/imgclf run $(RUN_ARGS) $(RUN_FLAGS) --pipeline-root $(PIPELINE_ROOT)
 
-images: ## build the CPU image, and the GPU one where its CUDA base can be had (starts dockerd if none runs)
+images: ## build both images, CPU and GPU (CUDA wheels: ~3 GB downloaded once), on the local Debian base (starts dockerd if none runs)
 	$(DOCKER_ENV) with $(DOCKER_ENV) images
 
 push: ## tag and push both images: make push REGISTRY=us-docker.pkg.dev/PROJECT/REPO (or ghcr.io/OWNER)
@@ -108,6 +110,10 @@ bench: install system-packages ## CPU benchmarks: end to end and input vs the no
 	$(BIN)/python -m benchmarks.step_speed $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.label_audit $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.summary
+
+bench-scale: install ## synthetic 24 px images at 10k, 100k, 1M (SCALE_SIZES=) through ingest, preprocess, one train epoch (10k/100k): time, memory, growth exponents, the ImageNet-1k plan; into docs/performance.md
+	$(BIN)/python -m benchmarks.scale $(if $(SCALE_SIZES),--sizes $(SCALE_SIZES)) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.summary --only scale $(BENCH_ARGS)
 
 # No install: the GPU machine has JAX (CUDA), Keras and NumPy, not our TensorFlow venv.
 bench-gpu: ## GPU training images/s on KERAS_BACKEND=jax (needs jax[cuda], keras; real input from make bench)

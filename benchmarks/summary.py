@@ -7,17 +7,22 @@ The page is made from the checked-in JSON alone, so a fresh clone can regenerate
 running a benchmark: `python -m benchmarks.summary --page` writes it, `--check` exits 1 when it is not
 what the JSON makes. A `--quick` run (figures that only show the scripts work) never replaces the
 latest results.
+
+Benchmarks run apart (`make bench`, `make bench-scale`, `make bench-gpu` on another machine) update
+latest.json in turn: a run replaces the benchmarks it wrote and keeps every other one from the file, so
+neither erases the other's (`--only NAMES` takes just those benchmarks from the run's folder).
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 from benchmarks import harness
 
 ORDER = ("end_to_end", "step_speed", "input_throughput", "training_throughput", "feature_cache", "steps_scaling",
-         "storage_ingest", "preprocess_shards", "label_audit", "gpu_training")
+         "storage_ingest", "preprocess_shards", "label_audit", "scale", "gpu_training")
 SECTIONS = {
     "end_to_end": "Against the notebook, end to end",
     "step_speed": "Per-step goals: ingest and predict",
@@ -28,6 +33,7 @@ SECTIONS = {
     "storage_ingest": "Ingest from an S3 API server",
     "preprocess_shards": "Preprocess over shard tasks",
     "label_audit": "Label audit: moved labels found",
+    "scale": "Scale: 10,000 to 1,000,000 images, and ImageNet-1k on N pods (`make bench-scale`)",
     "gpu_training": "GPU training (`make bench-gpu`)",
 }
 LATEST = harness.REPO / "benchmarks" / "results" / "latest.json"
@@ -50,6 +56,8 @@ loaded* ran while the 1-minute load average exceeded the cores: its ratios hold 
 ```bash
 make bench                          # all CPU benchmarks, then this page
 make bench BENCH_ARGS=--quick       # tiny sizes: checks the scripts (never replaces the latest results)
+make bench-scale                    # 10k, 100k and 1M tiny images through ingest, preprocess (and train at 10k/100k)
+make bench-scale SCALE_SIZES=10k,100k   # the same without the 1M step
 .venv/bin/python -m benchmarks.end_to_end --workloads sample,photos,fashion70k --repeats 3   # one benchmark
 .venv/bin/python -m benchmarks.summary --page    # this page again from benchmarks/results/latest.json
 ```
@@ -65,22 +73,198 @@ make bench BENCH_ARGS=--quick       # tiny sizes: checks the scripts (never repl
 | `benchmarks/storage_ingest.py` | ingest from an S3 API server (moto on 127.0.0.1) at 1,000 and 10,000 images |
 | `benchmarks/preprocess_shards.py` | preprocess of 70,000 images under kfp.local over 1, 2 and 4 shard tasks, every output checked identical |
 | `benchmarks/label_audit.py` | a seeded 5 % of the embedded sample's labels moved to other classes (through a relabel.csv), `imgclf audit` with 5 folds, recall and precision of the moved files in the top k and 2k suspects (k = files moved); `--workloads fashion70k`: all 70,000 Fashion-MNIST images, 2 % moved (five trainings on 50,000 images: not in `make bench`) |
+| `benchmarks/scale.py` | `make bench-scale`: synthetic 24x24 images at 10k, 100k and 1M through ingest and preprocess (each as one task and as plan -> shard tasks -> merge) and one training epoch at 10k/100k, each task a fresh process: wall time, images/s, peak memory, the fitted growth exponent per step; the ImageNet-1k plan on N pods from those rates and published GPU figures |
 | `benchmarks/gpu_training.py` | `make bench-gpu`: GPU training images/s on `KERAS_BACKEND=jax`, synthetic against real input, float32 against mixed_float16 (needs `build/bench/gpu_input.npz` from `training_throughput` for real input) |
 """
 
 
-def collect(out: Path) -> dict:
-    """The latest results from a benchmark run's folder: each benchmark's table and JSON payload."""
+# ---------------------------------------------------------------- scale (`make bench-scale`)
+
+SCALE_TITLE = "Scale: synthetic 24x24 images, each task a fresh process"
+IMAGENET_TRAIN = 1_281_167
+"""ImageNet-1k (ILSVRC 2012) training images."""
+PODS = (1, 8, 32)
+PHOTO_RATES = {"ingest": 2000 / 1.25, "preprocess": 2000 / 3.07}
+"""images/s of one task on 2,000 JPEGs of 500 px (about ImageNet's 400x350 average, ~110 KB) on the same
+2-core machine: the one-off row of the Input throughput table above (ingest 1.25 s, preprocess to 160 px
+3.07 s). Tiny images measure the per-image overhead; photos add their decoding and resizing."""
+PUBLISHED_SOURCE = "https://github.com/NVIDIA/DeepLearningExamples/tree/master/TensorFlow/Classification/ConvNets/resnet50v1.5"
+PUBLISHED_TRAIN = (
+    # (GPU and precision, images/s on 1 GPU, images/s on 8 GPUs): NVIDIA Deep Learning Examples, ResNet-50 v1.5
+    # for TensorFlow, "Training performance" tables (TensorFlow 20.06 NGC container, batch 256 per GPU,
+    # averaged over an entire training epoch).
+    ("A100 40GB (DGX A100), mixed precision + XLA", 2375, 17400),
+    ("A100 40GB (DGX A100), TF32 + XLA", 909, 7000),
+    ("V100 16GB (DGX-1), mixed precision + XLA", 1270, 9510),
+)
+STEP_NAMES = {
+    "ingest": "ingest (one task)", "ingest_plan": "ingest plan", "ingest_shard": "ingest shard task",
+    "ingest_merge": "ingest merge", "preprocess": "preprocess (one task)", "preprocess_plan": "preprocess plan",
+    "preprocess_shard": "preprocess shard task", "preprocess_merge": "preprocess merge",
+    "train": "train, one epoch (defaults)",
+}
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else \
+        f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _by_step(payload: dict) -> dict[str, dict[int, dict]]:
+    from benchmarks.scale import per_size
+
+    return per_size(payload["runs"])
+
+
+def _extrapolate(rows: dict[int, dict], exponent: float | None, images: int) -> tuple[float, float]:
+    """(step seconds, fixed seconds) of one task at `images`, from the largest size measured and the fitted
+    exponent (1 where none could be fitted): the fixed part is the process's start and imports."""
+    n = max(rows)
+    r = rows[n]
+    # Never below linear: a fit under 1 measures fixed costs (start-up, a loaded machine at the small size),
+    # not work that grows more slowly than the images.
+    b = 1.0 if exponent is None else max(1.0, exponent)
+    return r["step_seconds"] * (images / n) ** b, max(0.0, r["wall_seconds"] - r["step_seconds"])
+
+
+def scale_plan(payload: dict, images: int = IMAGENET_TRAIN, pods: tuple[int, ...] = PODS) -> dict:
+    """ImageNet-1k's ingest and preprocess on N pods, in seconds, from the measured per-task rates: one
+    task extrapolated with its fitted exponent (N = 1), else plan + the slowest shard task + merge, a shard
+    task's time being its start-up + images / N at its measured rate (at the tiny images' rate and at
+    500 px JPEGs' `PHOTO_RATES`). Estimates: see the page for what each assumes."""
+    steps, growth = _by_step(payload), payload["growth"]
+    plan: dict = {"images": images, "pods": list(pods), "ingest": {}, "preprocess": {}, "assumed": []}
+    for kind in ("ingest", "preprocess"):
+        single = steps.get(kind)
+        if not single:
+            continue
+        n_max = max(single)
+        rate = single[n_max]["images_per_second"]
+        work, fixed = _extrapolate(single, growth[kind]["exponent"], images)
+        shard = steps.get(f"{kind}_shard")
+        if shard:
+            shard_rate, shard_fixed = shard[max(shard)]["images_per_second"], _extrapolate(shard, None, 1)[1]
+        else:
+            shard_rate, shard_fixed = rate, fixed
+            plan["assumed"].append(f"{kind}: no shard tasks measured; a shard task assumed to check at the single "
+                                   "task's rate")
+        around = 0.0
+        for part in ("plan", "merge"):
+            rows = steps.get(f"{kind}_{part}")
+            if rows:
+                w, f = _extrapolate(rows, growth[f"{kind}_{part}"]["exponent"], images)
+                around += w + f
+            else:
+                plan["assumed"].append(f"{kind}: its {part} task is not measured yet (left out)")
+        # Photos: the tiny-image estimate plus the extra seconds a photo costs over a tiny image, per image.
+        extra = {"tiny": 0.0, "photo": max(0.0, 1 / PHOTO_RATES[kind] - 1 / rate)}
+        for label, more in extra.items():
+            one = fixed + work + images * more
+            plan[kind][label] = {str(p): round(one if p == 1 else around + shard_fixed
+                                               + math.ceil(images / p) * (1 / shard_rate + more), 1) for p in pods}
+        plan[kind]["rate"] = {"tiny": rate, "shard_tiny": shard_rate, "photo": PHOTO_RATES[kind]}
+    plan["train"] = [{"gpu": g, "one": round(images / one, 1), "eight": round(images / eight, 1),
+                      "one_rate": one, "eight_rate": eight} for g, one, eight in PUBLISHED_TRAIN]
+    return plan
+
+
+def render_scale(payload: dict) -> str:
+    """The Scale section, from `make bench-scale`'s JSON: per step and size, the growth exponents against
+    the goal, and the ImageNet-1k plan (estimates)."""
+    m = payload["machine"]
+    steps = _by_step(payload)
+    growth = payload["growth"]
+    goal, flat = payload["goal_exponent"], payload["memory_flat_exponent"]
+    sizes = ", ".join(_size(n) for n in payload["sizes"])
+    out = [f"**{SCALE_TITLE} ({m['cores']} cores, {m['cpu']})**", *(f"> {n}" for n in payload.get("notes", [])), "",
+           f"{sizes} images ({payload['classes']} classes, {payload['pixels']}x{payload['pixels']} RGB PNGs, "
+           f"written once into build/scale); preprocess at their native {payload['pixels']} px; the sharded forms are "
+           f"plan -> {payload['shard_tasks']} shard tasks (one after another, each its own process) -> merge; "
+           f"training is one epoch with the defaults at sizes up to {_size(payload['train_max'])}. *Step* is the "
+           "step's own seconds (after the imports, TensorFlow's included); *wall* adds the process's start and "
+           "imports. A shard row is the slowest of its tasks, with the median task's images/s. Peak memory: the "
+           "largest process's RSS (libraries included), and the anonymous memory of the whole process tree "
+           "(heap and arrays of the task and its worker processes, pages they share counted once; sampled every "
+           "0.2 s): what grows with the data.", "",
+           "| step | images | wall | step | images/s | peak RSS | peak tree anon |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for step, rows in steps.items():
+        for n, r in sorted(rows.items()):
+            tasks = f" ({r['tasks']} tasks, {r['images_per_task']:,} images each at most)" if r.get("tasks") else ""
+            pss = f"{r['peak_tree_anon_mb']:,.0f} MB" if r.get("peak_tree_anon_mb") else "-"
+            out.append(f"| {STEP_NAMES.get(step, step)}{tasks} | {_size(n)} | {r['wall_seconds']:.1f} s "
+                       f"| {r['step_seconds']:.1f} s | {r['images_per_second'] or 0:,.0f} | {r['peak_rss_mb']:,.0f} MB | {pss} |")
+    out += ["", f"Growth, fitted by least squares on log-log over the sizes measured (seconds = a x images^b; goal: "
+                f"b <= {goal} for every step; memory flat: its exponent <= {flat}, i.e. 10x the images adds at most "
+                f"{10 ** flat - 1:.0%}):", "",
+            "| step | sizes | b (step seconds) | b (wall) | goal | memory exponent (tree anon) | memory |",
+            "|---|---|---:|---:|---|---:|---|"]
+    for step, g in growth.items():
+        b = "-" if g["exponent"] is None else f"{g['exponent']:.2f}"
+        wall = "-" if g["wall_exponent"] is None else f"{g['wall_exponent']:.2f}"
+        met = "-" if g["meets_goal"] is None else "met" if g["meets_goal"] else "**missed**"
+        mem = "-" if g["memory_exponent"] is None else f"{g['memory_exponent']:.2f}" + (
+            " (RSS: a task too short to sample)" if g.get("memory_measure") == "peak_rss_mb" else "")
+        is_flat = "-" if g["memory_flat"] is None else "flat" if g["memory_flat"] else "**grows**"
+        out.append(f"| {STEP_NAMES.get(step, step)} | {', '.join(_size(n) for n in g['sizes'])} | {b} | {wall} "
+                   f"| {met} | {mem} | {is_flat} |")
+    if not payload.get("ingest_shards_measured"):
+        out += ["", "Sharded ingest's tasks (plan, shard tasks, merge) are not measured in this run "
+                    "(`benchmarks/scale.py: sharded_ingest`)."]
+    plan = scale_plan(payload)
+    pods = plan["pods"]
+    out += ["", f"**ImageNet-1k on N pods: estimates, not measurements.** {plan['images']:,} training images. One "
+                "pod: the single task extrapolated from the largest size measured with its fitted exponent (1 "
+                "where the fit is below 1). N "
+                "pods: the plan and merge tasks (extrapolated the same way) plus one shard task's start-up and "
+                "1/N of the images at the measured per-task rate (the pods run their shard tasks at once). Each pod is a task like the ones above "
+                f"({m['cores']} cores). *Tiny*: at the rates measured here on {payload['pixels']} px images, the "
+                "per-image overhead, a lower bound; *500 px JPEGs*: the same plus, per image, "
+                "the extra seconds a photo-sized JPEG costs a task over a tiny image, from the "
+                f"Input throughput table's one-off row (ingest {PHOTO_RATES['ingest']:,.0f}, preprocess to 160 px "
+                f"{PHOTO_RATES['preprocess']:,.0f} images/s), closer to ImageNet's photos.", "",
+            "| step | rate | " + " | ".join(f"{p} pod{'s' if p > 1 else ''}" for p in pods) + " |",
+            "|---|---|" + "---:|" * len(pods)]
+    for kind in ("ingest", "preprocess"):
+        if not plan[kind]:
+            continue
+        for label, text in (("tiny", "tiny images"), ("photo", "500 px JPEGs")):
+            out.append(f"| {kind} | {text} | " + " | ".join(_duration(plan[kind][label][str(p)]) for p in pods) + " |")
+    if plan["assumed"]:
+        out += ["", *(f"- Assumed: {a}." for a in plan["assumed"])]
+    out += ["", f"Training, one epoch of ResNet-50 over {plan['images']:,} images, from published figures "
+                f"(NVIDIA Deep Learning Examples, ResNet-50 v1.5 for TensorFlow, training performance averaged over "
+                f"an epoch, batch 256 per GPU: <{PUBLISHED_SOURCE}>); estimates for a multi-worker train that feeds "
+                "the GPUs as fast as those scripts do:", "",
+            "| GPU | 1 GPU | 8 GPUs |", "|---|---:|---:|"]
+    out += [f"| {t['gpu']} | {_duration(t['one'])} ({t['one_rate']:,} images/s) "
+            f"| {_duration(t['eight'])} ({t['eight_rate']:,} images/s) |" for t in plan["train"]]
+    return "\n".join(out)
+
+
+def collect(out: Path, only: tuple[str, ...] = ()) -> dict:
+    """The latest results from a benchmark run's folder: each benchmark's table and JSON payload (`only`:
+    just those benchmarks)."""
     results = {}
     for name in ORDER:
         md = out / f"{name}.md"
+        if only and name not in only:
+            continue
         if md.exists():
             payload = out / f"{name}.json"
             results[name] = {"markdown": md.read_text().strip(),
                              "payload": json.loads(payload.read_text()) if payload.exists() else None}
     machines = [r["payload"]["machine"] for r in results.values() if r["payload"]]
     return {
-        "metadata": {"source": "make bench", "note": "written by python -m benchmarks.summary from " + str(out),
+        "metadata": {"source": "make bench" if not only else f"python -m benchmarks.summary --only {','.join(only)}",
+                     "note": "written by python -m benchmarks.summary from " + str(out),
                      "machine": machines[0] if machines else None,
                      "quick": any(r["payload"].get("quick") for r in results.values() if r["payload"])},
         "order": list(results),
@@ -88,10 +272,28 @@ def collect(out: Path) -> dict:
     }
 
 
+def merge(previous: dict | None, new: dict) -> dict:
+    """`new`'s benchmarks over `previous`'s: the ones it ran replace theirs, the others are kept. Where some
+    are kept, the file keeps `previous`'s metadata (it still describes them) and lists `new` under
+    `updates`; where `new` replaces them all, its metadata alone."""
+    if not previous or set(previous["results"]) <= set(new["results"]):
+        return new
+    results = {**previous["results"], **new["results"]}
+    order = [n for n in ORDER if n in results] + [n for n in results if n not in ORDER]
+    meta = dict(previous["metadata"])
+    updates = [u for u in meta.get("updates", []) if not set(u["names"]) <= set(new["results"])]
+    meta["updates"] = [*updates, {"names": list(new["results"]), "source": new["metadata"]["source"],
+                                  "machine": new["metadata"].get("machine"), "note": new["metadata"].get("note", "")}]
+    return {"metadata": meta, "order": order, "results": results}
+
+
 def render_page(data: dict) -> str:
     meta = data["metadata"]
     parts = [INTRO.rstrip(), "", "## The latest run", ""]
     parts.append(f"Source: {meta['source']}" + (f", {meta['run']}" if meta.get("run") else "") + f". {meta['note']}")
+    for u in meta.get("updates", []):
+        names = ", ".join(SECTIONS.get(n, n) for n in u["names"])
+        parts.append(f"\nSince then, from `{u['source']}`: {names}.")
     for name in data["order"]:
         parts += ["", f"## {SECTIONS.get(name, name)}", "", data["results"][name]["markdown"].strip()]
     if "gpu_training" not in data["order"]:
@@ -105,7 +307,9 @@ def render_page(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = harness.parse_args(__doc__, argv, **{
         "--page": {"action": "store_true", "help": f"only regenerate {PAGE.name} from {LATEST.name}"},
-        "--check": {"action": "store_true", "help": f"exit 1 if {PAGE.name} is not what {LATEST.name} makes"}})
+        "--check": {"action": "store_true", "help": f"exit 1 if {PAGE.name} is not what {LATEST.name} makes"},
+        "--only": {"default": "", "help": "comma-separated benchmarks to take from --out (default: every one there); "
+                                          f"the others in {LATEST.name} are kept either way"}})
     if args.check or args.page:
         page = render_page(json.loads(LATEST.read_text()))
         if args.check:
@@ -117,16 +321,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PAGE}: written from {LATEST}")
         return 0
     out = Path(args.out)
+    only = tuple(n for n in args.only.split(",") if n)
+    if set(only) - set(ORDER):
+        raise SystemExit(f"--only: unknown benchmark(s) {', '.join(sorted(set(only) - set(ORDER)))}")
     parts = [(out / f"{name}.md").read_text().strip() for name in ORDER if (out / f"{name}.md").exists()]
     if not parts:
         raise SystemExit(f"{out}: no benchmark results; run make bench first")
     text = "\n\n".join(parts) + "\n"
     (out / "results.md").write_text(text)
     print(f"\n=== all benchmark tables ({out / 'results.md'}) ===\n\n{text}")
-    data = collect(out)
+    data = collect(out, only)
+    if not data["results"]:
+        raise SystemExit(f"{out}: none of {', '.join(only)} there")
     if args.quick or data["metadata"]["quick"]:
         print(f"quick figures: {LATEST} and {PAGE} left as they are")
         return 0
+    data = merge(json.loads(LATEST.read_text()) if LATEST.exists() else None, data)
     LATEST.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     PAGE.write_text(render_page(data))
     print(f"{LATEST} and {PAGE}: the latest results")

@@ -221,3 +221,149 @@ def test_label_audit_counts_only_the_moved_files_the_audit_scored(tmp_path):
     assert r["top_k"]["found"] == len(set(suspects[:k]) & moved)
     assert r["top_2k"]["found"] == len(set(suspects[:2 * k]) & moved)
     assert r["top_k"]["recall"] == round(r["top_k"]["found"] / k, 4)
+
+
+def _scale_payload(seed: int, sizes: list[int], steps: dict[str, float], tasks: int = 2) -> dict:
+    """A `make bench-scale` payload as benchmarks/scale.py writes it, its seconds made up from seeded
+    random constants and the given exponents (seconds = a * images^b, memory flat but for noise)."""
+    import random
+
+    from benchmarks import harness, scale
+
+    rng = random.Random(seed)
+    rows = []
+    for step, b in steps.items():
+        a, fixed, mem = rng.uniform(1e-5, 1e-3), rng.uniform(2, 8), rng.uniform(300, 900)
+        for n in sizes:
+            for shard in range(tasks if step.endswith("_shard") else 1):
+                images = n // tasks if step.endswith("_shard") else n
+                seconds = a * images ** b
+                row = {"step": step, "size": n, "images": images, "step_seconds": seconds,
+                       "wall_seconds": seconds + fixed, "images_per_second": images / seconds,
+                       "peak_rss_mb": mem, "peak_tree_anon_mb": mem * rng.uniform(1, 1.01)}
+                rows.append({**row, "shard": shard} if step.endswith("_shard") else row)
+    return {"machine": {**harness.machine(), "load_average_1m_after": 0.0}, "sizes": sizes, "classes": scale.CLASSES,
+            "pixels": scale.PIXELS, "shard_tasks": tasks, "train_max": sizes[0], "goal_exponent": scale.GOAL_EXPONENT,
+            "memory_flat_exponent": scale.MEMORY_FLAT_EXPONENT, "generate_seconds": {}, "ingest_shards_measured": False,
+            "runs": rows, "growth": scale.growth(rows), "quick": False, "notes": []}
+
+
+@pytest.mark.unit
+def test_scale_fits_the_growth_exponent_of_seeded_power_laws():
+    import random
+
+    from benchmarks import scale
+
+    rng = random.Random(39)
+    for _ in range(50):
+        b, a = rng.uniform(0.3, 2.5), rng.uniform(1e-6, 10)
+        sizes = sorted(rng.sample(range(100, 2_000_000), rng.randint(2, 5)))
+        assert scale.fit_exponent([(n, a * n ** b) for n in sizes]) == pytest.approx(b, abs=1e-3)
+    assert scale.fit_exponent([(1000, 5.0)]) is None  # one size: nothing to fit
+    assert [scale.parse_size(s) for s in ("10k", "100K", "1M", "800", "2.5k")] == [10_000, 100_000, 1_000_000, 800, 2500]
+    assert scale.parse_sizes("1M, 10k,100k,10k") == [10_000, 100_000, 1_000_000]
+
+
+@pytest.mark.unit
+def test_scale_judges_every_step_against_the_goal_and_renders_its_section_and_the_imagenet_plan():
+    from benchmarks import scale, summary
+
+    exponents = {"ingest": 1.02, "preprocess": 1.4, "preprocess_plan": 1.1, "preprocess_shard": 1.0,
+                 "preprocess_merge": 0.9, "train": 1.0}
+    payload = _scale_payload(7, [10_000, 100_000, 1_000_000], exponents)
+    for step, b in exponents.items():
+        g = payload["growth"][step]
+        assert g["exponent"] == pytest.approx(b, abs=1e-3) and g["meets_goal"] == (b <= scale.GOAL_EXPONENT)
+        assert g["memory_flat"] is True and g["sizes"] == [10_000, 100_000, 1_000_000]
+    # Shard tasks: one row per size, the slowest task, with every task's images.
+    shard = scale.per_size(payload["runs"])["preprocess_shard"]
+    assert sorted(shard) == [10_000, 100_000, 1_000_000] and all(r["tasks"] == 2 for r in shard.values())
+    assert shard[10_000]["images"] == 2 * (10_000 // 2)
+
+    md = summary.render_scale(payload)
+    for size in ("10k", "100k", "1M"):  # a row per step and size
+        assert md.count(f"\n| ingest (one task) | {size} |") == md.count(f"\n| train, one epoch (defaults) | {size} |") == 1
+    assert md.count("\n| preprocess shard task (2 tasks,") == 3
+    growth_rows = [line for line in md.splitlines() if line.startswith("| preprocess (one task) | 10k, 100k, 1M |")]
+    assert len(growth_rows) == 1 and "**missed**" in growth_rows[0]
+    assert md.count("| met |") == sum(b <= scale.GOAL_EXPONENT for b in exponents.values())
+    assert summary.PUBLISHED_SOURCE in md and "estimates, not measurements" in md
+    assert "not measured in this run" in md  # sharded ingest: the hook returned nothing
+
+    plan = summary.scale_plan(payload)
+    # One pod: the single task extrapolated from 1M with its exponent, plus its start-up.
+    one = scale.per_size(payload["runs"])["preprocess"][1_000_000]
+    expected = one["step_seconds"] * (summary.IMAGENET_TRAIN / 1_000_000) ** 1.4 + one["wall_seconds"] - one["step_seconds"]
+    assert plan["preprocess"]["tiny"]["1"] == pytest.approx(expected, abs=0.1)
+    # A fit below 1 (fixed costs) is extrapolated linearly, never more slowly than the images grow.
+    merge = scale.per_size(payload["runs"])["preprocess_merge"]
+    assert summary._extrapolate(merge, 0.9, 2_000_000)[0] == pytest.approx(2 * merge[1_000_000]["step_seconds"])
+    # More pods take less time; photos never less than tiny images.
+    for kind in ("ingest", "preprocess"):
+        t = plan[kind]["tiny"]
+        assert t["8"] > t["32"] and all(plan[kind]["photo"][p] >= t[p] for p in t)
+    assert [r["eight"] for r in plan["train"]] == [round(summary.IMAGENET_TRAIN / g[2], 1) for g in summary.PUBLISHED_TRAIN]
+
+
+@pytest.mark.unit
+def test_a_scale_run_and_a_bench_run_keep_each_others_results(tmp_path):
+    from benchmarks import summary
+
+    scale_md = summary.render_scale(_scale_payload(3, [200, 400], {"ingest": 1.0, "preprocess": 1.0}))
+    previous = {"metadata": {"source": "make bench", "note": "earlier"}, "order": ["end_to_end", "step_speed"],
+                "results": {"end_to_end": {"markdown": "| e2e |", "payload": None},
+                            "step_speed": {"markdown": "| speed |", "payload": None}}}
+    (tmp_path / "scale.md").write_text(scale_md)
+    (tmp_path / "end_to_end.md").write_text("| stale e2e |")  # in the folder, not asked for
+    new = summary.collect(tmp_path, ("scale",))
+    assert list(new["results"]) == ["scale"]
+    merged = summary.merge(previous, new)
+    assert merged["order"] == ["end_to_end", "step_speed", "scale"]
+    assert merged["results"]["end_to_end"]["markdown"] == "| e2e |"
+    page = summary.render_page(merged)
+    assert f"## {summary.SECTIONS['scale']}\n\n{scale_md.strip()}" in page and "| speed |" in page
+    assert "Since then, from `python -m benchmarks.summary --only scale`:" in page and "Source: make bench" in page
+    # A later `make bench` that ran everything but scale keeps scale; one that ran everything replaces all.
+    bench = {"metadata": {"source": "make bench", "note": "later"}, "order": ["end_to_end", "step_speed"],
+             "results": {"end_to_end": {"markdown": "| e2e 2 |", "payload": None},
+                         "step_speed": {"markdown": "| speed 2 |", "payload": None}}}
+    again = summary.merge(merged, bench)
+    assert again["results"]["scale"] == merged["results"]["scale"] and again["results"]["step_speed"]["markdown"] == "| speed 2 |"
+    assert [u["names"] for u in again["metadata"]["updates"]] == [["scale"], ["end_to_end", "step_speed"]]
+    assert summary.merge(again, {**bench, "results": {**bench["results"], "scale": merged["results"]["scale"]}})[
+        "metadata"] == bench["metadata"]
+
+
+def test_scale_runs_every_task_at_every_size_and_writes_its_section(tmp_path):
+    """Two tiny sizes through every task, each its own process (about 20 TensorFlow processes: minutes)."""
+    from benchmarks import scale, summary
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--quick", "--sizes", "200,400", "--shard-tasks",
+                           "2", "--train-max", "200", "--data", str(tmp_path / "images"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((out / "scale.json").read_text())
+    assert payload["quick"] is True and payload["sizes"] == [200, 400] and payload["ingest_shards_measured"] is True
+    sharded = ["ingest_plan", "ingest_shard", "ingest_shard", "ingest_merge"]
+    for n in (200, 400):
+        # The images were written once per size, 10 classes of n / 10.
+        assert (tmp_path / "images" / f"images-{n}" / ".complete").exists()
+        assert len(list((tmp_path / "images" / f"images-{n}").rglob("*.png"))) == n
+        rows = [r for r in payload["runs"] if r["size"] == n]
+        assert [r["step"] for r in rows] == ["ingest", *sharded, "preprocess", *(s.replace("ingest", "preprocess")
+                                                                                 for s in sharded),
+                                             *(["train"] if n == 200 else [])]
+        for kind in ("ingest", "preprocess"):
+            by = {r["step"]: r for r in rows}
+            assert by[kind]["images"] == by[f"{kind}_merge"]["images"] == n
+            assert sum(r["images"] for r in rows if r["step"] == f"{kind}_shard") == n
+        for r in rows:
+            assert 0 <= r["step_seconds"] <= r["wall_seconds"] and r["peak_rss_mb"] > 0
+    for step, g in payload["growth"].items():
+        assert g["sizes"] == ([200] if step == "train" else [200, 400])
+        assert (g["exponent"] is None) == (step == "train")  # one size: nothing to fit
+    assert (out / "scale.md").read_text().strip() == summary.render_scale(payload)
+    t = __import__("time").perf_counter()
+    scale.images(200, tmp_path / "images")
+    assert __import__("time").perf_counter() - t < 1  # reused, not rewritten
