@@ -45,6 +45,10 @@ STEPS = {
                              entry=False),
     "train": Step("imgclf.components.train.step:train", "imgclf.components.train.options:TrainOptions",
                   "fit a Keras 3 model on the TFRecords, resumable; save .keras, history and curves"),
+    # A diagnostic beside train, not a pipeline step: `imgclf lr-find` (= `imgclf step lr_find`).
+    "lr_find": Step("imgclf.components.train.lr_find:lr_find", "imgclf.components.train.options:TrainOptions",
+                    "learning-rate range test on the records: the loss against exponentially growing rates, a "
+                    "suggested learning_rate and its curve"),
     "evaluate": Step("imgclf.components.evaluate.step:evaluate", "imgclf.components.evaluate.options:EvaluateOptions",
                      "score the test split: metrics, confusion matrix, ROC, predictions, HTML report"),
     "export": Step("imgclf.components.export.step:export", "imgclf.components.export.options:ExportOptions",

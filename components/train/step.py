@@ -98,6 +98,21 @@ def _compile(net, run: _Session, epochs: int, learning_rate: float | None = None
                 metrics=["accuracy"], jit_compile=run.hw.jit_compile)
 
 
+def weights_name(opts: TrainOptions) -> str:
+    """The `weights` option with `auto` decided: imagenet for the transfer families, none for baseline."""
+    from imgclf.components.train import models
+
+    if opts.weights != "auto":
+        return opts.weights
+    return "imagenet" if models.is_transfer(opts.architecture) else "none"
+
+
+def resolve_weights(opts: TrainOptions, tmp: str) -> str | None:
+    """What models.build takes: None, "imagenet", or a local weights file (a bucket's staged in `tmp`)."""
+    weights = weights_name(opts)
+    return None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
+
+
 def _local(uri: str, tmp: str) -> str:
     """TensorFlow and Keras read local files only: stage a bucket object first."""
     if storage.is_local(uri):
@@ -205,8 +220,7 @@ def train(dataset_dir: str, model_dir: str, opts: TrainOptions, *, backup_uri: s
     backup = checkpoint.Backup(backup_uri, opts.backup_seconds, writes=distributed.is_chief(),
                                agree=distributed.agree)
     resume = backup.restore()
-    weights = opts.weights if opts.weights != "auto" else "imagenet" if models.is_transfer(opts.architecture) else "none"
-    weights_arg = None if weights == "none" else weights if weights == "imagenet" else _local(weights, tmp)
+    weights, weights_arg = weights_name(opts), resolve_weights(opts, tmp)
     cw = class_weights(opts.class_weight, meta.classes, meta.splits["train"].per_class)
 
     cached = features.wanted(opts.cache_features, opts.architecture, weights_arg is not None, opts.augment)

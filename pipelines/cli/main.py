@@ -199,6 +199,10 @@ def build_parser(run_given: dict | None = None) -> argparse.ArgumentParser:
     step = sub.add_parser("step", help="run one step's function directly (see `imgclf step -h`)",
                           add_help=False)
     step.add_argument("rest", nargs=argparse.REMAINDER)
+    lr = sub.add_parser("lr-find", help="learning-rate range test on preprocessed records: a suggested "
+                                        "learning_rate and its curve (= `imgclf step lr_find`, see its -h)",
+                        add_help=False)
+    lr.add_argument("rest", nargs=argparse.REMAINDER)
     data = sub.add_parser("sample-data", help="write Fashion-MNIST as class-per-subfolder PNGs")
     data.add_argument("--out", required=True)
     data.add_argument("--per-class", type=int, default=500, help="images per class; 0 = all 70,000")
@@ -246,10 +250,10 @@ def _params_file(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["step"]:  # argparse's REMAINDER drops a leading -h/--flag: hand over verbatim
+    if argv[:1] in (["step"], ["lr-find"]):  # argparse's REMAINDER drops a leading -h/--flag: hand over verbatim
         from imgclf.components.__main__ import main as step_main
 
-        return step_main(argv[1:], prog="imgclf step")
+        return step_main(argv[1:] if argv[0] == "step" else ["lr_find", *argv[1:]], prog="imgclf step")
     try:
         args = build_parser(run_given=_params_file(argv)).parse_args(argv)
         return args.func(args)
