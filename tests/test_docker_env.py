@@ -15,6 +15,9 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 # The image names: read at compile time to name each task's image, never by a running task.
 NOT_READ_IN_TASKS = {"IMGCLF_IMAGE", "IMGCLF_GPU_IMAGE"}
+# Set for a task by whoever launches it, never taken from the runner's shell: the compiled pipeline's
+# multi-worker settings, and each worker's place in its cluster (components/train/distributed.py).
+SET_BY_LAUNCHERS = {"IMGCLF_TRAIN_CLUSTER", "IMGCLF_WORKER_HOSTS", "IMGCLF_WORKER_INDEX"}
 
 
 def _clean_env(monkeypatch) -> None:
@@ -47,12 +50,16 @@ def test_every_imgclf_setting_the_steps_read_reaches_the_task(monkeypatch):
     """Each IMGCLF_ name written under components/ (the code tasks run) passes: a step setting added
     without listing it in docker_runner's STORE_ENV_* fails here instead of being dropped silently."""
     read = {name for path in (REPO / "components").rglob("*.py")
-            for name in re.findall(r"\bIMGCLF_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())} - NOT_READ_IN_TASKS
+            for name in re.findall(r"\bIMGCLF_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())} - NOT_READ_IN_TASKS \
+        - SET_BY_LAUNCHERS
     assert {"IMGCLF_S3_ENDPOINT_URL", "IMGCLF_STORAGE_RETRIES", "IMGCLF_REGISTRY_GRACE_SECONDS"} <= read
     _clean_env(monkeypatch)
     for name in read:
         monkeypatch.setenv(name, "1")
     assert set(docker_runner.store_environment()) == read
+    for name in SET_BY_LAUNCHERS:
+        monkeypatch.setenv(name, "1")
+    assert set(docker_runner.store_environment()) == read  # never passed from the shell
 
 
 def test_http_credentials_reach_the_task_as_a_mounted_netrc_and_the_token_variable(monkeypatch, tmp_path):

@@ -250,9 +250,9 @@ def test_compiled_yaml_maps_a_secret_and_holds_no_credentials(tmp_path, monkeypa
     assert "AKIA-VISIBLE-IF-LEAKED" not in text and "very-secret-value-123" not in text
     pipeline, platform = yaml.safe_load_all(text)
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    # every task: validate, preprocess's plan/shard/merge, and the registry's
+    # every task: validate, ingest's and preprocess's plan/shard/merge, and the registry's
     # champion/gate/publish/deploy/skip/not-published
-    assert len(execs) == 14
+    assert len(execs) == 16
     for spec in execs.values():
         (sec,) = spec["secretAsEnv"]
         assert sec["secretName"] == "mlpipeline-minio-artifact"

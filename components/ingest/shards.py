@@ -45,6 +45,19 @@ EXTRACTED = "files"
 """Where a zip source's files are extracted, in the plan and (linked or copied) in the dataset."""
 
 
+class _Tally(_Checked):
+    """A shard task's tallies, what its part.json reports (notes, files admitted); the quarantine's are
+    counted as rows are written. The columns and the duplicate index are the merge's, over every part:
+    a shard task keeps nothing per admitted file."""
+
+    def __init__(self):
+        super().__init__()
+        self.admitted = 0
+
+    def admit(self, row: dict) -> None:
+        self.admitted += 1
+
+
 def _items_file(shard: int) -> str:
     return f"items-{shard:05d}.csv"
 
@@ -109,11 +122,11 @@ def write_part(plan_dir: str, shard: int, part_dir: str, opts: IngestOptions) ->
         raise ValueError(f"shard {shard}: the plan has shard tasks 0 to {p['tasks'] - 1}")
     items = _read_items(plan_dir, shard, p["kind"] == "zip")
     opts = replace(opts, workers=opts.workers or reader_threads(items))
-    checked = _Checked()
+    checked = _Tally()
     with storage.atomic_dir(part_dir) as out:
         with Outputs(out, checked, staged="manifest.csv") as written:
             seconds = check_items(items, written, opts, name=f"ingest shard {shard}/{p['tasks']}")
-        part = {"shard": shard, "files": len(items), "admitted": len(checked.labels),
+        part = {"shard": shard, "files": len(items), "admitted": checked.admitted,
                 "notes": dict(checked.notes), "seconds": round(seconds, 3), "workers": opts.workers}
         (out / PART_FILE).write_text(json.dumps(part), encoding="utf-8")
     return part

@@ -381,7 +381,8 @@ def _checker(items: list[Item], opts: IngestOptions):
                              lambda chunk: pool.map(check, chunk))
         return
     inspect = functools.partial(_inspect_many, max_pixels=opts.max_pixels, animated=opts.animated)
-    with ProcessPoolExecutor(max_workers=opts.workers, mp_context=multiprocessing.get_context("fork")) as readers, \
+    with _frozen_for_fork(), \
+            ProcessPoolExecutor(max_workers=opts.workers, mp_context=multiprocessing.get_context("fork")) as readers, \
             ThreadPoolExecutor(max_workers=opts.workers) as deciders:
         def start(window: list[list[Item]]):
             decided = [deciders.submit(_served_checks, readers.submit(inspect, batch)) for batch in window]
@@ -389,6 +390,20 @@ def _checker(items: list[Item], opts: IngestOptions):
 
         batches = batched(items, PROCESS_BATCH, PROCESS_BATCH_BYTES)
         yield _pipelined(_groups(batches, 2 * opts.workers), start)
+
+
+@contextlib.contextmanager
+def _frozen_for_fork():
+    """The listing (an object per file) stays shared with the forked readers: a child's garbage
+    collector would otherwise write to every object's header and copy each page it sits on, once per
+    reader (gc.freeze: the objects that exist now are left out of collection, here and in the children)."""
+    import gc
+
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 PROCESS_BATCH = 64
