@@ -120,8 +120,13 @@ class KubeDouble(Served):
         return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason,
                 "code": code}
 
+    ROUTES = ROUTES
+    KIND = "an InferenceService"
+
     def check(self, method, path, query, content_type, body):
-        for m, rx, allowed in ROUTES:
+        """The route `path` takes (its match), refusing unknown routes and query parameters as the API
+        server does; a write's content type and body are the subclass's `check_write`."""
+        for m, rx, allowed in self.ROUTES:
             match = rx.match(path)
             if m != method or not match:
                 continue
@@ -130,22 +135,32 @@ class KubeDouble(Served):
             if method == "GET":
                 if body:
                     raise ValueError(f"GET {path} takes no body")
-                return match
-            if method == "PATCH" and content_type != "application/merge-patch+json":
-                raise ValueError(f"PATCH {path}: this double takes merge patches only, not {content_type!r}")
-            if method == "POST" and content_type != "application/json":
-                raise ValueError(f"POST {path}: expected application/json, not {content_type!r}")
-            if not isinstance(body, dict):
-                raise ValueError(f"{method} {path}: expected an InferenceService object")
-            if method == "POST" and (errors := problems(body)):
-                raise ValueError(f"POST {path}: invalid InferenceService: {errors}")
-            meta = body.get("metadata") or {}
-            if meta.get("namespace", match["ns"]) != match["ns"]:
-                raise ValueError(f"{method} {path}: metadata.namespace {meta['namespace']!r} is not the path's")
-            if method == "PATCH" and meta.get("name", match["name"]) != match["name"]:
-                raise ValueError(f"PATCH {path}: metadata.name {meta['name']!r} is not the path's")
+            else:
+                self.check_write(method, path, match, content_type, body)
             return match
-        raise ValueError(f"{method} {path} is not an InferenceService call this double knows")
+        raise ValueError(f"{method} {path} is not {self.KIND} call this double knows")
+
+    def check_write(self, method, path, match, content_type, body) -> None:
+        if method == "PATCH" and content_type != "application/merge-patch+json":
+            raise ValueError(f"PATCH {path}: this double takes merge patches only, not {content_type!r}")
+        if method == "POST" and content_type != "application/json":
+            raise ValueError(f"POST {path}: expected application/json, not {content_type!r}")
+        if not isinstance(body, dict):
+            raise ValueError(f"{method} {path}: expected an InferenceService object")
+        if method == "POST" and (errors := problems(body)):
+            raise ValueError(f"POST {path}: invalid InferenceService: {errors}")
+        meta = body.get("metadata") or {}
+        if meta.get("namespace", match["ns"]) != match["ns"]:
+            raise ValueError(f"{method} {path}: metadata.namespace {meta['namespace']!r} is not the path's")
+        if method == "PATCH" and meta.get("name", match["name"]) != match["name"]:
+            raise ValueError(f"PATCH {path}: metadata.name {meta['name']!r} is not the path's")
+
+    def created(self, ns: str, body: dict) -> dict:
+        """A created object as the server stores it: namespace, uid, generation, resourceVersion."""
+        stored = copy.deepcopy(body)
+        stored["metadata"].update(namespace=ns, uid=f"uid-{len(self.objects) + 1}", generation=1,
+                                  resourceVersion=str(next(self._versions)), creationTimestamp="2026-12-02T00:00:00Z")
+        return stored
 
     def respond(self, method, match, body):
         ns = match["ns"]
@@ -153,10 +168,7 @@ class KubeDouble(Served):
             key = (ns, body["metadata"]["name"])
             if key in self.objects:
                 return 409, self.status(409, "AlreadyExists", f"inferenceservices {key[1]!r} already exists")
-            stored = copy.deepcopy(body)
-            stored["metadata"].update(namespace=ns, uid=f"uid-{len(self.objects) + 1}", generation=1,
-                                      resourceVersion=str(next(self._versions)),
-                                      creationTimestamp="2026-12-02T00:00:00Z")
+            stored = self.created(ns, body)
             self.objects[key] = stored
             return 201, stored
         key = (ns, match["name"])

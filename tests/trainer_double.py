@@ -124,32 +124,23 @@ class TrainerDouble(KubeDouble):
         self.deleted: list[str] = []
         super().__init__(token)
 
-    def check(self, method, path, query, content_type, body):
-        for m, rx, allowed in ROUTES:
-            match = rx.match(path)
-            if m != method or not match:
-                continue
-            if extra := set(query) - allowed:
-                raise ValueError(f"{method} {path}: unexpected query parameters {sorted(extra)}")
-            if method == "GET":
-                if body:
-                    raise ValueError(f"GET {path} takes no body")
-                return match
-            if method == "DELETE":
-                if body is not None and (not isinstance(body, dict) or set(body) - DELETE_OPTIONS):
-                    raise ValueError(f"DELETE {path}: the body must be DeleteOptions, not {body!r}")
-                return match
-            if content_type != "application/json":
-                raise ValueError(f"POST {path}: expected application/json, not {content_type!r}")
-            if not isinstance(body, dict):
-                raise ValueError(f"POST {path}: expected a TrainJob object")
-            if errors := schema_problems(body, TRAINJOB_SCHEMA, "TrainJob"):
-                raise ValueError(f"POST {path}: invalid TrainJob: {errors}")
-            meta = body.get("metadata") or {}
-            if meta.get("namespace", match["ns"]) != match["ns"]:
-                raise ValueError(f"POST {path}: metadata.namespace {meta['namespace']!r} is not the path's")
-            return match
-        raise ValueError(f"{method} {path} is not a TrainJob call this double knows")
+    ROUTES = ROUTES
+    KIND = "a TrainJob"
+
+    def check_write(self, method, path, match, content_type, body) -> None:
+        if method == "DELETE":
+            if body is not None and (not isinstance(body, dict) or set(body) - DELETE_OPTIONS):
+                raise ValueError(f"DELETE {path}: the body must be DeleteOptions, not {body!r}")
+            return
+        if content_type != "application/json":
+            raise ValueError(f"POST {path}: expected application/json, not {content_type!r}")
+        if not isinstance(body, dict):
+            raise ValueError(f"POST {path}: expected a TrainJob object")
+        if errors := schema_problems(body, TRAINJOB_SCHEMA, "TrainJob"):
+            raise ValueError(f"POST {path}: invalid TrainJob: {errors}")
+        meta = body.get("metadata") or {}
+        if meta.get("namespace", match["ns"]) != match["ns"]:
+            raise ValueError(f"POST {path}: metadata.namespace {meta['namespace']!r} is not the path's")
 
     def respond(self, method, match, body):
         ns = match["ns"]
@@ -160,10 +151,7 @@ class TrainerDouble(KubeDouble):
             if errors := trainjob_problems(body, self.runtimes):
                 return 403, self.status(403, "Forbidden", 'admission webhook "validator.trainjob.trainer.kubeflow.org" '
                                                           f"denied the request: {'; '.join(errors)}")
-            stored = copy.deepcopy(body)
-            stored["metadata"].update(namespace=ns, uid=f"uid-{len(self.objects) + 1}", generation=1,
-                                      resourceVersion=str(next(self._versions)),
-                                      creationTimestamp="2026-12-02T00:00:00Z")
+            stored = self.created(ns, body)
             stored["spec"].setdefault("suspend", False)  # the CRD's defaults, as the server applies them
             stored["spec"].setdefault("managedBy", "trainer.kubeflow.org/trainjob-controller")
             self.objects[key] = stored
