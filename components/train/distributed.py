@@ -192,26 +192,21 @@ def is_chief() -> bool:
     return _active is None or _active.is_chief
 
 
-def agree(value: bool) -> bool:
-    """The chief's `value` on every worker (alone: `value`): decisions taken from a clock, such as whether a
-    backup is due, must be the same everywhere when acting on them is a collective step."""
-    if _active is None:
-        return value
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
 def chief_number(value: int) -> int:
-    """The chief's integer on every worker (alone: `value`): a plan made from a worker's own clock (the
-    time budget's epochs) must be the same everywhere."""
+    """The chief's integer on every worker (alone: `value`): decisions taken from a worker's own clock
+    (whether a backup is due, the time budget's epochs) must be the same everywhere when acting on them
+    is a collective step."""
     if _active is None:
         return value
     import numpy as np
     from jax.experimental import multihost_utils
 
     return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def agree(value: bool) -> bool:
+    """`chief_number` for a yes or no."""
+    return bool(chief_number(int(value)))
 
 
 def chief_outputs(model_dir: str, curves_html: str, opts, tmp: str):
