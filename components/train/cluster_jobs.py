@@ -41,13 +41,12 @@ import hashlib
 import json
 import os
 import re
-import signal
-import threading
 import time
 from dataclasses import dataclass
 
 from imgclf.components.contracts import TRAIN_FILE
 from imgclf.components.lib import kube, quantity, storage
+from imgclf.components.train.distributed import stopped_by_sigterm
 
 SETTINGS_ENV = "IMGCLF_TRAIN_CLUSTER"
 """The compiled pipeline's cluster settings for the train task (JSON of ClusterSettings)."""
@@ -258,24 +257,6 @@ def _progress(obj: dict) -> str:
     return "; ".join(conds + counts) or "no status yet"
 
 
-@contextlib.contextmanager
-def _stopped_by_sigterm():
-    """A cancelled KFP or Vertex task gets SIGTERM: turn it into SystemExit so the cleanup below runs
-    (Python's default would end the process without it). Only the main thread can set handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _same_job(existing: dict, wanted: dict) -> bool:
     return (existing.get("spec") or {}).get("trainer") == wanted["spec"]["trainer"] and \
         (existing.get("spec") or {}).get("runtimeRef", {}).get("name") == wanted["spec"]["runtimeRef"]["name"]
@@ -322,7 +303,7 @@ def run_trainjob(manifest: dict, *, poll_s: float = 15.0, wait_s: float | None =
             log(f"train: deleted {where} (its workers stop)")
 
     try:
-        with _stopped_by_sigterm():
+        with stopped_by_sigterm():
             existing = get()
             if existing is not None and condition(existing, "Complete") and _same_job(existing, manifest):
                 log(f"train: {where} already completed (an earlier attempt of this task started it)")
@@ -479,7 +460,7 @@ def run_custom_job(settings: ClusterSettings, name: str, workers: int, args: lis
     wait_s = settings.timeout_s + 600 if wait_s is None else wait_s
     job = None
     try:
-        with _stopped_by_sigterm():
+        with stopped_by_sigterm():
             aiplatform.init(**init)
             label = {LABEL: name[len("imgclf-train-"):]}
             # A retried attempt of this task: its predecessor's job, still running or done, is taken over.

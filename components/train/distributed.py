@@ -337,44 +337,51 @@ def launch_local(workers: int, dataset_dir: str, model_dir: str, opts, backup_ur
     print(f"train: {workers} worker processes on {hosts} (worker 0 is the chief)", flush=True)
     procs: list[subprocess.Popen] = []
     logs: list[Path | None] = []
-    previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
-    if previous is not None:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        for i in range(workers):
-            env = {**base, "KERAS_BACKEND": "jax", HOSTS_ENV: hosts, INDEX_ENV: str(i)}
-            log = None if i == 0 else work / f"worker-{i}.log"
-            out = None if log is None else open(log, "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "imgclf.components.train.distributed", str(spec)],
-                                          env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                          process_group=0 if not procs else procs[0].pid))
-            logs.append(log)
-            if out:
-                out.close()
-        failed = _wait(procs)
-        if failed is not None:
+    with stopped_by_sigterm():  # a cancelled task: the finally below stops the workers
+        try:
+            for i in range(workers):
+                env = {**base, "KERAS_BACKEND": "jax", HOSTS_ENV: hosts, INDEX_ENV: str(i)}
+                log = None if i == 0 else work / f"worker-{i}.log"
+                out = None if log is None else open(log, "wb")
+                procs.append(subprocess.Popen([sys.executable, "-m", "imgclf.components.train.distributed", str(spec)],
+                                              env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                              process_group=0 if not procs else procs[0].pid))
+                logs.append(log)
+                if out:
+                    out.close()
+            failed = _wait(procs)
+            if failed is not None:
+                _stop(procs)
+                proc = procs[failed]
+                detail = f"; its last output:\n{_tail(logs[failed])}" if logs[failed] else ""
+                raise WorkerFailed(f"train: worker {failed} of {workers} (pid {proc.pid}) {_cause(proc.returncode)}; "
+                                   f"stopped the other workers. A retry with the same backup resumes from the last "
+                                   f"backed-up epoch{detail}")
+            return TrainResult(**json.loads((work / "result.json").read_text()))
+        finally:
             _stop(procs)
-            proc = procs[failed]
-            detail = f"; its last output:\n{_tail(logs[failed])}" if logs[failed] else ""
-            raise WorkerFailed(f"train: worker {failed} of {workers} (pid {proc.pid}) {_cause(proc.returncode)}; "
-                               f"stopped the other workers. A retry with the same backup resumes from the last "
-                               f"backed-up epoch{detail}")
-        return TrainResult(**json.loads((work / "result.json").read_text()))
-    finally:
-        _stop(procs)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def _main_thread() -> bool:
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """A cancelled KFP or Vertex task gets SIGTERM: turn it into SystemExit so the cleanup of the block
+    runs (stopping local workers, deleting a TrainJob, cancelling a CustomJob); Python's default would end
+    the process without it. Only the main thread can set handlers."""
     import threading
 
-    return threading.current_thread() is threading.main_thread()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through launch_local's finally: the workers are stopped too
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait(procs: list[subprocess.Popen]) -> int | None:
